@@ -1,0 +1,46 @@
+"""Atomic file output: write to a temporary file beside the target, then rename.
+
+A reader never sees a half-written file, and an interrupted or failed run leaves no
+file behind: the temporary file is removed on any exception (Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import OutputError
+
+
+def check_writable(path: Path, suffixes: tuple[str, ...], option: str) -> None:
+    """Fail early, before any computation, when ``path`` cannot be written."""
+    if path.suffix.lower() not in suffixes:
+        raise OutputError(
+            f"{option} {path}: expected a file name ending in {' or '.join(suffixes)}. "
+            f"Received: {path.suffix or '(no extension)'!r}"
+        )
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{option} {path}: the folder {parent} does not exist.")
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a directory; expected a file name.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{option} {path}: the folder {parent} is not writable.")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; rename it to ``path`` on success."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(handle)
+    temp_path = Path(temporary)
+    try:
+        yield temp_path
+        os.replace(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp_path.unlink()
+        raise

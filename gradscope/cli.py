@@ -1,0 +1,147 @@
+"""The ``gradscope`` command line: typer options -> library call -> renderer -> exit code.
+
+Nothing here imports TensorFlow at module import time (``gradscope --help`` stays fast);
+the library is imported inside the command.  stdout carries only the requested output;
+notes and errors go to stderr.  Every expected failure is a :class:`GradscopeError`,
+printed as one line with its documented exit code; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from . import __version__
+from .errors import ExitCode, GradscopeError
+from .render import OutputFormat
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="gradscope",
+    help="Gradient inspector for Keras models: every weight, input and layer-output gradient in one pass.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"gradscope: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        sys.stderr.write(f"gradscope: {message}\n")
+
+
+def run_guarded(action: Callable[[], T], debug: bool) -> T:
+    """Run ``action``; turn failures into one stderr line and a documented exit code."""
+    try:
+        return action()
+    except GradscopeError as exc:
+        if debug:
+            traceback.print_exc()
+        _error(exc.message)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        _error("interrupted")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except Exception as exc:  # an unexpected failure: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        _error(f"internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)")
+        raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def _use_color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def _table_width() -> int | None:
+    if sys.stdout.isatty():
+        return None if "COLUMNS" not in os.environ else int(os.environ["COLUMNS"])
+    return int(os.environ.get("COLUMNS", "160"))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gradscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Gradient inspector for Keras models."""
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="Saved model: .keras, or legacy .h5 (Keras 3 or 2).")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Batch: .npz, .npy (inputs only) or .h5. Default: synthetic."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Use only the first N rows (synthetic: N rows).")
+    ] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="Keras loss name overriding the compiled loss.")] = None,
+    training: Annotated[
+        bool, typer.Option("--training", help="Forward pass in training mode (dropout, batch statistics).")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic batch and of dropout.")] = 0,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")
+    ] = OutputFormat.TABLE,
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Only layers matching these globs (comma-separated).")
+    ] = None,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Write the raw gradient tensors to this .h5 file.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")] = False,
+) -> None:
+    """Gradients of the loss for every weight, input and layer output, in one pass."""
+
+    def action() -> str:
+        from . import api
+        from ._atomic import check_writable
+        from .export import hdf5
+        from .render import render
+
+        if save is not None:
+            check_writable(save, hdf5.SUFFIXES, "--save")
+        report = api.inspect_file(
+            model, data, limit=limit, loss=loss, training=training, seed=seed,
+            layers=layers, keep_tensors=save is not None,
+        )
+        if report.loss.kind == "sum_of_outputs":
+            _note(f"loss: {report.loss.source}", quiet)
+        if save is not None:
+            hdf5.write_tensors(report, save)
+            _note(f"wrote gradient tensors to {save}", quiet)
+        return render(report, output_format, width=_table_width(), color=_use_color())
+
+    text = run_guarded(action, debug)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,276 @@
+"""One forward pass, one backward pass, statistics reduced in the graph.
+
+:class:`GradientEngine` compiles a single ``tf.function`` step.  Inside it, one
+``tf.GradientTape`` records the forward pass (with every layer's outputs captured, see
+:mod:`gradscope.engine.capture`) and the loss, and one ``tape.gradient`` call takes the
+gradient with respect to a nested structure of sources: every trainable variable, every
+float model input and every captured layer output.  The step then reduces each gradient
+(and each activation) to a small statistics vector, so only a few numbers per tensor
+leave the graph, unless the raw tensors are asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _tf, stats
+from ..loading.data import Batch
+from ..loading.signature import ModelSignature
+from ..losses import LossSpec, has_cached_logits, probability_path_loss, regularization, total_loss
+from .capture import CapturedOutput, LayerCapture, LayerNode
+
+
+@dataclass
+class TraceMeta:
+    """Facts fixed at trace time: which gradients exist and what each row refers to."""
+
+    outputs: list[CapturedOutput] = field(default_factory=list)
+    first_call: dict[int, int] = field(default_factory=dict)
+    variable_connected: list[bool] = field(default_factory=list)
+    variable_sparse: list[bool] = field(default_factory=list)
+    input_connected: dict[str, bool] = field(default_factory=dict)
+    activation_connected: list[bool] = field(default_factory=list)
+    logits_outputs: int = 0
+    logits_path_missing: bool = False
+    regularization_terms: int = 0
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """What one step returned, as numpy."""
+
+    loss: float
+    regularization: float
+    variable_stats: np.ndarray
+    weight_l2: np.ndarray
+    rows_touched: np.ndarray
+    input_stats: dict[str, np.ndarray]
+    activation_grad_stats: np.ndarray
+    activation_value_stats: np.ndarray
+    tensors: dict[str, Any] | None
+    meta: TraceMeta
+
+
+def _empty_stats() -> Any:
+    tf = _tf.tensorflow()
+    return tf.zeros([0, stats.N_FIELDS], tf.float64)
+
+
+def _stack(rows: list[Any]) -> Any:
+    tf = _tf.tensorflow()
+    return tf.stack(rows) if rows else _empty_stats()
+
+
+def _nan_row() -> Any:
+    tf = _tf.tensorflow()
+    return tf.fill([stats.N_FIELDS], tf.constant(np.nan, tf.float64))
+
+
+def _dense(gradient: Any) -> Any:
+    tf = _tf.tensorflow()
+    return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
+
+
+def _in_graph(tensor: Any) -> bool:
+    tf = _tf.tensorflow()
+    return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
+
+
+class GradientEngine:
+    """Compiles and runs the one-pass gradient step for one model, loss and mode."""
+
+    def __init__(
+        self,
+        model: Any,
+        signature: ModelSignature,
+        loss: LossSpec,
+        *,
+        training: bool = False,
+        keep_tensors: bool = False,
+    ) -> None:
+        tf = _tf.tensorflow()
+        self.model = model
+        self.signature = signature
+        self.loss = loss
+        self.training = training
+        self.keep_tensors = keep_tensors
+        self.capture = LayerCapture(model)
+        self.variables = list(model.trainable_variables)
+        self.meta = TraceMeta()
+        self._step_fn = tf.function(self._step, autograph=False)
+
+    @property
+    def layer_nodes(self) -> list[LayerNode]:
+        return self.capture.nodes
+
+    def run(self, batch: Batch) -> EngineResult:
+        """Run the compiled step on ``batch`` and fetch the results as numpy."""
+        tf = _tf.tensorflow()
+        inputs = {name: tf.convert_to_tensor(a) for name, a in batch.inputs.items()}
+        targets = None
+        if batch.targets is not None and self.loss.needs_targets:
+            targets = {name: tf.convert_to_tensor(a) for name, a in batch.targets.items()}
+        weight = None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
+        fetched = self._step_fn(inputs, targets, weight)
+        return self._to_numpy(fetched)
+
+    # -- the traced step -------------------------------------------------------------
+
+    def _step(self, inputs: dict[str, Any], targets: dict[str, Any] | None, weight: Any) -> dict[str, Any]:
+        tf = _tf.tensorflow()
+        meta = TraceMeta()
+        with tf.GradientTape() as tape:
+            float_inputs = {name: t for name, t in inputs.items() if t.dtype.is_floating}
+            for tensor in float_inputs.values():
+                tape.watch(tensor)
+            packed = self.signature.pack_inputs(inputs)
+            with self.capture.recording(tape) as recording:
+                y_pred = self.model(packed, training=self.training)
+            y_true = None if targets is None else self.signature.pack_outputs(targets)
+            loss = total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
+            reg, meta.regularization_terms = regularization(self.model)
+            probes, alt_loss = self._probability_path(tape, y_true, y_pred, weight, meta)
+        meta.outputs = recording.outputs
+        meta.first_call = recording.first_call_order()
+        differentiable = [c for c in recording.outputs if c.differentiable]
+        sources = {
+            "variables": self.variables,
+            "inputs": float_inputs,
+            "activations": [c.tensor for c in differentiable],
+            "probes": [probe for _, probe in probes],
+        }
+        targets_ = [loss] if alt_loss is None else [loss, alt_loss]
+        grads = tape.gradient(
+            targets_, sources, unconnected_gradients=tf.UnconnectedGradients.NONE
+        )
+        activation_grads = self._merge_probe_grads(differentiable, grads, probes, y_pred)
+        self.meta = meta
+        return self._reduce(loss, reg, inputs, grads, activation_grads, recording.outputs, meta)
+
+    def _probability_path(
+        self, tape: Any, y_true: Any, y_pred: Any, weight: Any, meta: TraceMeta
+    ) -> tuple[list[tuple[int, Any]], Any]:
+        """Probes on outputs whose loss reads cached logits, and the detached data loss."""
+        tf = _tf.tensorflow()
+        flat = tf.nest.flatten(y_pred)
+        cached = [i for i, t in enumerate(flat) if t.dtype.is_floating and has_cached_logits(t)]
+        meta.logits_outputs = len(cached)
+        if not cached or y_true is None or not self.loss.needs_targets:
+            return [], None
+        probes: list[tuple[int, Any]] = []
+        detached = []
+        for index, tensor in enumerate(flat):
+            held = tf.stop_gradient(tensor)
+            if index in cached:
+                probe = tf.zeros_like(tensor)
+                tape.watch(probe)
+                probes.append((index, probe))
+                held = held + probe
+            detached.append(held)
+        alt = probability_path_loss(
+            self.loss, self.model, y_true, tf.nest.pack_sequence_as(y_pred, detached), weight
+        )
+        if alt is None:
+            meta.logits_path_missing = True
+            return [], None
+        return probes, alt
+
+    def _merge_probe_grads(
+        self,
+        differentiable: list[CapturedOutput],
+        grads: dict[str, Any],
+        probes: list[tuple[int, Any]],
+        y_pred: Any,
+    ) -> list[Any]:
+        """Add each probe's gradient to the captured output that is that model output."""
+        tf = _tf.tensorflow()
+        activation_grads = [_dense(g) for g in grads["activations"]]
+        flat = tf.nest.flatten(y_pred)
+        for (index, _), probe_grad in zip(probes, grads["probes"], strict=True):
+            if probe_grad is None:
+                continue
+            for position, captured in enumerate(differentiable):
+                if captured.tensor is flat[index]:
+                    current = activation_grads[position]
+                    activation_grads[position] = (
+                        probe_grad if current is None else current + probe_grad
+                    )
+        return activation_grads
+
+    def _reduce(
+        self,
+        loss: Any,
+        reg: Any,
+        inputs: dict[str, Any],
+        grads: dict[str, Any],
+        activation_grads: list[Any],
+        outputs: list[CapturedOutput],
+        meta: TraceMeta,
+    ) -> dict[str, Any]:
+        """Statistics vectors for every gradient and activation (plus raw tensors if kept)."""
+        tf = _tf.tensorflow()
+        variable_rows, touched = [], []
+        for gradient in grads["variables"]:
+            meta.variable_connected.append(gradient is not None)
+            meta.variable_sparse.append(isinstance(gradient, tf.IndexedSlices))
+            if gradient is None:
+                variable_rows.append(_nan_row())
+                touched.append(tf.constant(-1, tf.int32))
+            elif isinstance(gradient, tf.IndexedSlices):
+                row, rows_touched = stats.indexed_slices_stats(gradient)
+                variable_rows.append(row)
+                touched.append(tf.cast(rows_touched, tf.int32))
+            else:
+                variable_rows.append(stats.tensor_stats(gradient))
+                touched.append(tf.constant(-1, tf.int32))
+        input_rows = {}
+        for name, gradient in grads["inputs"].items():
+            meta.input_connected[name] = gradient is not None
+            input_rows[name] = _nan_row() if gradient is None else stats.tensor_stats(_dense(gradient))
+        meta.activation_connected = [g is not None for g in activation_grads]
+        result = {
+            "loss": tf.cast(loss, tf.float64),
+            "regularization": tf.cast(reg, tf.float64),
+            "variables": _stack(variable_rows),
+            "rows_touched": tf.stack(touched) if touched else tf.zeros([0], tf.int32),
+            "weight_l2": _stack([stats.l2_norm(v) for v in self.variables]),
+            "inputs": input_rows,
+            "activation_grads": _stack(
+                [_nan_row() if g is None else stats.tensor_stats(g) for g in activation_grads]
+            ),
+            "activation_values": _stack(
+                [
+                    stats.value_stats(c.tensor)
+                    for c in outputs
+                    if c.tensor.dtype.is_floating and _in_graph(c.tensor)
+                ]
+            ),
+        }
+        if self.keep_tensors:
+            result["tensors"] = {
+                "variables": [_dense(g) for g in grads["variables"]],
+                "inputs": {k: _dense(g) for k, g in grads["inputs"].items()},
+                "activations": activation_grads,
+            }
+        return result
+
+    # -- back to numpy ---------------------------------------------------------------
+
+    def _to_numpy(self, fetched: dict[str, Any]) -> EngineResult:
+        tf = _tf.tensorflow()
+        numpy = tf.nest.map_structure(lambda t: None if t is None else t.numpy(), fetched)
+        return EngineResult(
+            loss=float(numpy["loss"]),
+            regularization=float(numpy["regularization"]),
+            variable_stats=numpy["variables"],
+            weight_l2=numpy["weight_l2"],
+            rows_touched=numpy["rows_touched"],
+            input_stats=numpy["inputs"],
+            activation_grad_stats=numpy["activation_grads"],
+            activation_value_stats=numpy["activation_values"],
+            tensors=numpy.get("tensors"),
+            meta=self.meta,
+        )

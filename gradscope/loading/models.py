@@ -1,0 +1,241 @@
+"""Loading saved Keras models: ``.keras`` (Keras 3) and legacy ``.h5`` (Keras 3 or 2).
+
+Safe mode stays on: a model whose config carries Python bytecode (a ``Lambda`` layer)
+is refused by Keras, and the refusal is reported as one line.  Files are checked before
+Keras sees them (exists, is a file, is a zip / HDF5 file, has a model config), so that
+the common mistakes get a message naming the file and what was found, not a traceback
+from deep inside the loader.
+
+The compile configuration (loss, loss weights) is restored even where Keras's own
+loader fails on it: the model is then loaded with ``compile=False`` and compiled again
+from the saved config, read directly from the file (``training_config`` in an HDF5
+file's attributes, ``compile_config`` in a ``.keras`` archive).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import _tf
+from ..errors import ModelLoadError, received
+
+KERAS_SUFFIXES = (".keras",)
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model and how it was read."""
+
+    model: Any
+    path: str
+    format: str
+    compile_note: str | None = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_model_path(path: Path) -> None:
+    """Fail with a :class:`ModelLoadError` unless ``path`` is a non-empty model file."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file; expected a .keras or .h5 model file.")
+    if path.is_dir():
+        raise ModelLoadError(
+            f"{path}: is a directory; expected a .keras or .h5 model file "
+            "(TensorFlow SavedModel directories are not supported yet)."
+        )
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: the file is empty; expected a .keras or .h5 model file.")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(f"{path}: the file is not readable (permission denied).")
+    suffix = path.suffix.lower()
+    if suffix not in KERAS_SUFFIXES + H5_SUFFIXES:
+        raise ModelLoadError(
+            f"{path}: unsupported model file type; expected a .keras or .h5/.hdf5 file. "
+            f"{received(repr(path.suffix or '(no extension)'))}"
+        )
+
+
+def _magic(path: Path) -> str:
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    return repr(head)
+
+
+def _check_keras_archive(path: Path) -> dict[str, Any]:
+    """Return the archive's ``config.json`` after checking it is a Keras zip archive."""
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path}: not a Keras archive (a .keras file is a zip file); the file starts "
+            f"with {_magic(path)}."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "config.json" not in names:
+                raise ModelLoadError(
+                    f"{path}: a zip file but not a Keras model: no config.json inside. "
+                    f"{received(sorted(names)[:5])}"
+                )
+            config = json.loads(archive.read("config.json"))
+    except ModelLoadError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ModelLoadError(f"{path}: corrupt Keras archive: {_first_line(exc)}") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: config.json does not hold a model config.")
+    return config
+
+
+def _h5_training_config(path: Path) -> dict[str, Any] | None:
+    """The ``training_config`` attribute of a legacy HDF5 model, after checking the file."""
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise ModelLoadError(
+            f"{path}: not an HDF5 file; the file starts with {_magic(path)}."
+        )
+    try:
+        with h5py.File(path, "r") as handle:
+            if "model_config" not in handle.attrs:
+                raise ModelLoadError(
+                    f"{path}: an HDF5 file but not a saved Keras model: no 'model_config' "
+                    "attribute (a weights-only file?)."
+                )
+            raw = handle.attrs.get("training_config")
+    except ModelLoadError:
+        raise
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: unreadable HDF5 file: {_first_line(exc)}") from exc
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: 'training_config' is not valid JSON.") from exc
+    return config if isinstance(config, dict) else None
+
+
+def _keras2_loss_config(config: Any) -> Any:
+    """Adapt a Keras 2 loss config to Keras 3 (``reduction='auto'`` no longer exists)."""
+    if isinstance(config, dict):
+        if "class_name" in config and isinstance(config.get("config"), dict):
+            inner = dict(config["config"])
+            if inner.get("reduction") in ("auto", "sum_over_batch_size", None):
+                inner["reduction"] = "sum_over_batch_size"
+            return {**config, "config": inner}
+        return {key: _keras2_loss_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_keras2_loss_config(item) for item in config]
+    return config
+
+
+def _deserialize_loss(config: Any) -> Any:
+    """A Keras loss object or function from a saved config leaf (string or dict)."""
+    keras = _tf.keras()
+    if config is None or isinstance(config, str):
+        return config
+    if isinstance(config, dict) and "class_name" in config:
+        return keras.losses.deserialize(config)
+    if isinstance(config, dict):
+        return {key: _deserialize_loss(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_deserialize_loss(item) for item in config]
+    return config
+
+
+def compile_from_config(model: Any, config: dict[str, Any], path: Path) -> str | None:
+    """Compile ``model`` with the loss and loss weights of a saved compile config.
+
+    Returns a note for the report, or ``None`` when the config has no loss.
+    """
+    loss_config = config.get("loss")
+    if loss_config is None:
+        return None
+    try:
+        loss = _deserialize_loss(_keras2_loss_config(loss_config))
+        model.compile(loss=loss, loss_weights=config.get("loss_weights"))
+    except Exception as exc:  # the config is data from the file: anything can be wrong
+        raise ModelLoadError(
+            f"{path}: the saved loss cannot be rebuilt: {_first_line(exc)}. "
+            "Use --loss NAME to choose the loss."
+        ) from exc
+    return "loss restored from the saved compile config"
+
+
+def _keras_load(path: Path, *, compile: bool, safe_mode: bool, custom_objects: Any) -> Any:
+    keras = _tf.keras()
+    return keras.saving.load_model(
+        str(path), compile=compile, safe_mode=safe_mode, custom_objects=custom_objects
+    )
+
+
+def _explain_load_failure(path: Path, exc: BaseException) -> ModelLoadError:
+    """Turn a Keras loader exception into one line a user can act on."""
+    text = str(exc)
+    if "Lambda" in text and ("safe_mode" in text or "arbitrary code" in text):
+        return ModelLoadError(
+            f"{path}: refused to load a Lambda layer holding Python code: Keras safe mode "
+            "is on, since loading it could run arbitrary code."
+        )
+    if "Could not locate" in text or "Unknown layer" in text or "Unknown object" in text:
+        return ModelLoadError(
+            f"{path}: the model uses a class that is not available: {_first_line(exc)}"
+        )
+    return ModelLoadError(f"{path}: cannot load the model: {_first_line(exc)}")
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    safe_mode: bool = True,
+    custom_objects: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load a ``.keras`` or ``.h5`` model with its compiled loss, safe mode on.
+
+    Raises :class:`ModelLoadError` with a one-line message for every failure.
+    """
+    file = Path(path)
+    check_model_path(file)
+    if file.suffix.lower() in KERAS_SUFFIXES:
+        return _load_keras_archive(file, safe_mode, custom_objects)
+    return _load_h5(file, safe_mode, custom_objects)
+
+
+def _load_keras_archive(path: Path, safe_mode: bool, custom_objects: Any) -> LoadedModel:
+    config = _check_keras_archive(path)
+    try:
+        model = _keras_load(path, compile=True, safe_mode=safe_mode, custom_objects=custom_objects)
+        return LoadedModel(model, str(path), "keras")
+    except Exception as exc:
+        if not config.get("compile_config"):
+            raise _explain_load_failure(path, exc) from exc
+    # The archive's compile config may be what failed: load without it, compile here.
+    try:
+        model = _keras_load(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+    except Exception as exc:
+        raise _explain_load_failure(path, exc) from exc
+    note = compile_from_config(model, config["compile_config"], path)
+    return LoadedModel(model, str(path), "keras", note)
+
+
+def _load_h5(path: Path, safe_mode: bool, custom_objects: Any) -> LoadedModel:
+    training_config = _h5_training_config(path)
+    try:
+        model = _keras_load(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+    except Exception as exc:
+        raise _explain_load_failure(path, exc) from exc
+    note = None
+    if training_config:
+        note = compile_from_config(model, training_config, path)
+    return LoadedModel(model, str(path), "h5", note)

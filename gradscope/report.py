@@ -1,0 +1,289 @@
+"""The inspect report: plain, frozen data.
+
+A :class:`Report` holds only Python scalars, tuples and (optionally) numpy arrays, never
+TensorFlow or rich objects, so it can be pickled by the caller, compared in tests and
+rendered by any renderer.  :meth:`Report.to_dict` gives exactly the structure of the JSON
+output (schema ``gradscope.inspect/1``); non-finite floats become ``None`` there so the
+JSON stays valid, and the ``nonfinite`` counts say why a value is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SCHEMA = "gradscope.inspect/1"
+
+LossKind = Literal["compiled", "override", "sum_of_outputs"]
+BatchSource = Literal["file", "synthetic"]
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """Return ``value`` as a float, or ``None`` when it is missing, NaN or infinite."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Summary statistics of one tensor, reduced in float32 (or wider) in the graph.
+
+    ``std`` is the population standard deviation (ddof=0).  ``zero_frac`` counts exact
+    zeros.  ``nonfinite`` counts NaN and +/-Inf entries; when it is non-zero the other
+    statistics are computed over all entries and may themselves be non-finite.
+    """
+
+    l2: float
+    max_abs: float
+    mean: float
+    std: float
+    zero_frac: float
+    nonfinite: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "l2": finite_or_none(self.l2),
+            "max_abs": finite_or_none(self.max_abs),
+            "mean": finite_or_none(self.mean),
+            "std": finite_or_none(self.std),
+            "zero_frac": finite_or_none(self.zero_frac),
+            "nonfinite": int(self.nonfinite),
+        }
+
+
+@dataclass(frozen=True)
+class ValueStats(TensorStats):
+    """Statistics of an activation (a layer's output value), plus dead units.
+
+    A *unit* is one position on the last axis (a feature or a channel).  It is dead when
+    it is exactly zero for every example and every other position in the batch.
+    ``dead_frac`` is ``None`` for scalar outputs.
+    """
+
+    dead_frac: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["dead_frac"] = finite_or_none(self.dead_frac)
+        return out
+
+
+def _stats_dict(stats: TensorStats | None) -> dict[str, Any] | None:
+    return None if stats is None else stats.to_dict()
+
+
+@dataclass(frozen=True)
+class VariableRow:
+    """Gradient of the loss with respect to one trainable variable."""
+
+    path: str
+    layer: str
+    layer_class: str
+    shape: tuple[int, ...]
+    dtype: str
+    grad: TensorStats | None
+    weight_l2: float
+    ratio: float | None
+    note: str | None = None
+    rows_touched: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "layer": self.layer,
+            "class": self.layer_class,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "grad": _stats_dict(self.grad),
+            "weight_l2": finite_or_none(self.weight_l2),
+            "ratio": finite_or_none(self.ratio),
+        }
+        if self.rows_touched is not None:
+            out["rows_touched"] = self.rows_touched
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """Gradient of the loss with respect to one model input."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    grad: TensorStats | None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "grad": _stats_dict(self.grad),
+        }
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class ActivationRow:
+    """Gradient of the loss with respect to one layer output, and the output itself.
+
+    ``path`` is the slash-joined layer names from the top-level model (``encoder/dense_1``).
+    A layer called more than once gets one row per call, ``@N`` appended to the path
+    (``N`` = ``call``, from 0); a layer returning several tensors gets one row per tensor,
+    ``:K`` appended (``K`` = ``output``).
+    """
+
+    layer: str
+    path: str
+    layer_class: str
+    call: int
+    output: int
+    shape: tuple[int, ...]
+    dtype: str
+    grad: TensorStats | None
+    value: ValueStats | None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "layer": self.layer,
+            "path": self.path,
+            "class": self.layer_class,
+            "call": self.call,
+            "output": self.output,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "grad": _stats_dict(self.grad),
+            "value": _stats_dict(self.value),
+        }
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """Which loss was differentiated, and its value on the batch.
+
+    ``value`` is the total (data loss plus ``regularization``).  ``source`` is a
+    human-readable description such as ``compiled: categorical_crossentropy``.
+    """
+
+    value: float
+    source: str
+    kind: LossKind
+    regularization: float = 0.0
+    regularization_terms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": finite_or_none(self.value),
+            "source": self.source,
+            "kind": self.kind,
+            "regularization": finite_or_none(self.regularization),
+            "regularization_terms": self.regularization_terms,
+        }
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """Where the batch came from and how large it is."""
+
+    source: BatchSource
+    size: int
+    path: str | None = None
+    seed: int | None = None
+    has_targets: bool = True
+    keys: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "synthetic": self.source == "synthetic",
+            "size": self.size,
+            "path": self.path,
+            "seed": self.seed,
+            "has_targets": self.has_targets,
+            "keys": list(self.keys),
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that was inspected."""
+
+    name: str
+    class_name: str
+    path: str | None
+    format: str
+    trainable_params: int
+    layers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "class": self.class_name,
+            "path": self.path,
+            "format": self.format,
+            "trainable_params": self.trainable_params,
+            "layers": self.layers,
+        }
+
+
+@dataclass(frozen=True)
+class GradientTensors:
+    """The raw gradient tensors behind a report, keyed like the report rows.
+
+    ``variables`` is keyed by variable path, ``inputs`` by input name and ``activations``
+    by activation path.  Only present when asked for (``keep_tensors=True``), since for a
+    large model these arrays are as large as the model and its activations.
+    """
+
+    variables: Mapping[str, np.ndarray]
+    inputs: Mapping[str, np.ndarray]
+    activations: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything one ``inspect`` run found, as plain data."""
+
+    model: ModelInfo
+    batch: BatchInfo
+    loss: LossInfo
+    training: bool
+    variables: tuple[VariableRow, ...]
+    inputs: tuple[InputRow, ...]
+    activations: tuple[ActivationRow, ...]
+    global_grad_norm: float
+    tensors: GradientTensors | None = field(default=None, compare=False, repr=False)
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON structure of schema ``gradscope.inspect/1`` (see the README)."""
+        return {
+            "schema": self.schema,
+            "model": self.model.to_dict(),
+            "batch": self.batch.to_dict(),
+            "loss": self.loss.to_dict(),
+            "training": self.training,
+            "global_grad_norm": finite_or_none(self.global_grad_norm),
+            "variables": [row.to_dict() for row in self.variables],
+            "inputs": [row.to_dict() for row in self.inputs],
+            "activations": [row.to_dict() for row in self.activations],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text: valid JSON even when values are NaN or infinite."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
