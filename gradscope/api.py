@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import _tf, stats
-from .engine.capture import CapturedOutput, LayerNode
+from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
 from .errors import MismatchError, UsageError, received
 from .loading.data import Batch, check_input_array, load_batch
@@ -285,11 +285,14 @@ def _activation_path(captured: CapturedOutput, calls: dict[int, int]) -> str:
 
 
 def _activation_rows(result: EngineResult) -> list[ActivationRow]:
+    """One row per captured output; a layer that ran inside a loop gets one note row."""
     meta = result.meta
     calls: dict[int, int] = {}
     for captured in meta.outputs:
         calls[id(captured.node.layer)] = max(calls.get(id(captured.node.layer), 0), captured.call + 1)
-    rows = []
+    looped = {id(c.node.layer) for c in meta.outputs if c.in_loop}
+    rows: list[ActivationRow] = []
+    reported_loops: set[int] = set()
     grad_index = value_index = 0
     for captured in meta.outputs:
         tensor = captured.tensor
@@ -301,13 +304,21 @@ def _activation_rows(result: EngineResult) -> list[ActivationRow]:
             elif note is None:
                 note = "no gradient: the loss does not depend on it"
             grad_index += 1
-        if tensor.dtype.is_floating and captured.note is None:
+        if tensor.dtype.is_floating and not captured.in_loop and captured.note is None:
             value = stats.to_value_stats(result.activation_value_stats[value_index])
             value_index += 1
+        layer_id = id(captured.node.layer)
+        if layer_id in looped:
+            if layer_id in reported_loops:
+                continue
+            reported_loops.add(layer_id)
+            path, grad, value, note = captured.node.path, None, None, LOOP_NOTE
+        else:
+            path = _activation_path(captured, calls)
         rows.append(
             ActivationRow(
                 layer=captured.node.layer.name,
-                path=_activation_path(captured, calls),
+                path=path,
                 layer_class=type(captured.node.layer).__name__,
                 call=captured.call,
                 output=captured.output,
@@ -321,17 +332,18 @@ def _activation_rows(result: EngineResult) -> list[ActivationRow]:
     return rows
 
 
-def _tensors(result: EngineResult, variables: list[Any], activations: list[ActivationRow]) -> GradientTensors | None:
+def _tensors(result: EngineResult, variables: list[Any]) -> GradientTensors | None:
     raw = result.tensors
     if raw is None:
         return None
-    differentiable_paths = [
-        row.path for row, c in zip(activations, result.meta.outputs, strict=True) if c.differentiable
-    ]
+    calls: dict[int, int] = {}
+    for captured in result.meta.outputs:
+        calls[id(captured.node.layer)] = max(calls.get(id(captured.node.layer), 0), captured.call + 1)
+    paths = [_activation_path(c, calls) for c in result.meta.outputs if c.differentiable]
     return GradientTensors(
         variables={v.path: g for v, g in zip(variables, raw["variables"], strict=True) if g is not None},
         inputs={name: g for name, g in raw["inputs"].items() if g is not None},
-        activations={p: g for p, g in zip(differentiable_paths, raw["activations"], strict=True) if g is not None},
+        activations={p: g for p, g in zip(paths, raw["activations"], strict=True) if g is not None},
     )
 
 
@@ -367,7 +379,7 @@ def build_report(
         inputs=tuple(_input_rows(signature, batch, result)),
         activations=tuple(activation_rows),
         global_grad_norm=global_norm,
-        tensors=_tensors(result, variables, activation_rows),
+        tensors=_tensors(result, variables),
     )
 
 

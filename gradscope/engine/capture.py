@@ -23,6 +23,9 @@ from typing import Any
 from .. import _tf
 
 
+LOOP_NOTE = "runs inside a loop (an RNN cell): per-step outputs are not reported"
+
+
 @dataclass
 class LayerNode:
     """A layer reachable from the model, with its slash-joined path from the top."""
@@ -43,6 +46,7 @@ class CapturedOutput:
     tensor: Any
     differentiable: bool
     note: str | None = None
+    in_loop: bool = False
 
 
 @dataclass
@@ -156,7 +160,7 @@ def _record(outputs: Any, node: LayerNode, recording: Recording, tape: Any, grap
         note = None
         differentiable = False
         if in_other_graph:
-            note = "called inside a control-flow body (e.g. an RNN cell): not reachable"
+            note = LOOP_NOTE
         elif isinstance(tensor, tf.SparseTensor | tf.RaggedTensor):
             note = "sparse or ragged output: not supported"
         elif not _is_float(tensor):
@@ -165,5 +169,7 @@ def _record(outputs: Any, node: LayerNode, recording: Recording, tape: Any, grap
             tape.watch(tensor)
             differentiable = True
         recording.outputs.append(
-            CapturedOutput(node, call_index, index, len(tensors), tensor, differentiable, note)
+            CapturedOutput(
+                node, call_index, index, len(tensors), tensor, differentiable, note, in_other_graph
+            )
         )
