@@ -34,7 +34,9 @@ def check_writable(path: Path, suffixes: tuple[str, ...], option: str) -> None:
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; rename it to ``path`` on success."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."
+    )
     os.close(handle)
     temp_path = Path(temporary)
     try:

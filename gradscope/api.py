@@ -145,7 +145,9 @@ def batch_from_arrays(
 
 def _model_info(model: Any, path: str | None, fmt: str) -> ModelInfo:
     trainable = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
-    layer_count = len(model._flatten_layers(include_self=False)) if hasattr(model, "_flatten_layers") else 0
+    layer_count = (
+        len(model._flatten_layers(include_self=False)) if hasattr(model, "_flatten_layers") else 0
+    )
     return ModelInfo(model.name, type(model).__name__, path, fmt, trainable, layer_count)
 
 
@@ -185,15 +187,32 @@ def run_inspect(
     if batch is None:
         _tf.keras().utils.set_random_seed(seed)
         batch = synthetic_batch(
-            model, signature, spec.output_losses, rows=rows, seed=seed,
+            model,
+            signature,
+            spec.output_losses,
+            rows=rows,
+            seed=seed,
             with_targets=spec.needs_targets,
         )
     _preflight(spec, model, signature, batch)
     engine = GradientEngine(model, signature, spec, training=training, keep_tensors=keep_tensors)
     with _restored_state(model, training):
-        result = engine.run(batch)
-    report = build_report(model, signature, spec, batch, result, engine.layer_nodes, training, model_info)
+        result = _run_engine(engine, batch)
+    report = build_report(
+        model, signature, spec, batch, result, engine.layer_nodes, training, model_info
+    )
     return filter_layers(report, layers) if layers else report
+
+
+def _run_engine(engine: GradientEngine, batch: Batch) -> EngineResult:
+    """Run the engine; an error raised by the model on this batch is a mismatch."""
+    tf = _tf.tensorflow()
+    try:
+        return engine.run(batch)
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        where = batch.info.path or "the batch"
+        raise MismatchError(f"{where}: the model cannot run on this batch: {first}") from exc
 
 
 class _restored_state:
@@ -223,7 +242,9 @@ def _owners(model: Any, nodes: list[LayerNode]) -> dict[int, LayerNode]:
     return owners
 
 
-def _forward_position(node: LayerNode | None, first_call: dict[int, int], nodes: list[LayerNode]) -> int:
+def _forward_position(
+    node: LayerNode | None, first_call: dict[int, int], nodes: list[LayerNode]
+) -> int:
     """Where ``node`` (or its nearest called ancestor) first ran in the forward pass."""
     if node is None:
         return len(first_call) + 1_000_000
@@ -234,7 +255,9 @@ def _forward_position(node: LayerNode | None, first_call: dict[int, int], nodes:
     return _forward_position(parent, first_call, nodes) if parent else len(first_call) + 1_000_000
 
 
-def _variable_rows(model: Any, result: EngineResult, nodes: list[LayerNode], variables: list[Any]) -> list[VariableRow]:
+def _variable_rows(
+    model: Any, result: EngineResult, nodes: list[LayerNode], variables: list[Any]
+) -> list[VariableRow]:
     owners = _owners(model, nodes)
     meta = result.meta
     positioned = []
@@ -266,9 +289,19 @@ def _input_rows(signature: ModelSignature, batch: Batch, result: EngineResult) -
     for spec in signature.inputs:
         shape = tuple(int(d) for d in batch.inputs[spec.name].shape)
         if spec.name not in result.input_stats:
-            rows.append(InputRow(spec.name, shape, spec.dtype, None, f"{spec.dtype} input: no gradient"))
+            rows.append(
+                InputRow(spec.name, shape, spec.dtype, None, f"{spec.dtype} input: no gradient")
+            )
         elif not result.meta.input_connected.get(spec.name, False):
-            rows.append(InputRow(spec.name, shape, spec.dtype, None, "no gradient: the loss does not depend on it"))
+            rows.append(
+                InputRow(
+                    spec.name,
+                    shape,
+                    spec.dtype,
+                    None,
+                    "no gradient: the loss does not depend on it",
+                )
+            )
         else:
             grad = stats.to_tensor_stats(result.input_stats[spec.name])
             rows.append(InputRow(spec.name, shape, spec.dtype, grad))
@@ -289,7 +322,9 @@ def _activation_rows(result: EngineResult) -> list[ActivationRow]:
     meta = result.meta
     calls: dict[int, int] = {}
     for captured in meta.outputs:
-        calls[id(captured.node.layer)] = max(calls.get(id(captured.node.layer), 0), captured.call + 1)
+        calls[id(captured.node.layer)] = max(
+            calls.get(id(captured.node.layer), 0), captured.call + 1
+        )
     looped = {id(c.node.layer) for c in meta.outputs if c.in_loop}
     rows: list[ActivationRow] = []
     reported_loops: set[int] = set()
@@ -338,10 +373,14 @@ def _tensors(result: EngineResult, variables: list[Any]) -> GradientTensors | No
         return None
     calls: dict[int, int] = {}
     for captured in result.meta.outputs:
-        calls[id(captured.node.layer)] = max(calls.get(id(captured.node.layer), 0), captured.call + 1)
+        calls[id(captured.node.layer)] = max(
+            calls.get(id(captured.node.layer), 0), captured.call + 1
+        )
     paths = [_activation_path(c, calls) for c in result.meta.outputs if c.differentiable]
     return GradientTensors(
-        variables={v.path: g for v, g in zip(variables, raw["variables"], strict=True) if g is not None},
+        variables={
+            v.path: g for v, g in zip(variables, raw["variables"], strict=True) if g is not None
+        },
         inputs={name: g for name, g in raw["inputs"].items() if g is not None},
         activations={p: g for p, g in zip(paths, raw["activations"], strict=True) if g is not None},
     )
@@ -403,6 +442,8 @@ def filter_layers(report: Report, layers: str) -> Report:
     if not variables and not activations:
         known = sorted({r.path for r in report.activations} | {r.layer for r in report.variables})
         close = difflib.get_close_matches(patterns[0], known, n=3)
-        hint = f" Close names: {', '.join(close)}." if close else f" Layers: {', '.join(known[:8])}."
+        hint = (
+            f" Close names: {', '.join(close)}." if close else f" Layers: {', '.join(known[:8])}."
+        )
         raise UsageError(f"--layers {layers!r}: no layer matches.{hint}")
     return dataclasses.replace(report, variables=variables, activations=activations)

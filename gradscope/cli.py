@@ -25,7 +25,10 @@ T = TypeVar("T")
 
 app = typer.Typer(
     name="gradscope",
-    help="Gradient inspector for Keras models: every weight, input and layer-output gradient in one pass.",
+    help=(
+        "Gradient inspector for Keras models: every weight, input and layer-output "
+        "gradient in one pass."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -59,7 +62,9 @@ def run_guarded(action: Callable[[], T], debug: bool) -> T:
         if debug:
             traceback.print_exc()
         first = (str(exc).strip().splitlines() or [""])[0]
-        _error(f"internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)")
+        _error(
+            f"internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)"
+        )
         raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
 
@@ -83,7 +88,9 @@ def _version(value: bool) -> None:
 def main_options(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Gradient inspector for Keras models."""
@@ -91,24 +98,37 @@ def main_options(
 
 @app.command()
 def inspect(
-    model: Annotated[Path, typer.Argument(help="Saved model: .keras, or legacy .h5 (Keras 3 or 2).")],
+    model: Annotated[
+        Path, typer.Argument(help="Saved model: .keras, or legacy .h5 (Keras 3 or 2).")
+    ],
     data: Annotated[
         Path | None,
-        typer.Option("--data", "-d", help="Batch: .npz, .npy (inputs only) or .h5. Default: synthetic."),
+        typer.Option(
+            "--data", "-d", help="Batch: .npz, .npy (inputs only) or .h5. Default: synthetic."
+        ),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Use only the first N rows (synthetic: N rows).")
+        int | None,
+        typer.Option("--limit", min=1, help="Use only the first N rows (synthetic: N rows)."),
     ] = None,
-    loss: Annotated[str | None, typer.Option("--loss", help="Keras loss name overriding the compiled loss.")] = None,
+    loss: Annotated[
+        str | None, typer.Option("--loss", help="Keras loss name overriding the compiled loss.")
+    ] = None,
     training: Annotated[
-        bool, typer.Option("--training", help="Forward pass in training mode (dropout, batch statistics).")
+        bool,
+        typer.Option(
+            "--training", help="Forward pass in training mode (dropout, batch statistics)."
+        ),
     ] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic batch and of dropout.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the synthetic batch and of dropout.")
+    ] = 0,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")
     ] = OutputFormat.TABLE,
     layers: Annotated[
-        str | None, typer.Option("--layers", help="Only layers matching these globs (comma-separated).")
+        str | None,
+        typer.Option("--layers", help="Only layers matching these globs (comma-separated)."),
     ] = None,
     save: Annotated[
         Path | None, typer.Option("--save", help="Write the raw gradient tensors to this .h5 file.")
@@ -127,8 +147,14 @@ def inspect(
         if save is not None:
             check_writable(save, hdf5.SUFFIXES, "--save")
         report = api.inspect_file(
-            model, data, limit=limit, loss=loss, training=training, seed=seed,
-            layers=layers, keep_tensors=save is not None,
+            model,
+            data,
+            limit=limit,
+            loss=loss,
+            training=training,
+            seed=seed,
+            layers=layers,
+            keep_tensors=save is not None,
         )
         if report.loss.kind == "sum_of_outputs":
             _note(f"loss: {report.loss.source}", quiet)

@@ -63,7 +63,9 @@ def _known_loss_names() -> list[str]:
     return sorted(
         name
         for name, obj in vars(keras.losses).items()
-        if callable(obj) and not name.startswith("_") and name[0].islower()
+        if callable(obj)
+        and not name.startswith("_")
+        and name[0].islower()
         and name not in {"get", "serialize", "deserialize"}
     )
 
@@ -144,7 +146,9 @@ def resolve_loss(
     compiled = _compiled_loss_of(model)
     if compiled is not None and has_targets:
         names = _per_output(compiled, output_names)
-        return LossSpec("compiled", f"compiled: {_describe_compiled(model, names, output_names)}", names)
+        return LossSpec(
+            "compiled", f"compiled: {_describe_compiled(model, names, output_names)}", names
+        )
     reason = "no targets in the batch" if compiled is not None else "no compiled loss"
     return LossSpec("sum_of_outputs", f"sum of outputs ({reason})", (None,) * len(output_names))
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from .. import _tf
 
-
 LOOP_NOTE = "runs inside a loop (an RNN cell): per-step outputs are not reported"
 
 

@@ -119,7 +119,9 @@ class GradientEngine:
 
     # -- the traced step -------------------------------------------------------------
 
-    def _step(self, inputs: dict[str, Any], targets: dict[str, Any] | None, weight: Any) -> dict[str, Any]:
+    def _step(
+        self, inputs: dict[str, Any], targets: dict[str, Any] | None, weight: Any
+    ) -> dict[str, Any]:
         tf = _tf.tensorflow()
         meta = TraceMeta()
         with tf.GradientTape() as tape:
@@ -143,9 +145,7 @@ class GradientEngine:
             "probes": [probe for _, probe in probes],
         }
         targets_ = [loss] if alt_loss is None else [loss, alt_loss]
-        grads = tape.gradient(
-            targets_, sources, unconnected_gradients=tf.UnconnectedGradients.NONE
-        )
+        grads = tape.gradient(targets_, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
         activation_grads = self._merge_probe_grads(differentiable, grads, probes, y_pred)
         self.meta = meta
         return self._reduce(loss, reg, inputs, grads, activation_grads, recording.outputs, meta)
@@ -229,7 +229,9 @@ class GradientEngine:
         input_rows = {}
         for name, gradient in grads["inputs"].items():
             meta.input_connected[name] = gradient is not None
-            input_rows[name] = _nan_row() if gradient is None else stats.tensor_stats(_dense(gradient))
+            input_rows[name] = (
+                _nan_row() if gradient is None else stats.tensor_stats(_dense(gradient))
+            )
         meta.activation_connected = [g is not None for g in activation_grads]
         result = {
             "loss": tf.cast(loss, tf.float64),

@@ -185,14 +185,20 @@ def _find_key(candidates: Sequence[str], available: Sequence[str]) -> str | None
 
 
 def _describe_shape(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    return (
+        "("
+        + ", ".join("None" if d is None else str(d) for d in shape)
+        + ("," if len(shape) == 1 else "")
+        + ")"
+    )
 
 
 def check_input_array(source: str, key: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """``array`` cast to the input's dtype, after checking rank, shape and dtype."""
     expected = _describe_shape(spec.shape)
     if array.ndim != len(spec.shape) or any(
-        want is not None and want != got for want, got in zip(spec.shape[1:], array.shape[1:], strict=False)
+        want is not None and want != got
+        for want, got in zip(spec.shape[1:], array.shape[1:], strict=False)
     ):
         raise MismatchError(
             f"{source}: key {key!r} does not fit model input {spec.name!r}: expected shape "
@@ -201,12 +207,12 @@ def check_input_array(source: str, key: str, array: np.ndarray, spec: TensorSpec
     if array.dtype.kind == "c":
         raise MismatchError(f"{source}: key {key!r} is complex; expected real numbers.")
     if spec.is_integer:
-        if array.dtype.kind == "f":
-            if not np.all(np.isfinite(array)) or not np.all(np.equal(np.mod(array, 1), 0)):
-                raise MismatchError(
-                    f"{source}: key {key!r} feeds integer input {spec.name!r} ({spec.dtype}) "
-                    f"but holds non-integer values. {received(array.dtype)}"
-                )
+        integral = np.all(np.isfinite(array)) and np.all(np.equal(np.mod(array, 1), 0))
+        if array.dtype.kind == "f" and not integral:
+            raise MismatchError(
+                f"{source}: key {key!r} feeds integer input {spec.name!r} ({spec.dtype}) "
+                f"but holds non-integer values. {received(array.dtype)}"
+            )
         return array.astype(spec.dtype, copy=False)
     return array.astype(spec.dtype if spec.dtype != "bfloat16" else np.float32, copy=False)
 
@@ -239,9 +245,13 @@ def _check_batch_sizes(source: str, arrays: Mapping[str, np.ndarray]) -> int:
     return size
 
 
-def _read_inputs(data: _DataFile, signature: ModelSignature, limit: int | None) -> dict[str, np.ndarray]:
+def _read_inputs(
+    data: _DataFile, signature: ModelSignature, limit: int | None
+) -> dict[str, np.ndarray]:
     inputs: dict[str, np.ndarray] = {}
-    for spec, (name, candidates) in zip(signature.inputs, _keys_for(signature.inputs, "x"), strict=True):
+    for spec, (name, candidates) in zip(
+        signature.inputs, _keys_for(signature.inputs, "x"), strict=True
+    ):
         key = _find_key(candidates, data.keys)
         if key is None:
             raise MismatchError(
@@ -257,7 +267,9 @@ def _read_targets(
 ) -> dict[str, np.ndarray] | None:
     found: dict[str, tuple[str, TensorSpec]] = {}
     missing: list[str] = []
-    for spec, (name, candidates) in zip(signature.outputs, _keys_for(signature.outputs, "y"), strict=True):
+    for spec, (name, candidates) in zip(
+        signature.outputs, _keys_for(signature.outputs, "y"), strict=True
+    ):
         key = _find_key(candidates, data.keys)
         if key is None:
             missing.append(name)

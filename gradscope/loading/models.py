@@ -100,9 +100,7 @@ def _h5_training_config(path: Path) -> dict[str, Any] | None:
     import h5py
 
     if not h5py.is_hdf5(path):
-        raise ModelLoadError(
-            f"{path}: not an HDF5 file; the file starts with {_magic(path)}."
-        )
+        raise ModelLoadError(f"{path}: not an HDF5 file; the file starts with {_magic(path)}.")
     try:
         with h5py.File(path, "r") as handle:
             if "model_config" not in handle.attrs:

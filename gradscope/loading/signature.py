@@ -27,7 +27,9 @@ class TensorSpec:
 
     @property
     def is_float(self) -> bool:
-        return np.issubdtype(np.dtype(self.dtype), np.floating) if self.dtype != "bfloat16" else True
+        return (
+            np.issubdtype(np.dtype(self.dtype), np.floating) if self.dtype != "bfloat16" else True
+        )
 
     @property
     def is_integer(self) -> bool:

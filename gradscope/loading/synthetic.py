@@ -69,13 +69,15 @@ def integer_input_bound(model: Any, index: int) -> int:
     return min(everywhere) if everywhere else 2
 
 
-def _target_for(loss: str | None, spec: TensorSpec, rows: int, rng: np.random.Generator) -> np.ndarray:
+def _target_for(
+    loss: str | None, spec: TensorSpec, rows: int, rng: np.random.Generator
+) -> np.ndarray:
     name = (loss or "").lower()
     shape = _concrete_shape(spec, rows, "model output")
     classes = shape[-1] if len(shape) > 1 else 1
     if "sparse" in name:
         return rng.integers(0, max(classes, 1), size=shape[:-1] or (rows,)).astype(np.int32)
-    if "categorical" in name or "kl_divergence" in name or "kld" == name:
+    if "categorical" in name or "kl_divergence" in name or name == "kld":
         ids = rng.integers(0, classes, size=shape[:-1])
         return np.eye(classes, dtype=np.float32)[ids]
     if "binary" in name:

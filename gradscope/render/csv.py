@@ -65,9 +65,7 @@ def _grad_cells(grad: TensorStats | None) -> Row:
     }
 
 
-def _common_cells(
-    kind: str, shape: tuple[int, ...], dtype: str, note: str | None
-) -> Row:
+def _common_cells(kind: str, shape: tuple[int, ...], dtype: str, note: str | None) -> Row:
     """Cells every kind of row has."""
     return {
         "kind": kind,

@@ -88,7 +88,9 @@ def fmt_general(value: float) -> str:
 def _model_line(model: ModelInfo) -> str:
     """``name (Class) — path (format), N trainable params``."""
     where = f"{model.path} ({model.format})" if model.path else model.format
-    return f"{model.name} ({model.class_name}) — {where}, {model.trainable_params:,} trainable params"
+    return (
+        f"{model.name} ({model.class_name}) — {where}, {model.trainable_params:,} trainable params"
+    )
 
 
 def _batch_line(batch: BatchInfo) -> str:
@@ -305,9 +307,7 @@ def renderables(report: Report) -> list[RenderableType]:
     return parts
 
 
-def make_console(
-    file: io.StringIO, width: int | None = None, color: bool = False
-) -> Console:
+def make_console(file: io.StringIO, width: int | None = None, color: bool = False) -> Console:
     """A console that renders into ``file``, independent of the real terminal.
 
     Width and colour are fixed by the caller rather than detected, so the output is the
@@ -327,9 +327,7 @@ def _strip_trailing_spaces(text: str) -> str:
     return "\n".join(line.rstrip(" ") for line in text.split("\n"))
 
 
-def format_report(
-    report: Report, *, width: int | None = None, color: bool = False
-) -> str:
+def format_report(report: Report, *, width: int | None = None, color: bool = False) -> str:
     """The report as text tables, no line wider than ``width`` (default 120) cells.
 
     With ``color`` the text contains ANSI escapes (bold headers, red non-finite counts,

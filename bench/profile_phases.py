@@ -1,0 +1,155 @@
+"""Phase timings, in one fresh process, of gradscope's inspect pipeline or of the baseline.
+
+    python bench/profile_phases.py gradscope MODEL.keras BATCH.npz
+    python bench/profile_phases.py baseline  MODEL.keras BATCH.npz
+
+gradscope: the steps of ``gradscope.api.inspect_file`` done one by one through gradscope's
+own functions (nothing is changed), with the compiled step traced explicitly
+(``get_concrete_function``) so that tracing, the first execution (graph instantiation:
+Grappler, kernel creation) and a second, steady-state execution are timed apart.
+baseline: the same phases for bench/baseline_weight_grads.py's step.
+
+"unaccounted" is interpreter start-up and shutdown: the process wall time (from spawn,
+via the process start time) minus the phases.  Run by bench/inspect_resnet50.py --profile.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+T0 = time.perf_counter()
+PHASES: list[tuple[str, float]] = []
+_last = T0
+
+
+def mark(name: str) -> None:
+    global _last
+    now = time.perf_counter()
+    PHASES.append((name, now - _last))
+    _last = now
+
+
+def graph_size(concrete) -> str:  # type: ignore[no-untyped-def]
+    ops = concrete.graph.get_operations()
+    return f"{len(ops)} ops in the traced graph"
+
+
+def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
+    import gradscope.cli  # noqa: F401  (typer, what `python -m gradscope` imports first)
+
+    mark("import gradscope.cli (typer)")
+    from gradscope import _tf
+
+    _tf.keras()
+    mark("import tensorflow + keras")
+    from gradscope import api
+    from gradscope.engine.gradients import GradientEngine
+    from gradscope.loading.data import load_batch
+    from gradscope.loading.models import load_model
+    from gradscope.loading.signature import model_signature
+    from gradscope.losses import resolve_loss
+    from gradscope.render import OutputFormat, render
+
+    mark("import gradscope.api etc.")
+    loaded = load_model(model_path)
+    model = loaded.model
+    mark("load_model")
+    signature = model_signature(model)
+    batch = load_batch(batch_path, signature)
+    mark("signature + load_batch")
+    spec = resolve_loss(model, signature.output_names, None, batch.targets is not None)
+    api._preflight(spec, model, signature, batch)
+    mark("resolve_loss + eager preflight")
+    engine = GradientEngine(model, signature, spec)
+    mark("GradientEngine() (walk layers)")
+    tf = _tf.tensorflow()
+    inputs = {k: tf.convert_to_tensor(v) for k, v in batch.inputs.items()}
+    targets = {k: tf.convert_to_tensor(v) for k, v in (batch.targets or {}).items()} or None
+    concrete = engine._step_fn.get_concrete_function(inputs, targets, None)
+    mark("trace step (python -> graph)")
+    result = engine.run(batch)
+    mark("1st run (instantiate+optimize+exec)")
+    engine.run(batch)
+    mark("2nd run (execution only)")
+    report = api.build_report(
+        model, signature, spec, batch, result, engine.layer_nodes, False,
+        api._model_info(model, loaded.path, loaded.format),
+    )
+    text = render(report, OutputFormat.JSON)
+    mark("build_report + render json")
+    return [
+        graph_size(concrete),
+        f"{len(engine.variables)} variables, {len(result.meta.outputs)} captured layer outputs, "
+        f"JSON {len(text) / 1e3:.0f} kB",
+        f"global_grad_norm {report.global_grad_norm!r}",
+    ]
+
+
+def profile_baseline(model_path: str, batch_path: str) -> list[str]:
+    import numpy as np
+    import tensorflow as tf
+    import keras
+
+    mark("import tensorflow + keras")
+    model = keras.models.load_model(model_path)
+    mark("load_model")
+    with np.load(batch_path) as data:
+        x = tf.convert_to_tensor(data["x"])
+        y = tf.convert_to_tensor(data["y"])
+    mark("load batch")
+
+    @tf.function
+    def step(x, y):  # type: ignore[no-untyped-def]
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
+        return tape.gradient(loss, model.trainable_variables)
+
+    concrete = step.get_concrete_function(x, y)
+    mark("trace step (python -> graph)")
+    grads = step(x, y)
+    norm = float(tf.linalg.global_norm(grads).numpy())
+    mark("1st run (instantiate+optimize+exec)")
+    step(x, y)[0].numpy()
+    mark("2nd run (execution only)")
+    return [graph_size(concrete), f"global_norm {norm!r}"]
+
+
+def process_start_offset() -> float | None:
+    """Seconds between this process's start and T0 (Linux only), else None."""
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        hz = os.sysconf("SC_CLK_TCK")
+        age_now = uptime - start_ticks / hz
+        return age_now - (time.perf_counter() - T0)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def main() -> None:
+    if len(sys.argv) != 4 or sys.argv[1] not in ("gradscope", "baseline"):
+        sys.exit("usage: python bench/profile_phases.py gradscope|baseline MODEL BATCH")
+    side, model_path, batch_path = sys.argv[1:]
+    startup = process_start_offset()
+    notes = (profile_gradscope if side == "gradscope" else profile_baseline)(model_path, batch_path)
+    total = sum(seconds for _, seconds in PHASES)
+    print(f"phases of {side} (one process, seconds):")
+    if startup is not None:
+        print(f"  {'interpreter start-up (approx.)':<40}{startup:>8.2f}")
+    for name, seconds in PHASES:
+        print(f"  {name:<40}{seconds:>8.2f}")
+    print(f"  {'total of phases':<40}{total:>8.2f}")
+    for note in notes:
+        print(f"  {note}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
