@@ -48,7 +48,12 @@ def inspect_file(
     layers: str | None = None,
     keep_tensors: bool = False,
 ) -> Report:
-    """Load a saved model (and a batch file, or synthesize one) and inspect it."""
+    """Load a saved model (and a batch file, or synthesize one) and inspect it.
+
+    Keras's global random state is seeded with ``seed`` before the model is built, so
+    that dropout in ``training`` mode is reproducible from the command line.
+    """
+    _tf.keras().utils.set_random_seed(seed)
     loaded = load_model(model_path)
     model = loaded.model
     signature = model_signature(model)
@@ -185,7 +190,6 @@ def run_inspect(
     has_targets = batch is None or batch.targets is not None
     spec = resolve_loss(model, signature.output_names, loss, has_targets)
     if batch is None:
-        _tf.keras().utils.set_random_seed(seed)
         batch = synthetic_batch(
             model,
             signature,

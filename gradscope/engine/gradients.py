@@ -132,9 +132,12 @@ class GradientEngine:
             with self.capture.recording(tape) as recording:
                 y_pred = self.model(packed, training=self.training)
             y_true = None if targets is None else self.signature.pack_outputs(targets)
+            graph = tf.compat.v1.get_default_graph()
+            ops_before = len(graph.get_operations())
             loss = total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
+            loss_ops = set(graph.get_operations()[ops_before:])
             reg, meta.regularization_terms = regularization(self.model)
-            probes, alt_loss = self._probability_path(tape, y_true, y_pred, weight, meta)
+            probes, alt_loss = self._probability_path(tape, y_true, y_pred, weight, loss_ops, meta)
         meta.outputs = recording.outputs
         meta.first_call = recording.first_call_order()
         differentiable = [c for c in recording.outputs if c.differentiable]
@@ -151,12 +154,24 @@ class GradientEngine:
         return self._reduce(loss, reg, inputs, grads, activation_grads, recording.outputs, meta)
 
     def _probability_path(
-        self, tape: Any, y_true: Any, y_pred: Any, weight: Any, meta: TraceMeta
+        self, tape: Any, y_true: Any, y_pred: Any, weight: Any, loss_ops: set[Any], meta: TraceMeta
     ) -> tuple[list[tuple[int, Any]], Any]:
-        """Probes on outputs whose loss reads cached logits, and the detached data loss."""
+        """Probes on outputs whose loss reads cached logits, and the detached data loss.
+
+        An output gets a probe only when it has cached logits *and* no op of the loss
+        consumes it (the loss read the logits instead).  When the loss does read the
+        output itself (mse on a softmax, say), its gradient already arrives through the
+        main loss, and a probe would count it twice.
+        """
         tf = _tf.tensorflow()
         flat = tf.nest.flatten(y_pred)
-        cached = [i for i, t in enumerate(flat) if t.dtype.is_floating and has_cached_logits(t)]
+        cached = [
+            i
+            for i, t in enumerate(flat)
+            if t.dtype.is_floating
+            and has_cached_logits(t)
+            and not any(op in loss_ops for op in t.consumers())
+        ]
         meta.logits_outputs = len(cached)
         if not cached or y_true is None or not self.loss.needs_targets:
             return [], None

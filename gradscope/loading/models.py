@@ -125,10 +125,11 @@ def _h5_training_config(path: Path) -> dict[str, Any] | None:
 
 
 def _keras2_loss_config(config: Any) -> Any:
-    """Adapt a Keras 2 loss config to Keras 3 (``reduction='auto'`` no longer exists)."""
+    """Adapt a Keras 2 loss config to Keras 3 (no ``reduction='auto'``, no ``fn`` key)."""
     if isinstance(config, dict):
         if "class_name" in config and isinstance(config.get("config"), dict):
             inner = dict(config["config"])
+            inner.pop("fn", None)  # Keras 2 stores the wrapped function's name
             if inner.get("reduction") in ("auto", "sum_over_batch_size", None):
                 inner["reduction"] = "sum_over_batch_size"
             return {**config, "config": inner}
