@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -47,9 +48,16 @@ def _note(message: str, quiet: bool) -> None:
 
 
 def run_guarded(action: Callable[[], T], debug: bool) -> T:
-    """Run ``action``; turn failures into one stderr line and a documented exit code."""
+    """Run ``action``; turn failures into one stderr line and a documented exit code.
+
+    Python warnings from the libraries underneath (Keras, TensorFlow, h5py) are noise on
+    a terminal; they are shown only with ``--debug``.
+    """
     try:
-        return action()
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            return action()
     except GradscopeError as exc:
         if debug:
             traceback.print_exc()

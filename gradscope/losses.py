@@ -171,11 +171,20 @@ def _sum_of_outputs(y_pred: Any) -> Any:
     return tf.add_n(leaves)
 
 
+def _loss_object(fn: LossFn) -> Any:
+    """Wrap a loss function the way ``compile`` does, so it reduces exactly like Keras."""
+    keras = _tf.keras()
+    wrapper = getattr(keras.losses, "LossFunctionWrapper", None)
+    if wrapper is None:  # not exported by Keras 3; stable inside it since 3.0
+        from keras.src.losses.losses import LossFunctionWrapper as wrapper
+    return wrapper(fn, name=getattr(fn, "__name__", None))
+
+
 def _override_data_loss(fn: LossFn, y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
     """``fn`` on each (target, output) pair, mean-reduced like Keras, then summed."""
     tf = _tf.tensorflow()
     keras = _tf.keras()
-    loss_object = fn if isinstance(fn, keras.losses.Loss) else keras.losses.LossFunctionWrapper(fn)
+    loss_object = fn if isinstance(fn, keras.losses.Loss) else _loss_object(fn)
     pairs = zip(tf.nest.flatten(y_true), tf.nest.flatten(y_pred), strict=True)
     return tf.add_n([tf.cast(loss_object(t, p, sample_weight), tf.float32) for t, p in pairs])
 

@@ -50,6 +50,9 @@ def _dense_moments(values: Any, size: Any, extra_zeros: Any) -> list[Any]:
     centered = wide - mean
     centered_squares = tf.reduce_sum(centered * centered) + extra * mean * mean
     l2 = tf.sqrt(centered_squares + size * mean * mean)
+    # With NaN or Inf present the centered sum is NaN; the true norm is NaN when a NaN
+    # is present, +Inf otherwise, which is exactly what max|x| holds then.
+    l2 = tf.where(nonfinite > 0, max_abs, l2)
     variance = centered_squares / size
     return [l2, max_abs, mean, tf.sqrt(variance), zeros / size, nonfinite]
 
