@@ -13,9 +13,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
 
 def main(model_path: str, batch_path: str) -> None:
@@ -27,9 +27,7 @@ def main(model_path: str, batch_path: str) -> None:
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = model.compute_loss(
-                x=x, y=y, y_pred=model(x, training=False), training=False
-            )
+            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
         return tape.gradient(loss, model.trainable_variables)
 
     grads = step(x, y)

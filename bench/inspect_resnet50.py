@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -64,56 +65,78 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def run_quiet(cmd: list[str]) -> None:
+    """Run ``cmd`` with stdout shown; its stderr (TensorFlow's start-up lines) only on failure."""
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, env=child_env(), cwd=REPO)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr.decode(errors="replace"))
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}")
+
+
 def ensure_cache(rebuild: bool) -> None:
     if MODEL.exists() and BATCH.exists() and not rebuild:
         print(f"cached model: {MODEL.relative_to(REPO)}  batch: {BATCH.relative_to(REPO)}")
         return
     CACHE.mkdir(parents=True, exist_ok=True)
-    print("building ResNet50 (weights=None, 128x128x3, 10 classes) and a batch of 8 ...", flush=True)
+    print("building ResNet50 (weights=None, 128x128x3, 10 classes) + a batch of 8", flush=True)
     start = time.perf_counter()
     # Write to temporary names and rename, so an interrupted build leaves no half cache.
     tmp_model = MODEL.with_name("tmp_" + MODEL.name)
     tmp_batch = BATCH.with_name("tmp_" + BATCH.name)
-    subprocess.run(
-        [sys.executable, "-c", BUILD_CODE, str(tmp_model), str(tmp_batch)],
-        check=True, env=child_env(), cwd=REPO,
-    )
+    run_quiet([sys.executable, "-c", BUILD_CODE, str(tmp_model), str(tmp_batch)])
     tmp_model.replace(MODEL)
     tmp_batch.replace(BATCH)
     print(f"  built in {time.perf_counter() - start:.1f} s")
 
 
 def gradscope_cmd() -> list[str]:
-    return [sys.executable, "-m", "gradscope", "inspect", str(MODEL), "--data", str(BATCH),
-            "--format", "json"]
+    return [
+        sys.executable,
+        "-m",
+        "gradscope",
+        "inspect",
+        str(MODEL),
+        "--data",
+        str(BATCH),
+        "--format",
+        "json",
+    ]
 
 
 def baseline_cmd() -> list[str]:
     return [sys.executable, str(BASELINE), str(MODEL), str(BATCH)]
 
 
-def run_timed(cmd: list[str], stdout: object) -> tuple[float, subprocess.CompletedProcess]:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_timed(cmd: list[str], stdout: object) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall seconds and CPU seconds (user+sys) of one child process, spawn to exit."""
+    cpu = children_cpu()
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, env=child_env(), cwd=REPO)
     elapsed = time.perf_counter() - start
+    cpu = children_cpu() - cpu
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr.decode(errors="replace"))
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}")
-    return elapsed, proc
+    return elapsed, cpu, proc
 
 
-def run_gradscope(json_out: Path | None) -> float:
+def run_gradscope(json_out: Path | None) -> tuple[float, float]:
     if json_out is None:
-        return run_timed(gradscope_cmd(), subprocess.DEVNULL)[0]
+        return run_timed(gradscope_cmd(), subprocess.DEVNULL)[:2]
     with json_out.open("wb") as handle:
-        return run_timed(gradscope_cmd(), handle)[0]
+        return run_timed(gradscope_cmd(), handle)[:2]
 
 
-def run_baseline() -> tuple[float, float]:
-    elapsed, proc = run_timed(baseline_cmd(), subprocess.PIPE)
+def run_baseline() -> tuple[float, float, float]:
+    elapsed, cpu, proc = run_timed(baseline_cmd(), subprocess.PIPE)
     for line in proc.stdout.decode().splitlines():
         if line.startswith("global_norm "):
-            return elapsed, float(line.split()[1])
+            return elapsed, cpu, float(line.split()[1])
     sys.exit(f"baseline printed no global norm: {proc.stdout!r}")
 
 
@@ -121,6 +144,13 @@ def summary(name: str, times: list[float]) -> tuple[float, float]:
     med, low = statistics.median(times), min(times)
     print(f"{name:<22}{med:>10.2f}{low:>10.2f}   " + " ".join(f"{t:.2f}" for t in times))
     return med, low
+
+
+def table(title: str, times_a: list[float], times_b: list[float]) -> None:
+    print(f"{title:<22}{'median':>10}{'min':>10}   runs")
+    med_a, min_a = summary("gradscope inspect", times_a)
+    med_b, min_b = summary("baseline (weights)", times_b)
+    print(f"{'ratio A/B':<22}{med_a / med_b:>10.2f}{min_a / min_b:>10.2f}")
 
 
 def main() -> None:
@@ -143,28 +173,31 @@ def main() -> None:
     have_json = False
     baseline_norms: list[float] = []
     for round_ in range(args.warmup):
-        a = run_gradscope(json_path if not have_json else None)
+        a, _ = run_gradscope(json_path if not have_json else None)
         have_json = True
-        b, norm = run_baseline()
+        b, _, norm = run_baseline()
         baseline_norms.append(norm)
-        print(f"warm-up {round_ + 1}: gradscope {a:.2f} s, baseline {b:.2f} s (untimed)", flush=True)
+        print(f"warm-up {round_ + 1}: gradscope {a:.2f} s, baseline {b:.2f} s", flush=True)
 
     times_a: list[float] = []
     times_b: list[float] = []
+    cpu_a: list[float] = []
+    cpu_b: list[float] = []
     for round_ in range(args.repeats):
-        a = run_gradscope(json_path if not have_json else None)
+        a, ca = run_gradscope(json_path if not have_json else None)
         have_json = True
-        b, norm = run_baseline()
+        b, cb, norm = run_baseline()
         baseline_norms.append(norm)
         times_a.append(a)
         times_b.append(b)
-        print(f"round {round_ + 1}/{args.repeats}: gradscope {a:.2f} s, baseline {b:.2f} s", flush=True)
+        cpu_a.append(ca)
+        cpu_b.append(cb)
+        print(f"round {round_ + 1}: gradscope {a:.2f} s, baseline {b:.2f} s", flush=True)
 
     print()
-    print(f"{'whole process (s)':<22}{'median':>10}{'min':>10}   runs")
-    med_a, min_a = summary("gradscope inspect", times_a)
-    med_b, min_b = summary("baseline (weights)", times_b)
-    print(f"{'ratio A/B':<22}{med_a / med_b:>10.2f}{min_a / min_b:>10.2f}")
+    table("wall time (s)", times_a, times_b)
+    print()
+    table("CPU time, user+sys (s)", cpu_a, cpu_b)
 
     report = json.loads(json_path.read_text())
     ours = float(report["global_grad_norm"])
@@ -172,9 +205,11 @@ def main() -> None:
     ok = math.isclose(ours, theirs, rel_tol=RTOL, abs_tol=0.0)
     spread = max(baseline_norms) / min(baseline_norms) - 1 if min(baseline_norms) > 0 else 0.0
     print()
-    print(f"global norm: gradscope {ours!r}  baseline {theirs!r}  "
-          f"rel diff {abs(ours - theirs) / abs(theirs):.2e}  "
-          f"(rtol {RTOL:g}): {'OK' if ok else 'MISMATCH'}")
+    print(
+        f"global norm: gradscope {ours!r}  baseline {theirs!r}  "
+        f"rel diff {abs(ours - theirs) / abs(theirs):.2e}  "
+        f"(rtol {RTOL:g}): {'OK' if ok else 'MISMATCH'}"
+    )
     print(f"baseline norm spread over {len(baseline_norms)} runs: {spread:.2e}")
     json_path.unlink(missing_ok=True)
     tmpdir.rmdir()
@@ -182,8 +217,7 @@ def main() -> None:
     if args.profile:
         for side in ("gradscope", "baseline"):
             print()
-            subprocess.run([sys.executable, str(PROFILE), side, str(MODEL), str(BATCH)],
-                           check=True, env=child_env(), cwd=REPO)
+            run_quiet([sys.executable, str(PROFILE), side, str(MODEL), str(BATCH)])
     if not ok:
         sys.exit(1)
 

@@ -55,6 +55,7 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
     from gradscope.render import OutputFormat, render
 
     mark("import gradscope.api etc.")
+    _tf.keras().utils.set_random_seed(0)  # as inspect_file does (--seed 0)
     loaded = load_model(model_path)
     model = loaded.model
     mark("load_model")
@@ -76,7 +77,13 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
     engine.run(batch)
     mark("2nd run (execution only)")
     report = api.build_report(
-        model, signature, spec, batch, result, engine.layer_nodes, False,
+        model,
+        signature,
+        spec,
+        batch,
+        result,
+        engine.layer_nodes,
+        False,
         api._model_info(model, loaded.path, loaded.format),
     )
     text = render(report, OutputFormat.JSON)
@@ -90,9 +97,9 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
 
 
 def profile_baseline(model_path: str, batch_path: str) -> list[str]:
+    import keras
     import numpy as np
     import tensorflow as tf
-    import keras
 
     mark("import tensorflow + keras")
     model = keras.models.load_model(model_path)

@@ -173,11 +173,11 @@ def _sum_of_outputs(y_pred: Any) -> Any:
 
 def _loss_object(fn: LossFn) -> Any:
     """Wrap a loss function the way ``compile`` does, so it reduces exactly like Keras."""
-    keras = _tf.keras()
-    wrapper = getattr(keras.losses, "LossFunctionWrapper", None)
-    if wrapper is None:  # not exported by Keras 3; stable inside it since 3.0
-        from keras.src.losses.losses import LossFunctionWrapper as wrapper
-    return wrapper(fn, name=getattr(fn, "__name__", None))
+    _tf.keras()  # quiet import first
+    # Not exported by Keras 3's public API, but present and stable since Keras 3.0.
+    from keras.src.losses.losses import LossFunctionWrapper
+
+    return LossFunctionWrapper(fn, name=getattr(fn, "__name__", None))
 
 
 def _override_data_loss(fn: LossFn, y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
