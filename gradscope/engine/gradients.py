@@ -11,6 +11,8 @@ leave the graph, unless the raw tensors are asked for.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ class TraceMeta:
     logits_outputs: int = 0
     logits_path_missing: bool = False
     regularization_terms: int = 0
+    input_order: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -54,19 +57,51 @@ class EngineResult:
     meta: TraceMeta
 
 
-def _empty_stats() -> Any:
-    tf = _tf.tensorflow()
-    return tf.zeros([0, stats.N_FIELDS], tf.float64)
-
-
-def _stack(rows: list[Any]) -> Any:
-    tf = _tf.tensorflow()
-    return tf.stack(rows) if rows else _empty_stats()
-
-
 def _nan_row() -> Any:
     tf = _tf.tensorflow()
     return tf.fill([stats.N_FIELDS], tf.constant(np.nan, tf.float64))
+
+
+@contextlib.contextmanager
+def _graph_optimizer(enabled: bool) -> Iterator[None]:
+    """Turn Grappler off (unless ``enabled``) while a function is first instantiated."""
+    tf = _tf.tensorflow()
+    if enabled:
+        yield
+        return
+    previous = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        yield
+    finally:
+        restored = {"disable_meta_optimizer": False, **previous}
+        tf.config.optimizer.set_experimental_options(restored)
+
+
+def _table(tensors: list[Any], *, dead_units: bool, extra_rows: list[Any] | None = None) -> Any:
+    """``[len(tensors), N_FIELDS]`` stats, reduced together; NaN rows where a tensor is None.
+
+    ``extra_rows`` are precomputed rows (sparse gradients) that stand in the positions
+    of the tensors given as ``("row", k)`` markers.  One gather puts everything in
+    order, so the graph holds no per-tensor slicing ops.
+    """
+    tf = _tf.tensorflow()
+    extra_rows = extra_rows or []
+    dense = [t for t in tensors if t is not None and not isinstance(t, tuple)]
+    table = stats.batch_stats(dense, dead_units=dead_units)
+    n_dense = len(dense)
+    order, position = [], 0
+    for tensor in tensors:
+        if tensor is None:
+            order.append(n_dense + len(extra_rows))
+        elif isinstance(tensor, tuple):
+            order.append(n_dense + tensor[1])
+        else:
+            order.append(position)
+            position += 1
+    pieces = [table, *[tf.reshape(row, [1, stats.N_FIELDS]) for row in extra_rows]]
+    pieces.append(tf.reshape(_nan_row(), [1, stats.N_FIELDS]))
+    return tf.gather(tf.concat(pieces, axis=0), tf.constant(order, tf.int32))
 
 
 def _dense(gradient: Any) -> Any:
@@ -90,13 +125,20 @@ class GradientEngine:
         *,
         training: bool = False,
         keep_tensors: bool = False,
+        optimize_graph: bool = False,
     ) -> None:
+        """``optimize_graph`` runs TensorFlow's graph optimizer (Grappler) on the step.
+
+        It is off by default: Grappler takes seconds on a large graph and saves less
+        than that on a step that runs once.  Turn it on for a step that runs many times.
+        """
         tf = _tf.tensorflow()
         self.model = model
         self.signature = signature
         self.loss = loss
         self.training = training
         self.keep_tensors = keep_tensors
+        self.optimize_graph = optimize_graph
         self.capture = LayerCapture(model)
         self.variables = list(model.trainable_variables)
         self.meta = TraceMeta()
@@ -114,7 +156,8 @@ class GradientEngine:
         if batch.targets is not None and self.loss.needs_targets:
             targets = {name: tf.convert_to_tensor(a) for name, a in batch.targets.items()}
         weight = None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
-        fetched = self._step_fn(inputs, targets, weight)
+        with _graph_optimizer(self.optimize_graph):
+            fetched = self._step_fn(inputs, targets, weight)
         return self._to_numpy(fetched)
 
     # -- the traced step -------------------------------------------------------------
@@ -225,56 +268,69 @@ class GradientEngine:
         outputs: list[CapturedOutput],
         meta: TraceMeta,
     ) -> dict[str, Any]:
-        """Statistics vectors for every gradient and activation (plus raw tensors if kept)."""
+        """Statistics vectors for every gradient and activation (plus raw tensors if kept).
+
+        Dense tensors of each kind are reduced together by :func:`stats.batch_stats`;
+        only sparse (``IndexedSlices``) variable gradients get ops of their own.
+        """
         tf = _tf.tensorflow()
-        variable_rows, touched = [], []
-        for gradient in grads["variables"]:
-            meta.variable_connected.append(gradient is not None)
-            meta.variable_sparse.append(isinstance(gradient, tf.IndexedSlices))
-            if gradient is None:
-                variable_rows.append(_nan_row())
-                touched.append(tf.constant(-1, tf.int32))
-            elif isinstance(gradient, tf.IndexedSlices):
-                row, rows_touched = stats.indexed_slices_stats(gradient)
-                variable_rows.append(row)
-                touched.append(tf.cast(rows_touched, tf.int32))
-            else:
-                variable_rows.append(stats.tensor_stats(gradient))
-                touched.append(tf.constant(-1, tf.int32))
-        input_rows = {}
-        for name, gradient in grads["inputs"].items():
-            meta.input_connected[name] = gradient is not None
-            input_rows[name] = (
-                _nan_row() if gradient is None else stats.tensor_stats(_dense(gradient))
-            )
+        variable_grads = grads["variables"]
+        meta.variable_connected = [g is not None for g in variable_grads]
+        meta.variable_sparse = [isinstance(g, tf.IndexedSlices) for g in variable_grads]
+        meta.input_connected = {name: g is not None for name, g in grads["inputs"].items()}
         meta.activation_connected = [g is not None for g in activation_grads]
+        input_names = list(grads["inputs"])
+        input_table = _table([_dense(grads["inputs"][n]) for n in input_names], dead_units=False)
         result = {
             "loss": tf.cast(loss, tf.float64),
             "regularization": tf.cast(reg, tf.float64),
-            "variables": _stack(variable_rows),
-            "rows_touched": tf.stack(touched) if touched else tf.zeros([0], tf.int32),
-            "weight_l2": _stack([stats.l2_norm(v) for v in self.variables]),
-            "inputs": input_rows,
-            "activation_grads": _stack(
-                [_nan_row() if g is None else stats.tensor_stats(g) for g in activation_grads]
-            ),
-            "activation_values": _stack(
-                [
-                    stats.value_stats(c.tensor)
-                    for c in outputs
-                    if c.tensor.dtype.is_floating and _in_graph(c.tensor)
-                ]
+            **self._variable_stats(variable_grads),
+            "inputs": input_table,
+            "activation_grads": _table(activation_grads, dead_units=False),
+            "activation_values": stats.batch_stats(
+                [c.tensor for c in outputs if c.tensor.dtype.is_floating and _in_graph(c.tensor)],
+                dead_units=True,
             ),
         }
+        meta.input_order = input_names
         if self.keep_tensors:
             result["tensors"] = {
-                "variables": [_dense(g) for g in grads["variables"]],
+                "variables": [_dense(g) for g in variable_grads],
                 "inputs": {k: _dense(g) for k, g in grads["inputs"].items()},
                 "activations": activation_grads,
             }
         return result
 
+    def _variable_stats(self, variable_grads: list[Any]) -> dict[str, Any]:
+        """Gradient stats, rows touched (sparse gradients) and weight norms per variable."""
+        tf = _tf.tensorflow()
+        markers: list[Any] = []
+        sparse_rows: list[Any] = []
+        touched: list[Any] = []
+        for gradient in variable_grads:
+            if isinstance(gradient, tf.IndexedSlices):
+                row, rows_touched = stats.indexed_slices_stats(gradient)
+                markers.append(("row", len(sparse_rows)))
+                sparse_rows.append(row)
+                touched.append(tf.cast(rows_touched, tf.int32))
+            else:
+                markers.append(gradient)
+        weights = stats.batch_stats([tf.convert_to_tensor(v) for v in self.variables])
+        return {
+            "variables": _table(markers, dead_units=False, extra_rows=sparse_rows),
+            "rows_touched": tf.stack(touched)
+            if touched
+            else tf.zeros([0], tf.int32),  # sparse only
+            "weight_l2": weights[:, 0],
+        }
+
     # -- back to numpy ---------------------------------------------------------------
+
+    def _rows_touched(self, sparse_counts: np.ndarray) -> np.ndarray:
+        """Rows touched per variable: the count for sparse gradients, -1 for dense ones."""
+        counts = np.full(len(self.variables), -1, dtype=np.int64)
+        counts[np.asarray(self.meta.variable_sparse, dtype=bool)] = sparse_counts
+        return counts
 
     def _to_numpy(self, fetched: dict[str, Any]) -> EngineResult:
         tf = _tf.tensorflow()
@@ -284,8 +340,8 @@ class GradientEngine:
             regularization=float(numpy["regularization"]),
             variable_stats=numpy["variables"],
             weight_l2=numpy["weight_l2"],
-            rows_touched=numpy["rows_touched"],
-            input_stats=numpy["inputs"],
+            rows_touched=self._rows_touched(numpy["rows_touched"]),
+            input_stats=dict(zip(self.meta.input_order, numpy["inputs"], strict=True)),
             activation_grad_stats=numpy["activation_grads"],
             activation_value_stats=numpy["activation_values"],
             tensors=numpy.get("tensors"),
