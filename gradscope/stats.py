@@ -2,7 +2,7 @@
 
 Each function here builds graph ops that reduce tensors to small float64 vectors, so
 that a compiled step returns a few numbers per tensor instead of the tensors themselves.
-:func:`batch_stats` stacks tensors of equal size and reduces them together, so the
+:func:`batch_stats` stacks tensors of equal shape and reduces them together, so the
 graph does not grow by dozens of ops per tensor.
 Sums are accumulated in float64: float16/bfloat16/float32 inputs neither overflow (a
 float32 gradient of 1e20 squares to 1e40) nor lose digits over millions of terms.
@@ -24,47 +24,73 @@ FIELDS = ("l2", "max_abs", "mean", "std", "zero_frac", "nonfinite", "dead_frac")
 N_FIELDS = len(FIELDS)
 
 
-def _row_moments(rows: Any, extra_zeros: Any = 0) -> Any:
-    """``[k, 6]`` float64 moments of the rows of a ``[k, n]`` matrix.
+def _raw_sums(matrix: Any, is_zero: Any, count: Any, extra_zeros: Any = None) -> Any:
+    """``[k, 5]`` float64 raw reductions of each row of the ``[k, n]`` ``matrix``.
 
-    Columns: l2, max|x|, mean, std, zero fraction, non-finite count.  ``extra_zeros``
-    implicit zero entries count as part of each row (the rows of an ``IndexedSlices``
-    gradient that no index touched).  Extremes and counts are exact in the tensor's own
-    dtype; sums are taken in float64, the variance in two passes.
+    Columns: max, min, zero count, sum, centered sum of squares.  ``count`` is the
+    number of entries of one row, ``extra_zeros`` of them implicit zeros that ``matrix``
+    does not hold (the rows of an ``IndexedSlices`` gradient that no index touched).
+    Extremes and counts are exact in the tensor's own dtype; sums are taken in float64,
+    the variance in two passes (the mean first, then the centered squares).  Only
+    reductions live here, a few ops per group of tensors: the arithmetic that turns
+    them into statistics runs once for all tensors, in :func:`_finish`.
     """
     tf = _tf.tensorflow()
-    extra = tf.cast(extra_zeros, tf.float64)
-    stored = tf.cast(tf.shape(rows)[1], tf.float64)
-    count = stored + extra
-    max_abs = tf.maximum(tf.cast(tf.reduce_max(tf.abs(rows), axis=1), tf.float64), 0.0)
-    zeros = tf.cast(tf.math.count_nonzero(tf.equal(rows, 0), axis=1), tf.float64) + extra
-    nonfinite = stored - tf.cast(tf.math.count_nonzero(tf.math.is_finite(rows), axis=1), tf.float64)
-    wide = tf.cast(rows, tf.float64)
-    mean = tf.reduce_sum(wide, axis=1) / count
-    centered = wide - mean[:, None]
-    variance = (tf.reduce_sum(centered * centered, axis=1) + extra * mean * mean) / count
-    l2 = tf.sqrt(tf.reduce_sum(wide * wide, axis=1))
-    # With NaN or Inf present the sums are NaN; the true norm is NaN when a NaN is
-    # present, +Inf otherwise, which is exactly what max|x| holds then.
-    l2 = tf.where(nonfinite > 0, max_abs, l2)
-    return tf.stack([l2, max_abs, mean, tf.sqrt(variance), zeros / count, nonfinite], axis=1)
+    wide = tf.cast(matrix, tf.float64)
+    total = tf.reduce_sum(wide, axis=1)
+    mean = total / count
+    centered = tf.reduce_sum(tf.math.squared_difference(wide, mean[:, None]), axis=1)
+    zeros = tf.reduce_sum(tf.cast(is_zero, tf.int32), axis=1)
+    if extra_zeros is not None:
+        zeros += tf.cast(extra_zeros, tf.int32)
+        centered += tf.cast(extra_zeros, tf.float64) * mean * mean
+    extremes = tf.stack([tf.reduce_max(matrix, axis=1), tf.reduce_min(matrix, axis=1)], axis=1)
+    return tf.concat(
+        [
+            tf.cast(extremes, tf.float64),
+            tf.stack([tf.cast(zeros, tf.float64), total, centered], axis=1),
+        ],
+        axis=1,
+    )
 
 
-def _row_dead_fraction(rows: Any, units: int) -> Any:
-    """``[k]``: fraction of the ``units`` columns of each flattened row that are all zero."""
+def _finite_counts(matrix: Any) -> Any:
+    """``[k]`` float64: the finite entries of each row."""
     tf = _tf.tensorflow()
-    if units <= 0:
-        return tf.fill([tf.shape(rows)[0]], tf.constant(np.nan, tf.float64))
-    grid = tf.reshape(tf.equal(rows, 0), [tf.shape(rows)[0], -1, units])
+    finite = tf.reduce_sum(tf.cast(tf.math.is_finite(matrix), tf.int32), axis=1)
+    return tf.cast(finite, tf.float64)
+
+
+def _finish(raw: Any, count: Any, finite: Any, dead: Any) -> Any:
+    """``[k, N_FIELDS]`` statistics from raw reductions, counts and dead fractions.
+
+    Vectorized over all tensors at once, so this arithmetic costs its ops only once.
+    """
+    tf = _tf.tensorflow()
+    highest, lowest, zeros, total, centered = tf.unstack(raw, axis=1)
+    count = tf.cast(count, tf.float64)
+    max_abs = tf.maximum(tf.maximum(highest, -lowest), 0.0)
+    mean = total / count
+    # sum(x^2) = sum((x - mean)^2) + n*mean^2: both non-negative, no cancellation.  With
+    # NaN or Inf present the sums are NaN; the true norm is then NaN when a NaN is
+    # present, +Inf otherwise, which is exactly what max|x| holds.
+    l2 = tf.where(tf.math.is_finite(centered), tf.sqrt(centered + count * mean * mean), max_abs)
+    std = tf.sqrt(centered / count)
+    return tf.stack([l2, max_abs, mean, std, zeros / count, count - finite, dead], axis=1)
+
+
+def _dead_fraction(is_zero: Any, shape: tuple[int, ...]) -> Any:
+    """``[k]``: per row of ``is_zero`` (tensors of ``shape``), the all-zero unit fraction.
+
+    A unit is a position on the last axis; rank-1 tensors are one unit, scalars none.
+    """
+    tf = _tf.tensorflow()
+    if len(shape) == 0:
+        return tf.fill([tf.shape(is_zero)[0]], tf.constant(np.nan, tf.float64))
+    if len(shape) == 1:
+        return tf.cast(tf.reduce_all(is_zero, axis=1), tf.float64)
+    grid = tf.reshape(is_zero, [-1, int(np.prod(shape[:-1])), shape[-1]])
     return tf.reduce_mean(tf.cast(tf.reduce_all(grid, axis=1), tf.float64), axis=1)
-
-
-def _units(tensor: Any) -> int:
-    """Units of an activation: its last dimension; 1 for rank 1 (one unit), 0 for scalars."""
-    rank = tensor.shape.rank
-    if not rank:
-        return 0
-    return 1 if rank == 1 else int(tensor.shape[-1] or -1)
 
 
 def _compute_dtype(tensor: Any) -> Any:
@@ -72,33 +98,34 @@ def _compute_dtype(tensor: Any) -> Any:
     return tf.float64 if tensor.dtype == tf.float64 else tf.float32
 
 
-def _group_key(index: int, tensor: Any, dead_units: bool) -> tuple[Any, ...]:
-    """Tensors with equal keys are stacked and reduced by the same few ops."""
-    size = tensor.shape.num_elements()
-    if size is None or (dead_units and _units(tensor) < 0):
+def _group_key(index: int, tensor: Any) -> tuple[Any, ...]:
+    """Tensors with equal keys (dtype and static shape) are stacked and reduced together."""
+    if not tensor.shape.is_fully_defined():
         return ("alone", index)
-    return (_compute_dtype(tensor), size, _units(tensor) if dead_units else None)
+    return (tensor.dtype, tuple(tensor.shape.as_list()))
 
 
-def _group_rows(tensors: list[Any], dead_units: bool) -> Any:
-    """``[k, N_FIELDS]`` stats of same-size tensors, stacked into one ``[k, n]`` matrix."""
+def _matrix(tensors: list[Any]) -> Any:
+    """Same-shape tensors as the rows of one ``[k, n]`` matrix, widened to float32."""
     tf = _tf.tensorflow()
     dtype = _compute_dtype(tensors[0])
-    flat = [tf.reshape(tf.cast(t, dtype) if t.dtype != dtype else t, [-1]) for t in tensors]
-    rows = tf.stack(flat) if len(flat) > 1 else tf.reshape(flat[0], [1, -1])
-    dead = (
-        _row_dead_fraction(rows, _units(tensors[0]))
-        if dead_units
-        else tf.fill([len(tensors)], tf.constant(np.nan, tf.float64))
-    )
-    return tf.concat([_row_moments(rows), dead[:, None]], axis=1)
+    if tensors[0].dtype != dtype:  # float16/bfloat16: exact widening
+        tensors = [tf.cast(t, dtype) for t in tensors]
+    if len(tensors) == 1:
+        return tf.reshape(tensors[0], [1, -1])
+    return tf.reshape(tf.stack(tensors), [len(tensors), -1])
+
+
+def _entry_count(tensor: Any) -> Any:
+    size = tensor.shape.num_elements()
+    return float(size) if size is not None else _tf.tensorflow().size(tensor, out_type="float64")
 
 
 def batch_stats(tensors: list[Any], *, dead_units: bool = False) -> Any:
     """``[len(tensors), N_FIELDS]`` float64 stats of dense tensors, in their order.
 
-    Tensors of the same dtype and size are stacked and reduced together, so the graph
-    grows by a few dozen ops per distinct size rather than per tensor: on a ResNet, that
+    Tensors of the same dtype and shape are stacked and reduced together, so the graph
+    grows by a few dozen ops per distinct shape rather than per tensor: on a ResNet, that
     is the difference between seconds and tens of seconds of tracing and graph
     optimization.  With ``dead_units`` the last field is the fraction of dead units (see
     :func:`value_stats`); otherwise it is NaN.
@@ -108,12 +135,26 @@ def batch_stats(tensors: list[Any], *, dead_units: bool = False) -> Any:
         return tf.zeros([0, N_FIELDS], tf.float64)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, tensor in enumerate(tensors):
-        groups.setdefault(_group_key(index, tensor, dead_units), []).append(index)
-    parts, order = [], []
+        groups.setdefault(_group_key(index, tensor), []).append(index)
+    matrices, raws, deads, order = [], [], [], []
     for indices in groups.values():
-        parts.append(_group_rows([tensors[i] for i in indices], dead_units))
+        members = [tensors[i] for i in indices]
+        matrix = _matrix(members)
+        is_zero = tf.equal(matrix, 0)
+        raws.append(_raw_sums(matrix, is_zero, _entry_count(members[0])))
+        if dead_units:
+            deads.append(_dead_fraction(is_zero, tuple(members[0].shape.as_list())))
+        matrices.append(matrix)
         order.extend(indices)
-    table = tf.concat(parts, axis=0) if len(parts) > 1 else parts[0]
+    raw = tf.concat(raws, axis=0)
+    if dead_units:
+        dead = tf.concat(deads, axis=0)
+    else:
+        dead = tf.fill([len(tensors)], tf.constant(np.nan, tf.float64))
+    counts = [_entry_count(tensors[i]) for i in order]
+    count = tf.stack(counts) if any(tf.is_tensor(c) for c in counts) else tf.constant(counts)
+    finite = tf.concat([_finite_counts(m) for m in matrices], axis=0)
+    table = _finish(raw, count, finite, dead)
     if order == sorted(order):
         return table
     return tf.gather(table, np.argsort(order))
@@ -144,10 +185,13 @@ def indexed_slices_stats(grad: Any) -> tuple[Any, Any]:
     unique_rows, position = tf.unique(grad.indices)
     rows_touched = tf.size(unique_rows)
     summed = tf.math.unsorted_segment_sum(grad.values, position, rows_touched)
-    dense_shape = tf.cast(grad.dense_shape, tf.int64)
-    extra_zeros = tf.reduce_prod(dense_shape) - tf.cast(tf.size(summed), tf.int64)
-    moments = _row_moments(tf.reshape(summed, [1, -1]), extra_zeros)[0]
-    stats = tf.concat([moments, tf.constant([np.nan], tf.float64)], axis=0)
+    full_size = tf.reduce_prod(tf.cast(grad.dense_shape, tf.int64))
+    extra_zeros = full_size - tf.size(summed, out_type=tf.int64)
+    matrix = tf.reshape(summed, [1, -1])
+    count = tf.cast(full_size, tf.float64)
+    raw = _raw_sums(matrix, tf.equal(matrix, 0), count, extra_zeros)
+    finite = _finite_counts(matrix) + tf.cast(extra_zeros, tf.float64)
+    stats = _finish(raw, count, finite, tf.constant([np.nan], tf.float64))[0]
     return stats, rows_touched
 
 

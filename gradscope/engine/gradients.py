@@ -114,6 +114,19 @@ def _in_graph(tensor: Any) -> bool:
     return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
 
 
+def weight_norms(variables: list[Any]) -> np.ndarray:
+    """Float64 L2 norm of each variable's current value.
+
+    Weights do not depend on the batch, so they are read once after the step and
+    reduced in numpy (BLAS dot in float64) rather than adding ops to the graph.
+    """
+    norms = np.empty(len(variables), dtype=np.float64)
+    for index, variable in enumerate(variables):
+        flat = np.asarray(variable.numpy(), dtype=np.float64).ravel()
+        norms[index] = np.sqrt(np.dot(flat, flat))
+    return norms
+
+
 class GradientEngine:
     """Compiles and runs the one-pass gradient step for one model, loss and mode."""
 
@@ -302,7 +315,7 @@ class GradientEngine:
         return result
 
     def _variable_stats(self, variable_grads: list[Any]) -> dict[str, Any]:
-        """Gradient stats, rows touched (sparse gradients) and weight norms per variable."""
+        """Gradient stats and rows touched (sparse gradients) per variable."""
         tf = _tf.tensorflow()
         markers: list[Any] = []
         sparse_rows: list[Any] = []
@@ -315,13 +328,11 @@ class GradientEngine:
                 touched.append(tf.cast(rows_touched, tf.int32))
             else:
                 markers.append(gradient)
-        weights = stats.batch_stats([tf.convert_to_tensor(v) for v in self.variables])
         return {
             "variables": _table(markers, dead_units=False, extra_rows=sparse_rows),
             "rows_touched": tf.stack(touched)
             if touched
             else tf.zeros([0], tf.int32),  # sparse only
-            "weight_l2": weights[:, 0],
         }
 
     # -- back to numpy ---------------------------------------------------------------
@@ -339,7 +350,7 @@ class GradientEngine:
             loss=float(numpy["loss"]),
             regularization=float(numpy["regularization"]),
             variable_stats=numpy["variables"],
-            weight_l2=numpy["weight_l2"],
+            weight_l2=weight_norms(self.variables),
             rows_touched=self._rows_touched(numpy["rows_touched"]),
             input_stats=dict(zip(self.meta.input_order, numpy["inputs"], strict=True)),
             activation_grad_stats=numpy["activation_grads"],
