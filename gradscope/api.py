@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from . import _tf, stats
 from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
 from .errors import MismatchError, UsageError, received
-from .loading.data import Batch, check_input_array, load_batch
-from .loading.models import load_model
+from .loading.data import Batch, check_data_path, check_input_array, load_batch
+from .loading.models import check_model_path, load_model
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS, synthetic_batch
 from .losses import LossSpec, check_loss_runs, resolve_loss
@@ -37,6 +38,18 @@ from .report import (
 ArrayLike = Any
 
 
+@dataclass(frozen=True)
+class InspectOptions:
+    """How to inspect: the loss override, mode, seed, synthetic rows, row filter."""
+
+    loss: str | None = None
+    training: bool = False
+    seed: int = 0
+    rows: int = DEFAULT_ROWS
+    layers: str | None = None
+    keep_tensors: bool = False
+
+
 def inspect_file(
     model_path: str | Path,
     data_path: str | Path | None = None,
@@ -50,28 +63,22 @@ def inspect_file(
 ) -> Report:
     """Load a saved model (and a batch file, or synthesize one) and inspect it.
 
-    Keras's global random state is seeded with ``seed`` before the model is built, so
-    that dropout in ``training`` mode is reproducible from the command line.
+    Both paths are checked before TensorFlow is imported, so a typo fails at once.
+    Keras's global random state is then seeded with ``seed`` before the model is built,
+    so that dropout in ``training`` mode is reproducible from the command line.
     """
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
+    check_model_path(Path(model_path))
+    if data_path is not None:
+        check_data_path(Path(data_path))
     _tf.keras().utils.set_random_seed(seed)
     loaded = load_model(model_path)
-    model = loaded.model
-    signature = model_signature(model)
-    batch = None
-    if data_path is not None:
-        batch = load_batch(data_path, signature, limit=limit)
-    return run_inspect(
-        model,
-        signature,
-        batch,
-        loss=loss,
-        training=training,
-        seed=seed,
-        rows=limit or DEFAULT_ROWS,
-        layers=layers,
-        keep_tensors=keep_tensors,
-        model_info=_model_info(model, loaded.path, loaded.format),
-    )
+    signature = model_signature(loaded.model)
+    batch = None if data_path is None else load_batch(data_path, signature, limit=limit)
+    options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors)
+    info = _model_info(loaded.model, loaded.path, loaded.format)
+    return run_inspect(loaded.model, signature, batch, options, info)
 
 
 def inspect(
@@ -92,24 +99,12 @@ def inspect(
     ``x`` and ``y`` are arrays, lists or dicts shaped like the model's inputs and outputs;
     with ``x=None`` a seeded synthetic batch of ``rows`` examples is used.  ``loss`` is a
     Keras loss name overriding the compiled loss.  ``keep_tensors=True`` keeps the raw
-    gradient tensors in ``report.tensors``.
+    gradient tensors in ``report.tensors``.  Keras's global random state is left alone.
     """
     signature = model_signature(model)
-    batch = None
-    if x is not None:
-        batch = batch_from_arrays(signature, x, y, sample_weight)
-    return run_inspect(
-        model,
-        signature,
-        batch,
-        loss=loss,
-        training=training,
-        seed=seed,
-        rows=rows,
-        layers=layers,
-        keep_tensors=keep_tensors,
-        model_info=_model_info(model, None, "memory"),
-    )
+    batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
+    options = InspectOptions(loss, training, seed, rows, layers, keep_tensors)
+    return run_inspect(model, signature, batch, options, _model_info(model, None, "memory"))
 
 
 def _named(specs_names: Sequence[str], value: ArrayLike, what: str) -> dict[str, np.ndarray]:
@@ -177,35 +172,31 @@ def run_inspect(
     model: Any,
     signature: ModelSignature,
     batch: Batch | None,
-    *,
-    loss: str | None,
-    training: bool,
-    seed: int,
-    rows: int,
-    layers: str | None,
-    keep_tensors: bool,
+    options: InspectOptions,
     model_info: ModelInfo,
 ) -> Report:
     """The shared inspect pipeline: loss, batch, engine, report."""
     has_targets = batch is None or batch.targets is not None
-    spec = resolve_loss(model, signature.output_names, loss, has_targets)
+    spec = resolve_loss(model, signature.output_names, options.loss, has_targets)
     if batch is None:
         batch = synthetic_batch(
             model,
             signature,
             spec.output_losses,
-            rows=rows,
-            seed=seed,
+            rows=options.rows,
+            seed=options.seed,
             with_targets=spec.needs_targets,
         )
     _preflight(spec, model, signature, batch)
-    engine = GradientEngine(model, signature, spec, training=training, keep_tensors=keep_tensors)
-    with _restored_state(model, training):
+    engine = GradientEngine(
+        model, signature, spec, training=options.training, keep_tensors=options.keep_tensors
+    )
+    with _restored_state(model, options.training):
         result = _run_engine(engine, batch)
     report = build_report(
-        model, signature, spec, batch, result, engine.layer_nodes, training, model_info
+        model, signature, spec, batch, result, engine.layer_nodes, options.training, model_info
     )
-    return filter_layers(report, layers) if layers else report
+    return filter_layers(report, options.layers) if options.layers else report
 
 
 def _run_engine(engine: GradientEngine, batch: Batch) -> EngineResult:

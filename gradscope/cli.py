@@ -12,11 +12,12 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .errors import ExitCode, GradscopeError
@@ -24,7 +25,57 @@ from .render import OutputFormat
 
 T = TypeVar("T")
 
+
+# typer >= 0.25 vendors click; reach its exception classes through typer's public ones.
+_UsageError: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """Report click's usage errors (bad option, bad value) as one line, exit code 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # plain `gradscope`: the help
+                sys.stdout.write(exc.format_message() + "\n")
+                sys.exit(0)
+            _error(_usage_message(exc))
+            sys.exit(int(ExitCode.USAGE))
+        except typer.Abort:
+            _error("interrupted")
+            sys.exit(int(ExitCode.INTERRUPTED))
+        except _ClickException as exc:
+            _error(exc.format_message())
+            sys.exit(exc.exit_code)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_message(exc: Any) -> str:
+    """click's message, tidied, with a pointer to the command's help."""
+    message = exc.format_message().replace("Value error, ", "")
+    command = exc.ctx.command_path if exc.ctx is not None else "gradscope"
+    return f"{message} (see '{command} --help')"
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="gradscope",
     help=(
         "Gradient inspector for Keras models: every weight, input and layer-output "
@@ -107,7 +158,8 @@ def main_options(
 @app.command()
 def inspect(
     model: Annotated[
-        Path, typer.Argument(help="Saved model: .keras, or legacy .h5 (Keras 3 or 2).")
+        Path,
+        typer.Argument(metavar="MODEL", help="Saved model: .keras, or legacy .h5 (Keras 3 or 2)."),
     ],
     data: Annotated[
         Path | None,
@@ -117,7 +169,7 @@ def inspect(
     ] = None,
     limit: Annotated[
         int | None,
-        typer.Option("--limit", min=1, help="Use only the first N rows (synthetic: N rows)."),
+        typer.Option("--limit", help="Use only the first N rows (synthetic: N rows)."),
     ] = None,
     loss: Annotated[
         str | None, typer.Option("--loss", help="Keras loss name overriding the compiled loss.")

@@ -58,16 +58,21 @@ def loss_name(loss: Any) -> str | None:
     return getattr(fn, "__name__", type(loss).__name__)
 
 
+_ALIASES = ("mse", "mae", "mape", "msle", "kld", "kl_divergence", "logcosh", "log_cosh")
+
+
 def _known_loss_names() -> list[str]:
+    """Loss names ``keras.losses.get`` accepts: public functions and common aliases."""
     keras = _tf.keras()
-    return sorted(
+    functions = [
         name
         for name, obj in vars(keras.losses).items()
         if callable(obj)
         and not name.startswith("_")
         and name[0].islower()
         and name not in {"get", "serialize", "deserialize"}
-    )
+    ]
+    return sorted({*functions, *_ALIASES})
 
 
 def resolve_override(name: str) -> LossFn:

@@ -30,7 +30,7 @@ SUFFIXES = (".h5", ".hdf5")
 
 def _layers_by_path(report: Report) -> dict[tuple[str, str], str]:
     layers = {("variables", row.path): row.layer for row in report.variables}
-    layers.update({("activations", row.path): row.path for row in report.activations})
+    layers.update({("activations", row.path): row.layer for row in report.activations})
     layers.update({("inputs", row.name): "" for row in report.inputs})
     return layers
 

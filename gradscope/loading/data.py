@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DataLoadError, MismatchError, UsageError, received
 from ..report import BatchInfo
+from .models import looks_like_zip
 from .signature import ModelSignature, TensorSpec
 
 DATA_SUFFIXES = (".npz", ".npy", ".h5", ".hdf5")
@@ -62,6 +63,7 @@ class _DataFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.keys: list[str] = []
+        self.rows: dict[str, int | None] = {}
         self._read: ArrayReader = self._unavailable
         self._handle: Any = None
 
@@ -92,6 +94,8 @@ class _DataFile:
 
     def _open_npz(self) -> None:
         if not zipfile.is_zipfile(self.path):
+            if looks_like_zip(self.path):
+                raise DataLoadError(f"{self.path}: truncated or corrupt .npz file (zip archive).")
             raise DataLoadError(f"{self.path}: not a .npz file (a .npz file is a zip archive).")
         self._handle = np.load(self.path, allow_pickle=False)
         self.keys = list(self._handle.files)
@@ -155,6 +159,7 @@ class _DataFile:
             raise DataLoadError(
                 f"{self.path}: key {key!r} holds {array.dtype} data; expected a numeric array."
             )
+        self.rows[key] = int(array.shape[0]) if array.ndim else None
         return array
 
 
@@ -228,8 +233,9 @@ def _check_target_array(source: str, key: str, array: np.ndarray, spec: TensorSp
     return array
 
 
-def _check_batch_sizes(source: str, arrays: Mapping[str, np.ndarray]) -> int:
-    sizes = {key: int(array.shape[0]) for key, array in arrays.items() if array.ndim}
+def _check_batch_sizes(source: str, rows: Mapping[str, int | None]) -> int:
+    """The common number of rows of the arrays read (``rows`` is keyed by file key)."""
+    sizes = {key: size for key, size in rows.items() if size is not None}
     if not sizes:
         raise MismatchError(f"{source}: no array has a batch dimension.")
     distinct = set(sizes.values())
@@ -291,7 +297,7 @@ def _read_targets(
 def load_batch(path: str | Path, signature: ModelSignature, *, limit: int | None = None) -> Batch:
     """Read a batch from ``path`` and check it fits ``signature``; ``limit`` keeps N rows."""
     if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be a positive number of rows. {received(limit)}")
+        raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
     file = Path(path)
     with _DataFile(file) as data:
         inputs = _read_inputs(data, signature, limit)
@@ -301,9 +307,6 @@ def load_batch(path: str | Path, signature: ModelSignature, *, limit: int | None
         if weight_key is not None:
             sample_weight = data.read(weight_key, limit).astype(np.float32)
         keys = tuple(sorted(data.keys))
-    arrays = {**inputs, **(targets or {})}
-    if sample_weight is not None:
-        arrays[SAMPLE_WEIGHT_KEY] = sample_weight
-    size = _check_batch_sizes(str(file), arrays)
+    size = _check_batch_sizes(str(file), data.rows)
     info = BatchInfo("file", size, path=str(file), has_targets=targets is not None, keys=keys)
     return Batch(inputs, targets, sample_weight, info)

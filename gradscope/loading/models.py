@@ -70,9 +70,17 @@ def _magic(path: Path) -> str:
     return repr(head)
 
 
+def looks_like_zip(path: Path) -> bool:
+    """Starts like a zip file, whether or not the rest of it is there."""
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
 def _check_keras_archive(path: Path) -> dict[str, Any]:
     """Return the archive's ``config.json`` after checking it is a Keras zip archive."""
     if not zipfile.is_zipfile(path):
+        if looks_like_zip(path):
+            raise ModelLoadError(f"{path}: truncated or corrupt Keras archive (zip file).")
         raise ModelLoadError(
             f"{path}: not a Keras archive (a .keras file is a zip file); the file starts "
             f"with {_magic(path)}."
