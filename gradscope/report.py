@@ -75,6 +75,13 @@ class ValueStats(TensorStats):
         return out
 
 
+def size_of(shape: tuple[int, ...]) -> int | None:
+    """Number of entries of a tensor of ``shape`` (``None`` if a dimension is unknown)."""
+    if any(d < 0 for d in shape):
+        return None
+    return int(np.prod(shape, dtype=np.int64))
+
+
 def _stats_dict(stats: TensorStats | None) -> dict[str, Any] | None:
     return None if stats is None else stats.to_dict()
 
@@ -100,6 +107,7 @@ class VariableRow:
             "layer": self.layer,
             "class": self.layer_class,
             "shape": list(self.shape),
+            "size": size_of(self.shape),
             "dtype": self.dtype,
             "grad": _stats_dict(self.grad),
             "weight_l2": finite_or_none(self.weight_l2),
@@ -126,6 +134,7 @@ class InputRow:
         out: dict[str, Any] = {
             "name": self.name,
             "shape": list(self.shape),
+            "size": size_of(self.shape),
             "dtype": self.dtype,
             "grad": _stats_dict(self.grad),
         }
@@ -163,6 +172,7 @@ class ActivationRow:
             "call": self.call,
             "output": self.output,
             "shape": list(self.shape),
+            "size": size_of(self.shape),
             "dtype": self.dtype,
             "grad": _stats_dict(self.grad),
             "value": _stats_dict(self.value),

@@ -22,7 +22,7 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
 
-from gradscope.render import OutputFormat, format_shape, render, shape_size
+from gradscope.render import OutputFormat, format_shape, render
 from gradscope.render import csv as csv_render
 from gradscope.render import json as json_render
 from gradscope.render import table as table_render
@@ -37,6 +37,7 @@ from gradscope.report import (
     TensorStats,
     ValueStats,
     VariableRow,
+    size_of,
 )
 
 NAN = float("nan")
@@ -192,7 +193,7 @@ def render_plain(renderable: RenderableType, width: int = 100) -> str:
 )
 def test_format_shape_and_size(shape: tuple[int, ...], text: str, size: int) -> None:
     assert format_shape(shape) == text
-    assert shape_size(shape) == size
+    assert size_of(shape) == size
 
 
 @pytest.mark.parametrize(

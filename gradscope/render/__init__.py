@@ -10,11 +10,10 @@ shows the same numbers.  The format modules are imported on first use, which kee
 from __future__ import annotations
 
 import enum
-import math
 
 from gradscope.report import Report
 
-__all__ = ["OutputFormat", "format_shape", "render", "shape_size"]
+__all__ = ["OutputFormat", "format_shape", "render"]
 
 
 class OutputFormat(str, enum.Enum):
@@ -30,11 +29,6 @@ def format_shape(shape: tuple[int, ...]) -> str:
     if not shape:
         return "scalar"
     return "x".join(str(int(dim)) for dim in shape)
-
-
-def shape_size(shape: tuple[int, ...]) -> int:
-    """Number of elements of a tensor of ``shape`` (1 for a scalar)."""
-    return math.prod(int(dim) for dim in shape)
 
 
 def render(

@@ -13,8 +13,8 @@ import csv
 import io
 from collections.abc import Iterator
 
-from gradscope.render import format_shape, shape_size
-from gradscope.report import ActivationRow, InputRow, Report, TensorStats, VariableRow
+from gradscope.render import format_shape
+from gradscope.report import ActivationRow, InputRow, Report, TensorStats, VariableRow, size_of
 
 __all__ = ["COLUMNS", "format_report"]
 
@@ -71,7 +71,7 @@ def _common_cells(kind: str, shape: tuple[int, ...], dtype: str, note: str | Non
         "kind": kind,
         "shape": format_shape(shape),
         "dtype": dtype,
-        "size": str(shape_size(shape)),
+        "size": "" if (size := size_of(shape)) is None else str(size),
         "note": note or "",
     }
 
