@@ -6,10 +6,10 @@ Keras sees them (exists, is a file, is a zip / HDF5 file, has a model config), s
 the common mistakes get a message naming the file and what was found, not a traceback
 from deep inside the loader.
 
-The compile configuration (loss, loss weights) is restored even where Keras's own
-loader fails on it: the model is then loaded with ``compile=False`` and compiled again
-from the saved config, read directly from the file (``training_config`` in an HDF5
-file's attributes, ``compile_config`` in a ``.keras`` archive).
+Models are loaded with ``compile=False`` and compiled again with just the saved loss and
+loss weights, read directly from the file (``compile_config`` in a ``.keras`` archive,
+``training_config`` in an HDF5 file's attributes).  The optimizer is never rebuilt, which
+is faster, and this works where Keras's own loader fails on the compile config.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ class LoadedModel:
     model: Any
     path: str
     format: str
-    compile_note: str | None = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -103,8 +102,8 @@ def _check_keras_archive(path: Path) -> dict[str, Any]:
     return config
 
 
-def _h5_training_config(path: Path) -> dict[str, Any] | None:
-    """The ``training_config`` attribute of a legacy HDF5 model, after checking the file."""
+def _h5_training_config(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The ``training_config`` attribute of a legacy HDF5 model, and its Keras version."""
     import h5py
 
     if not h5py.is_hdf5(path):
@@ -117,19 +116,22 @@ def _h5_training_config(path: Path) -> dict[str, Any] | None:
                     "attribute (a weights-only file?)."
                 )
             raw = handle.attrs.get("training_config")
+            version = _text(handle.attrs.get("keras_version", "")) or ""
     except ModelLoadError:
         raise
     except OSError as exc:
         raise ModelLoadError(f"{path}: unreadable HDF5 file: {_first_line(exc)}") from exc
     if raw is None:
-        return None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
+        return None, version
     try:
-        config = json.loads(raw)
+        config = json.loads(_text(raw))
     except ValueError as exc:
         raise ModelLoadError(f"{path}: 'training_config' is not valid JSON.") from exc
-    return config if isinstance(config, dict) else None
+    return (config if isinstance(config, dict) else None), version
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _keras2_loss_config(config: Any) -> Any:
@@ -161,23 +163,26 @@ def _deserialize_loss(config: Any) -> Any:
     return config
 
 
-def compile_from_config(model: Any, config: dict[str, Any], path: Path) -> str | None:
+def compile_from_config(model: Any, config: dict[str, Any], path: Path, *, keras2: bool) -> None:
     """Compile ``model`` with the loss and loss weights of a saved compile config.
 
-    Returns a note for the report, or ``None`` when the config has no loss.
+    Only the loss matters to gradscope, so the saved optimizer and metrics are never
+    rebuilt: that is faster than Keras's own ``compile=True`` and avoids its failures on
+    some configs (Keras 3.15 cannot rebuild ``loss="mse"`` from an ``.h5`` it wrote).
+    ``keras2`` adapts configs written by Keras 2.  Without a saved loss, the model is
+    left uncompiled.
     """
     loss_config = config.get("loss")
     if loss_config is None:
-        return None
+        return
     try:
-        loss = _deserialize_loss(_keras2_loss_config(loss_config))
+        loss = _deserialize_loss(_keras2_loss_config(loss_config) if keras2 else loss_config)
         model.compile(loss=loss, loss_weights=config.get("loss_weights"))
     except Exception as exc:  # the config is data from the file: anything can be wrong
         raise ModelLoadError(
             f"{path}: the saved loss cannot be rebuilt: {_first_line(exc)}. "
             "Use --loss NAME to choose the loss."
         ) from exc
-    return "loss restored from the saved compile config"
 
 
 def _keras_load(path: Path, *, compile: bool, safe_mode: bool, custom_objects: Any) -> Any:
@@ -221,28 +226,22 @@ def load_model(
 
 def _load_keras_archive(path: Path, safe_mode: bool, custom_objects: Any) -> LoadedModel:
     config = _check_keras_archive(path)
-    try:
-        model = _keras_load(path, compile=True, safe_mode=safe_mode, custom_objects=custom_objects)
-        return LoadedModel(model, str(path), "keras")
-    except Exception as exc:
-        if not config.get("compile_config"):
-            raise _explain_load_failure(path, exc) from exc
-    # The archive's compile config may be what failed: load without it, compile here.
-    try:
-        model = _keras_load(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
-    except Exception as exc:
-        raise _explain_load_failure(path, exc) from exc
-    note = compile_from_config(model, config["compile_config"], path)
-    return LoadedModel(model, str(path), "keras", note)
+    model = _load_uncompiled(path, safe_mode, custom_objects)
+    compile_from_config(model, config.get("compile_config") or {}, path, keras2=False)
+    return LoadedModel(model, str(path), "keras")
 
 
 def _load_h5(path: Path, safe_mode: bool, custom_objects: Any) -> LoadedModel:
-    training_config = _h5_training_config(path)
+    training_config, keras_version = _h5_training_config(path)
+    model = _load_uncompiled(path, safe_mode, custom_objects)
+    keras2 = keras_version.startswith("2")
+    compile_from_config(model, training_config or {}, path, keras2=keras2)
+    return LoadedModel(model, str(path), "h5")
+
+
+def _load_uncompiled(path: Path, safe_mode: bool, custom_objects: Any) -> Any:
+    """The model without Keras's own compile step (the optimizer is never needed here)."""
     try:
-        model = _keras_load(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+        return _keras_load(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
     except Exception as exc:
         raise _explain_load_failure(path, exc) from exc
-    note = None
-    if training_config:
-        note = compile_from_config(model, training_config, path)
-    return LoadedModel(model, str(path), "h5", note)
