@@ -1,4 +1,4 @@
-"""Legacy HDF5 models written by Keras 2 (tf_keras): their saved loss must be used.
+"""Saved losses must be used: legacy HDF5 files from Keras 2, and Keras 3 loss objects.
 
 The fixtures were saved by tf_keras 2.21 with loss *objects* (``MeanSquaredError()``,
 ``CategoricalCrossentropy()``), whose Keras 2 configs (``reduction='auto'``, an ``fn``
@@ -54,3 +54,35 @@ def test_keras2_h5_cli_uses_saved_loss() -> None:
     report = gradscope.inspect_file(FIXTURES / "keras2_multi_output.h5")
     assert report.loss.kind == "compiled"
     assert report.model.format == "h5"
+
+
+def test_keras3_loss_objects_with_arguments_survive_saving(tmp_path: Path, keras) -> None:  # type: ignore[no-untyped-def]
+    """Loss objects with non-default arguments, per output, with loss weights.
+
+    gradscope loads with ``compile=False`` and compiles from the saved config; the loss
+    must equal the one Keras computes on the model it loads with ``compile=True``.
+    """
+    inputs = keras.Input((4,), name="inp")
+    logits = keras.layers.Dense(3, name="a")(inputs)
+    probs = keras.layers.Dense(2, activation="sigmoid", name="b")(inputs)
+    model = keras.Model(inputs, [logits, probs])
+    model.compile(
+        loss={
+            "a": keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2),
+            "b": keras.losses.BinaryFocalCrossentropy(gamma=3.0),
+        },
+        loss_weights={"a": 0.7, "b": 2.0},
+    )
+    path = tmp_path / "loss_objects.keras"
+    model.save(path)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    y_a = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 5)]
+    y_b = rng.integers(0, 2, (5, 2)).astype(np.float32)
+    reference = keras.saving.load_model(path)
+    expected = float(reference.compute_loss(x=x, y=[y_a, y_b], y_pred=reference(x)))
+    report = gradscope.inspect(load_model(path).model, x, {"a": y_a, "b": y_b})
+    assert report.loss.source == (
+        "compiled: {a: categorical_crossentropy ×0.7, b: binary_focal_crossentropy ×2}"
+    )
+    assert report.loss.value == pytest.approx(expected, rel=1e-6)
