@@ -334,7 +334,7 @@ def _activation_rows(result: EngineResult) -> list[ActivationRow]:
             elif note is None:
                 note = "no gradient: the loss does not depend on it"
             grad_index += 1
-        if tensor.dtype.is_floating and not captured.in_loop and captured.note is None:
+        if captured.has_value_stats:
             value = stats.to_value_stats(result.activation_value_stats[value_index])
             value_index += 1
         layer_id = id(captured.node.layer)

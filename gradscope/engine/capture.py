@@ -47,6 +47,11 @@ class CapturedOutput:
     note: str | None = None
     in_loop: bool = False
 
+    @property
+    def has_value_stats(self) -> bool:
+        """Whether the output's own statistics are computed: a dense float tensor here."""
+        return self.note is None and not self.in_loop
+
 
 @dataclass
 class Recording:

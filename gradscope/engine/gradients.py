@@ -109,11 +109,6 @@ def _dense(gradient: Any) -> Any:
     return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
-def _in_graph(tensor: Any) -> bool:
-    tf = _tf.tensorflow()
-    return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
-
-
 def weight_norms(variables: list[Any]) -> np.ndarray:
     """Float64 L2 norm of each variable's current value.
 
@@ -301,7 +296,7 @@ class GradientEngine:
             "inputs": input_table,
             "activation_grads": _table(activation_grads, dead_units=False),
             "activation_values": stats.batch_stats(
-                [c.tensor for c in outputs if c.tensor.dtype.is_floating and _in_graph(c.tensor)],
+                [c.tensor for c in outputs if c.has_value_stats],
                 dead_units=True,
             ),
         }
