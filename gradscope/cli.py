@@ -117,6 +117,11 @@ def run_guarded(action: Callable[[], T], debug: bool) -> T:
     except KeyboardInterrupt:
         _error("interrupted")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        _error("out of memory: the model, the batch or its gradients do not fit; try --limit")
+        raise typer.Exit(int(ExitCode.RESOURCE)) from None
     except Exception as exc:  # an unexpected failure: still one line unless --debug
         if debug:
             traceback.print_exc()

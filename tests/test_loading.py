@@ -203,11 +203,29 @@ def lambda_model(keras: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _lambda_h5(lambda_model: Path, keras: Any) -> Path:
+    """The same Lambda model in a legacy HDF5 file written by Keras 3."""
+    path = lambda_model.with_suffix(".h5")
+    if not path.exists():
+        keras.saving.load_model(lambda_model, safe_mode=False).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["keras", "keras3_h5", "keras2_h5"])
 def test_lambda_layer_refused_in_safe_mode(
-    lambda_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: str,
+    lambda_model: Path,
+    keras: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    message, _ = check_error(["inspect", lambda_model], ExitCode.MODEL, tmp_path, monkeypatch)
-    assert str(lambda_model) in message
+    path = {
+        "keras": lambda: lambda_model,
+        "keras3_h5": lambda: _lambda_h5(lambda_model, keras),
+        "keras2_h5": lambda: Path(__file__).parent / "fixtures" / "keras2_lambda.h5",
+    }[kind]()
+    message, _ = check_error(["inspect", path], ExitCode.MODEL, tmp_path, monkeypatch)
+    assert str(path) in message
     assert "safe mode" in message.lower()
     assert "Lambda" in message
 
