@@ -1,0 +1,24 @@
+"""The README's Python example runs, and its numbers agree with the report it prints."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from conftest import REPO
+
+
+def _python_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_python_example_runs() -> None:
+    blocks = _python_blocks()
+    assert blocks, "the README has a Python example"
+    namespace: dict[str, object] = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    report = namespace["report"]
+    kernel_grad = namespace["kernel_grad"]
+    row = next(r for r in report.variables if r.path.endswith("dense/kernel"))  # type: ignore[attr-defined]
+    assert np.isclose(np.linalg.norm(kernel_grad.astype(np.float64)), row.grad.l2, rtol=1e-9)  # type: ignore[attr-defined]
