@@ -18,7 +18,7 @@ import numpy as np
 from . import _tf, stats
 from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
-from .errors import MismatchError, UsageError, received
+from .errors import MismatchError, UsageError, first_line, received
 from .loading.data import Batch, check_data_path, check_input_array, load_batch
 from .loading.models import check_model_path, load_model
 from .loading.signature import ModelSignature, model_signature
@@ -205,9 +205,9 @@ def _run_engine(engine: GradientEngine, batch: Batch) -> EngineResult:
     try:
         return engine.run(batch)
     except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         where = batch.info.path or "the batch"
-        raise MismatchError(f"{where}: the model cannot run on this batch: {first}") from exc
+        message = f"{where}: the model cannot run on this batch: {first_line(exc)}"
+        raise MismatchError(message) from exc
 
 
 class _restored_state:

@@ -86,3 +86,12 @@ class OutputError(GradscopeError):
 def received(value: object) -> str:
     """Format the tail of an error message the Keras way: ``Received: ...``."""
     return f"Received: {value}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name if the message is empty).
+
+    Library exceptions can carry pages of context; a user-facing error keeps one line.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

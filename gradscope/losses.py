@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _tf
-from .errors import LossError, received
+from .errors import LossError, first_line, received
 from .report import LossKind
 
 LossFn = Callable[[Any, Any], Any]
@@ -254,8 +254,7 @@ def check_loss_runs(spec: LossSpec, model: Any, y_true: Any, y_pred: Any) -> Non
             if compile_loss is not None:
                 compile_loss(y_true, y_pred)
     except Exception as exc:  # Keras raises ValueError, TypeError, InvalidArgumentError
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LossError(
             f"{spec.source}: the loss cannot be computed on these targets and outputs. "
-            f"{received(first_line)}"
+            f"{received(first_line(exc))}"
         ) from exc

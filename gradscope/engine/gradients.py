@@ -35,8 +35,6 @@ class TraceMeta:
     variable_sparse: list[bool] = field(default_factory=list)
     input_connected: dict[str, bool] = field(default_factory=dict)
     activation_connected: list[bool] = field(default_factory=list)
-    logits_outputs: int = 0
-    logits_path_missing: bool = False
     regularization_terms: int = 0
     input_order: list[str] = field(default_factory=list)
 
@@ -188,7 +186,7 @@ class GradientEngine:
             loss = total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
             loss_ops = set(graph.get_operations()[ops_before:])
             reg, meta.regularization_terms = regularization(self.model)
-            probes, alt_loss = self._probability_path(tape, y_true, y_pred, weight, loss_ops, meta)
+            probes, alt_loss = self._probability_path(tape, y_true, y_pred, weight, loss_ops)
         meta.outputs = recording.outputs
         meta.first_call = recording.first_call_order()
         differentiable = [c for c in recording.outputs if c.differentiable]
@@ -205,7 +203,7 @@ class GradientEngine:
         return self._reduce(loss, reg, inputs, grads, activation_grads, recording.outputs, meta)
 
     def _probability_path(
-        self, tape: Any, y_true: Any, y_pred: Any, weight: Any, loss_ops: set[Any], meta: TraceMeta
+        self, tape: Any, y_true: Any, y_pred: Any, weight: Any, loss_ops: set[Any]
     ) -> tuple[list[tuple[int, Any]], Any]:
         """Probes on outputs whose loss reads cached logits, and the detached data loss.
 
@@ -223,7 +221,6 @@ class GradientEngine:
             and has_cached_logits(t)
             and not any(op in loss_ops for op in t.consumers())
         ]
-        meta.logits_outputs = len(cached)
         if not cached or y_true is None or not self.loss.needs_targets:
             return [], None
         probes: list[tuple[int, Any]] = []
@@ -240,7 +237,6 @@ class GradientEngine:
             self.loss, self.model, y_true, tf.nest.pack_sequence_as(y_pred, detached), weight
         )
         if alt is None:
-            meta.logits_path_missing = True
             return [], None
         return probes, alt
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataLoadError, MismatchError, UsageError, received
+from ..errors import DataLoadError, MismatchError, UsageError, first_line, received
 from ..report import BatchInfo
 from .models import looks_like_zip
 from .signature import ModelSignature, TensorSpec
@@ -43,11 +43,6 @@ class Batch:
     @property
     def size(self) -> int:
         return self.info.size
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _refuse_pickle(path: Path, key: str) -> DataLoadError:
@@ -84,7 +79,7 @@ class _DataFile:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise DataLoadError(
-                f"{self.path}: unreadable or corrupt {suffix} file: {_first_line(exc)}"
+                f"{self.path}: unreadable or corrupt {suffix} file: {first_line(exc)}"
             ) from exc
         return self
 
@@ -153,7 +148,7 @@ class _DataFile:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise DataLoadError(
-                f"{self.path}: key {key!r} cannot be read: {_first_line(exc)}"
+                f"{self.path}: key {key!r} cannot be read: {first_line(exc)}"
             ) from exc
         if array.dtype.kind in "OUSV":
             raise DataLoadError(

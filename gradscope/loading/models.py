@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _tf
-from ..errors import ModelLoadError, received
+from ..errors import ModelLoadError, first_line, received
 
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -35,11 +35,6 @@ class LoadedModel:
     model: Any
     path: str
     format: str
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_model_path(path: Path) -> None:
@@ -96,7 +91,7 @@ def _check_keras_archive(path: Path) -> dict[str, Any]:
     except ModelLoadError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise ModelLoadError(f"{path}: corrupt Keras archive: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{path}: corrupt Keras archive: {first_line(exc)}") from exc
     if not isinstance(config, dict):
         raise ModelLoadError(f"{path}: config.json does not hold a model config.")
     return config
@@ -120,7 +115,7 @@ def _h5_training_config(path: Path) -> tuple[dict[str, Any] | None, str]:
     except ModelLoadError:
         raise
     except OSError as exc:
-        raise ModelLoadError(f"{path}: unreadable HDF5 file: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{path}: unreadable HDF5 file: {first_line(exc)}") from exc
     if raw is None:
         return None, version
     try:
@@ -180,7 +175,7 @@ def compile_from_config(model: Any, config: dict[str, Any], path: Path, *, keras
         model.compile(loss=loss, loss_weights=config.get("loss_weights"))
     except Exception as exc:  # the config is data from the file: anything can be wrong
         raise ModelLoadError(
-            f"{path}: the saved loss cannot be rebuilt: {_first_line(exc)}. "
+            f"{path}: the saved loss cannot be rebuilt: {first_line(exc)}. "
             "Use --loss NAME to choose the loss."
         ) from exc
 
@@ -202,9 +197,9 @@ def _explain_load_failure(path: Path, exc: BaseException) -> ModelLoadError:
         )
     if "Could not locate" in text or "Unknown layer" in text or "Unknown object" in text:
         return ModelLoadError(
-            f"{path}: the model uses a class that is not available: {_first_line(exc)}"
+            f"{path}: the model uses a class that is not available: {first_line(exc)}"
         )
-    return ModelLoadError(f"{path}: cannot load the model: {_first_line(exc)}")
+    return ModelLoadError(f"{path}: cannot load the model: {first_line(exc)}")
 
 
 def load_model(
