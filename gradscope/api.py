@@ -61,24 +61,10 @@ def inspect_file(
     layers: str | None = None,
     keep_tensors: bool = False,
 ) -> Report:
-    """Load a saved model (and a batch file, or synthesize one) and inspect it.
-
-    Both paths are checked before TensorFlow is imported, so a typo fails at once.
-    Keras's global random state is then seeded with ``seed`` before the model is built,
-    so that dropout in ``training`` mode is reproducible from the command line.
-    """
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
-    check_model_path(Path(model_path))
-    if data_path is not None:
-        check_data_path(Path(data_path))
-    _tf.keras().utils.set_random_seed(seed)
-    loaded = load_model(model_path)
-    signature = model_signature(loaded.model)
-    batch = None if data_path is None else load_batch(data_path, signature, limit=limit)
+    """Load a saved model (and a batch file, or synthesize one) and inspect it."""
+    model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed)
     options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors)
-    info = _model_info(loaded.model, loaded.path, loaded.format)
-    return run_inspect(loaded.model, signature, batch, options, info)
+    return run_inspect(model, signature, batch, options, info)
 
 
 def inspect(
@@ -168,14 +154,13 @@ def _preflight(spec: LossSpec, model: Any, signature: ModelSignature, batch: Bat
     check_loss_runs(spec, model, signature.pack_outputs(sample), _fake_predictions(signature, rows))
 
 
-def run_inspect(
-    model: Any,
-    signature: ModelSignature,
-    batch: Batch | None,
-    options: InspectOptions,
-    model_info: ModelInfo,
-) -> Report:
-    """The shared inspect pipeline: loss, batch, engine, report."""
+def prepare_loss_and_batch(
+    model: Any, signature: ModelSignature, batch: Batch | None, options: InspectOptions
+) -> tuple[LossSpec, Batch]:
+    """Resolve the loss, synthesize the batch if none was given, and check they fit.
+
+    Shared by every command that differentiates the loss (``inspect``, ``hessian``).
+    """
     has_targets = batch is None or batch.targets is not None
     spec = resolve_loss(model, signature.output_names, options.loss, has_targets)
     if batch is None:
@@ -188,6 +173,38 @@ def run_inspect(
             with_targets=spec.needs_targets,
         )
     _preflight(spec, model, signature, batch)
+    return spec, batch
+
+
+def load_for_cli(
+    model_path: str | Path, data_path: str | Path | None, limit: int | None, seed: int
+) -> tuple[Any, ModelSignature, Batch | None, ModelInfo]:
+    """Check paths (before importing TensorFlow), seed Keras, load the model and batch.
+
+    Both paths are checked first, so a typo fails at once; Keras's global random state
+    is seeded before the model is built, so dropout in training mode is reproducible.
+    """
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
+    check_model_path(Path(model_path))
+    if data_path is not None:
+        check_data_path(Path(data_path))
+    _tf.keras().utils.set_random_seed(seed)
+    loaded = load_model(model_path)
+    signature = model_signature(loaded.model)
+    batch = None if data_path is None else load_batch(data_path, signature, limit=limit)
+    return loaded.model, signature, batch, _model_info(loaded.model, loaded.path, loaded.format)
+
+
+def run_inspect(
+    model: Any,
+    signature: ModelSignature,
+    batch: Batch | None,
+    options: InspectOptions,
+    model_info: ModelInfo,
+) -> Report:
+    """The shared inspect pipeline: loss, batch, engine, report."""
+    spec, batch = prepare_loss_and_batch(model, signature, batch, options)
     engine = GradientEngine(
         model, signature, spec, training=options.training, keep_tensors=options.keep_tensors
     )
