@@ -90,7 +90,7 @@ def inspect(
     signature = model_signature(model)
     batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
     options = InspectOptions(loss, training, seed, rows, layers, keep_tensors)
-    return run_inspect(model, signature, batch, options, _model_info(model, None, "memory"))
+    return run_inspect(model, signature, batch, options, model_info_of(model, None, "memory"))
 
 
 def _named(specs_names: Sequence[str], value: ArrayLike, what: str) -> dict[str, np.ndarray]:
@@ -129,7 +129,7 @@ def batch_from_arrays(
     return Batch(inputs, targets, weight, info)
 
 
-def _model_info(model: Any, path: str | None, fmt: str) -> ModelInfo:
+def model_info_of(model: Any, path: str | None, fmt: str) -> ModelInfo:
     trainable = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
     layer_count = (
         len(model._flatten_layers(include_self=False)) if hasattr(model, "_flatten_layers") else 0
@@ -193,7 +193,7 @@ def load_for_cli(
     loaded = load_model(model_path)
     signature = model_signature(loaded.model)
     batch = None if data_path is None else load_batch(data_path, signature, limit=limit)
-    return loaded.model, signature, batch, _model_info(loaded.model, loaded.path, loaded.format)
+    return loaded.model, signature, batch, model_info_of(loaded.model, loaded.path, loaded.format)
 
 
 def run_inspect(
@@ -208,7 +208,7 @@ def run_inspect(
     engine = GradientEngine(
         model, signature, spec, training=options.training, keep_tensors=options.keep_tensors
     )
-    with _restored_state(model, options.training):
+    with RestoredState(model, options.training):
         result = _run_engine(engine, batch)
     report = build_report(
         model, signature, spec, batch, result, engine.layer_nodes, options.training, model_info
@@ -227,7 +227,7 @@ def _run_engine(engine: GradientEngine, batch: Batch) -> EngineResult:
         raise MismatchError(message) from exc
 
 
-class _restored_state:
+class RestoredState:
     """In training mode, put non-trainable state (BatchNorm statistics, RNG) back after."""
 
     def __init__(self, model: Any, training: bool) -> None:
@@ -245,7 +245,7 @@ class _restored_state:
 # -- assembling the report ------------------------------------------------------------
 
 
-def _owners(model: Any, nodes: list[LayerNode]) -> dict[int, LayerNode]:
+def variable_owners(model: Any, nodes: list[LayerNode]) -> dict[int, LayerNode]:
     """Map ``id(variable)`` to the deepest layer that holds it."""
     owners: dict[int, LayerNode] = {}
     for node in sorted(nodes, key=lambda n: -n.depth):
@@ -270,7 +270,7 @@ def _forward_position(
 def _variable_rows(
     model: Any, result: EngineResult, nodes: list[LayerNode], variables: list[Any]
 ) -> list[VariableRow]:
-    owners = _owners(model, nodes)
+    owners = variable_owners(model, nodes)
     meta = result.meta
     positioned = []
     for index, variable in enumerate(variables):

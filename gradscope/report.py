@@ -265,8 +265,19 @@ class GradientTensors:
     activations: Mapping[str, np.ndarray]
 
 
+class _JsonMixin:
+    """``to_json`` for report classes that define ``to_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text: valid JSON even when values are NaN or infinite."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
 @dataclass(frozen=True)
-class Report:
+class Report(_JsonMixin):
     """Everything one ``inspect`` run found, as plain data."""
 
     model: ModelInfo
@@ -294,6 +305,104 @@ class Report:
             "activations": [row.to_dict() for row in self.activations],
         }
 
-    def to_json(self, indent: int | None = 2) -> str:
-        """The report as JSON text: valid JSON even when values are NaN or infinite."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+HESSIAN_SCHEMA = "gradscope.hessian/1"
+
+
+@dataclass(frozen=True)
+class Density:
+    """A spectral density estimate: ``density`` values on an ascending eigenvalue grid."""
+
+    grid: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": [finite_or_none(g) for g in self.grid],
+            "values": [finite_or_none(v) for v in self.values],
+        }
+
+
+@dataclass(frozen=True)
+class HessianBlock:
+    """Curvature of the loss with respect to one block of variables.
+
+    Exact blocks fill every field but ``residuals``; Lanczos blocks leave the fields
+    that need the whole matrix (``frobenius``, ``asymmetry``, ``negative_count``, the
+    diagonal) as ``None``.  ``eigenvalues`` are the top-k, descending.
+    """
+
+    vars: tuple[str, ...]
+    layers: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    size: int
+    method: str
+    eigenvalues: tuple[float, ...]
+    min_eigenvalue: float
+    trace: float | None
+    trace_stderr: float | None
+    frobenius: float | None
+    condition: float | None
+    negative_count: int | None
+    asymmetry: float | None
+    diagonal: dict[str, float] | None
+    iterations: int | None
+    residuals: tuple[float, ...] | None
+    min_residual: float | None
+    converged: bool | None
+    density: Density | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "vars": list(self.vars),
+            "layers": list(self.layers),
+            "shapes": [list(s) for s in self.shapes],
+            "size": self.size,
+            "method": self.method,
+            "eigenvalues": [finite_or_none(e) for e in self.eigenvalues],
+            "min_eigenvalue": finite_or_none(self.min_eigenvalue),
+            "trace": finite_or_none(self.trace),
+            "trace_stderr": finite_or_none(self.trace_stderr),
+            "frobenius": finite_or_none(self.frobenius),
+            "condition": finite_or_none(self.condition),
+            "negative_count": self.negative_count,
+            "asymmetry": finite_or_none(self.asymmetry),
+            "diagonal": None
+            if self.diagonal is None
+            else {k: finite_or_none(v) for k, v in self.diagonal.items()},
+            "iterations": self.iterations,
+            "residuals": None
+            if self.residuals is None
+            else [finite_or_none(r) for r in self.residuals],
+            "min_residual": finite_or_none(self.min_residual),
+            "converged": self.converged,
+            "seconds": self.seconds,
+        }
+        if self.density is not None:
+            out["density"] = self.density.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class HessianReport(_JsonMixin):
+    """Everything one ``hessian`` run found, as plain data."""
+
+    model: ModelInfo
+    batch: BatchInfo
+    loss: LossInfo
+    training: bool
+    blocks: tuple[HessianBlock, ...]
+    schema: str = HESSIAN_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON structure of schema ``gradscope.hessian/1`` (see the README)."""
+        return {
+            "schema": self.schema,
+            "model": self.model.to_dict(),
+            "batch": self.batch.to_dict(),
+            "loss": self.loss.to_dict(),
+            "training": self.training,
+            "blocks": [block.to_dict() for block in self.blocks],
+            "cross": [],
+        }

@@ -1,0 +1,324 @@
+"""The ``hessian`` entry points: curvature of the loss, per variable, per layer or whole.
+
+:func:`hessian` (an in-memory model) and :func:`hessian_file` (a saved model and a batch
+file) select the variables, group them into blocks, and for each block either build the
+exact Hessian (when it fits ``max_memory``) or work matrix-free with Hessian-vector
+products: Lanczos for the extreme eigenvalues, Hutchinson/Hutch++ for the trace, and
+stochastic Lanczos quadrature for the spectral density.  Model, data and loss handling
+are the same as ``inspect``'s (:mod:`gradscope.api`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .api import (
+    ArrayLike,
+    InspectOptions,
+    RestoredState,
+    batch_from_arrays,
+    load_for_cli,
+    model_info_of,
+    prepare_loss_and_batch,
+    variable_owners,
+)
+from .engine import spectral
+from .engine.capture import walk_layers
+from .engine.hessian import HessianOperator, exact_block_bytes
+from .errors import ResourceError, UsageError, received
+from .loading.data import Batch
+from .loading.signature import ModelSignature, model_signature
+from .loading.synthetic import DEFAULT_ROWS
+from .report import Density, HessianBlock, HessianReport, LossInfo, ModelInfo
+
+Granularity = Literal["variable", "layer", "model"]
+Method = Literal["auto", "exact", "lanczos"]
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class HessianOptions:
+    """What to compute: selection, granularity, method and the matrix-free settings."""
+
+    variables: str | None = None
+    layers: str | None = None
+    block: Granularity = "variable"
+    method: Method = "auto"
+    top_k: int = 3
+    trace: bool = False
+    density: bool = False
+    max_memory: int = DEFAULT_MAX_MEMORY
+    tol: float = 1e-3
+    max_iter: int = 100
+    probes: int = 99
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class _Block:
+    variables: tuple[Any, ...]
+    layers: tuple[str, ...]
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``512M``, ``2GiB``, ``1.5G``, ``100000`` (binary multiples)."""
+    units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = cleaned, ""
+    if cleaned and cleaned[-1] in units:
+        number, unit = cleaned[:-1], cleaned[-1]
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise UsageError(
+            f"--max-memory: expected a size such as 512M or 2GiB. {received(repr(text))}"
+        )
+    return int(value)
+
+
+def _format_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _matches(name: str, globs: str | None) -> bool:
+    if not globs:
+        return True
+    patterns = [p.strip() for p in globs.split(",") if p.strip()]
+    last = name.split("/")[-1]
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(last, p) for p in patterns)
+
+
+def select_blocks(model: Any, options: HessianOptions) -> list[_Block]:
+    """The trainable variables matching ``--vars``/``--layers``, grouped into blocks."""
+    owners = variable_owners(model, walk_layers(model))
+    chosen = []
+    for variable in model.trainable_variables:
+        node = owners.get(id(variable))
+        layer = node.path if node else model.name
+        if _matches(variable.path, options.variables) and _matches(layer, options.layers):
+            chosen.append((variable, layer))
+    if not chosen:
+        known = ", ".join(v.path for v in model.trainable_variables[:8])
+        raise UsageError(
+            f"--vars {options.variables!r} --layers {options.layers!r}: no trainable "
+            f"variable matches. Variables: {known}"
+        )
+    if options.block == "model":
+        layers = tuple(dict.fromkeys(layer for _, layer in chosen))
+        return [_Block(tuple(v for v, _ in chosen), layers)]
+    if options.block == "variable":
+        return [_Block((v,), (layer,)) for v, layer in chosen]
+    grouped: dict[str, list[Any]] = {}
+    for variable, layer in chosen:
+        grouped.setdefault(layer, []).append(variable)
+    return [_Block(tuple(vs), (layer,)) for layer, vs in grouped.items()]
+
+
+def _exact_block(
+    operator: HessianOperator, options: HessianOptions, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Statistics of the exact Hessian block, measured before and after symmetrizing."""
+    matrix = operator.exact()
+    norm = float(np.linalg.norm(matrix))
+    asymmetry = float(np.linalg.norm(matrix - matrix.T) / norm) if norm > 0 else 0.0
+    symmetric = 0.5 * (matrix + matrix.T)
+    eigenvalues = np.linalg.eigvalsh(symmetric)
+    magnitudes = np.abs(eigenvalues)
+    smallest = float(magnitudes.min())
+    diagonal = np.diag(symmetric)
+    fields: dict[str, Any] = {
+        "eigenvalues": tuple(float(e) for e in eigenvalues[::-1][: options.top_k]),
+        "min_eigenvalue": float(eigenvalues[0]),
+        "trace": float(np.trace(symmetric)),
+        "trace_stderr": None,
+        "frobenius": float(np.linalg.norm(symmetric)),
+        "condition": float(magnitudes.max() / smallest) if smallest > 0 else float("inf"),
+        "negative_count": int(np.sum(eigenvalues < 0)),
+        "asymmetry": asymmetry,
+        "diagonal": {
+            "min": float(diagonal.min()),
+            "max": float(diagonal.max()),
+            "mean": float(diagonal.mean()),
+        },
+        "iterations": None,
+        "residuals": None,
+        "min_residual": None,
+        "converged": None,
+        "density": None,
+    }
+    if options.density:
+        fields["density"] = _density(lambda v: symmetric @ v, operator.size, rng)
+    return fields
+
+
+def _density(matvec: Callable[[np.ndarray], np.ndarray], size: int, rng: Any) -> Density:
+    estimate = spectral.spectral_density(matvec, size, rng=rng)
+    return Density(tuple(map(float, estimate.grid)), tuple(map(float, estimate.density)))
+
+
+def _lanczos_block(
+    operator: HessianOperator, options: HessianOptions, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Matrix-free statistics: Lanczos extremes, optional trace and density."""
+    result = spectral.lanczos(
+        operator.hvp,
+        operator.size,
+        k=options.top_k,
+        tol=options.tol,
+        max_iter=options.max_iter,
+        rng=rng,
+    )
+    trace = stderr = None
+    if options.trace:
+        estimate = spectral.hutchinson_trace(
+            operator.hvp, operator.size, probes=options.probes, rng=rng
+        )
+        trace, stderr = estimate.trace, estimate.stderr
+    return {
+        "eigenvalues": tuple(float(e) for e in result.eigenvalues),
+        "min_eigenvalue": float(result.min_eigenvalue),
+        "trace": trace,
+        "trace_stderr": stderr,
+        "frobenius": None,
+        "condition": None,
+        "negative_count": None,
+        "asymmetry": None,
+        "diagonal": None,
+        "iterations": result.iterations,
+        "residuals": tuple(float(r) for r in result.residuals),
+        "min_residual": float(result.min_residual),
+        "converged": bool(result.converged),
+        "density": _density(operator.hvp, operator.size, rng) if options.density else None,
+    }
+
+
+def _choose_method(size: int, block: _Block, options: HessianOptions) -> str:
+    """``exact`` or ``lanczos`` for a block of ``size`` parameters, under the memory guard."""
+    needed = exact_block_bytes(size)
+    fits = needed <= options.max_memory
+    if options.method == "exact" and not fits:
+        names = ", ".join(v.path for v in block.variables[:3])
+        raise ResourceError(
+            f"--method exact: the block [{names}] has n={size:,} parameters; its exact "
+            f"Hessian needs about {_format_bytes(needed)}, more than --max-memory "
+            f"{_format_bytes(options.max_memory)}. Use --method lanczos."
+        )
+    if options.method == "auto":
+        return "exact" if fits else "lanczos"
+    return options.method
+
+
+def _block_result(
+    model: Any,
+    signature: ModelSignature,
+    spec: Any,
+    batch: Batch,
+    block: _Block,
+    options: HessianOptions,
+    training: bool,
+) -> HessianBlock:
+    operator = HessianOperator(model, signature, spec, batch, block.variables, training=training)
+    method = _choose_method(operator.size, block, options)
+    rng = np.random.default_rng(options.seed)
+    started = time.perf_counter()
+    compute = _exact_block if method == "exact" else _lanczos_block
+    fields = compute(operator, options, rng)
+    return HessianBlock(
+        vars=tuple(v.path for v in block.variables),
+        layers=block.layers,
+        shapes=tuple(operator.shapes),
+        size=operator.size,
+        method=method,
+        seconds=time.perf_counter() - started,
+        **fields,
+    )
+
+
+def run_hessian(
+    model: Any,
+    signature: ModelSignature,
+    batch: Batch | None,
+    inspect_options: InspectOptions,
+    options: HessianOptions,
+    model_info: ModelInfo,
+) -> HessianReport:
+    """The shared hessian pipeline: loss and batch as ``inspect``, then each block."""
+    spec, batch = prepare_loss_and_batch(model, signature, batch, inspect_options)
+    blocks = select_blocks(model, options)
+    training = inspect_options.training
+    with RestoredState(model, training):
+        results = tuple(
+            _block_result(model, signature, spec, batch, block, options, training)
+            for block in blocks
+        )
+        loss_value = HessianOperator(
+            model, signature, spec, batch, [], training=training
+        ).loss_value()
+    loss = LossInfo(value=loss_value, source=spec.source, kind=spec.kind)
+    return HessianReport(
+        model=model_info,
+        batch=batch.info,
+        loss=loss,
+        training=training,
+        blocks=results,
+    )
+
+
+def hessian(
+    model: Any,
+    x: ArrayLike = None,
+    y: ArrayLike = None,
+    *,
+    sample_weight: ArrayLike = None,
+    loss: str | None = None,
+    training: bool = False,
+    seed: int = 0,
+    rows: int = DEFAULT_ROWS,
+    options: HessianOptions | None = None,
+) -> HessianReport:
+    """Curvature of the loss of an in-memory Keras model (see :class:`HessianOptions`)."""
+    signature = model_signature(model)
+    batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
+    inspect_options = InspectOptions(loss, training, seed, rows)
+    return run_hessian(
+        model,
+        signature,
+        batch,
+        inspect_options,
+        options or HessianOptions(seed=seed),
+        model_info_of(model, None, "memory"),
+    )
+
+
+def hessian_file(
+    model_path: str | Path,
+    data_path: str | Path | None = None,
+    *,
+    limit: int | None = None,
+    loss: str | None = None,
+    training: bool = False,
+    seed: int = 0,
+    options: HessianOptions | None = None,
+) -> HessianReport:
+    """Load a saved model (and a batch file, or synthesize one) and compute its curvature."""
+    model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed)
+    inspect_options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS)
+    return run_hessian(
+        model, signature, batch, inspect_options, options or HessianOptions(seed=seed), info
+    )
+
+
+__all__: Sequence[str] = ["HessianOptions", "hessian", "hessian_file", "parse_size"]

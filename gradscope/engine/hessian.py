@@ -1,0 +1,146 @@
+"""Second derivatives of the loss: exact Hessian blocks and Hessian-vector products.
+
+* :meth:`HessianOperator.exact` builds the full ``n x n`` Hessian of the loss with
+  respect to a block of variables, as the vectorized jacobian of the gradient (one
+  compiled ``tf.function``).
+* :meth:`HessianOperator.hvp` multiplies the Hessian by a vector without ever forming
+  it: forward-over-back (a ``tf.autodiff.ForwardAccumulator`` around a
+  ``tf.GradientTape``), compiled once per block.  Its cost is a small multiple of one
+  gradient, whatever the size of the block.
+
+Vectors are flat float64 numpy arrays over the block's variables in order, so the
+matrix-free algorithms of :mod:`gradscope.engine.spectral` can use them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import _tf
+from ..loading.data import Batch
+from ..loading.signature import ModelSignature
+from ..losses import LossSpec, total_loss
+
+EXACT_BYTES_PER_ENTRY = 20
+"""Bytes per Hessian entry an exact block needs: the float32 jacobian (4), its float64
+copy (8) and LAPACK's work space for ``eigvalsh`` (8)."""
+
+
+def exact_block_bytes(size: int) -> int:
+    """Memory an exact ``size x size`` block needs (see :data:`EXACT_BYTES_PER_ENTRY`)."""
+    return EXACT_BYTES_PER_ENTRY * size * size
+
+
+class HessianOperator:
+    """The loss on one batch as a function of a block of variables, differentiated twice.
+
+    Every other variable is held at its current value.  The forward pass runs in
+    inference mode unless ``training``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        signature: ModelSignature,
+        loss: LossSpec,
+        batch: Batch,
+        variables: Sequence[Any],
+        *,
+        training: bool = False,
+    ) -> None:
+        tf = _tf.tensorflow()
+        self.model = model
+        self.signature = signature
+        self.loss = loss
+        self.training = training
+        self.variables = list(variables)
+        self.shapes = [tuple(int(d) for d in v.shape) for v in self.variables]
+        self.sizes = [int(np.prod(shape, dtype=np.int64)) for shape in self.shapes]
+        self.size = int(sum(self.sizes))
+        self._inputs = {name: tf.convert_to_tensor(a) for name, a in batch.inputs.items()}
+        self._targets = None
+        if batch.targets is not None and loss.needs_targets:
+            self._targets = {name: tf.convert_to_tensor(a) for name, a in batch.targets.items()}
+        self._weight = (
+            None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
+        )
+        self._hvp_fn = tf.function(self._hvp, autograph=False)
+        self._exact_fn = tf.function(self._exact, autograph=False)
+        self.hvp_calls = 0
+
+    # -- the loss ---------------------------------------------------------------------
+
+    def _loss(self) -> Any:
+        packed = self.signature.pack_inputs(self._inputs)
+        y_pred = self.model(packed, training=self.training)
+        y_true = None if self._targets is None else self.signature.pack_outputs(self._targets)
+        return total_loss(
+            self.loss, self.model, packed, y_true, y_pred, self._weight, self.training
+        )
+
+    def _flat(self, tensors: Sequence[Any]) -> Any:
+        tf = _tf.tensorflow()
+        return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], axis=0)
+
+    def _split(self, flat: Any) -> list[Any]:
+        tf = _tf.tensorflow()
+        pieces = tf.split(flat, self.sizes)
+        return [
+            tf.cast(tf.reshape(piece, shape), v.dtype)
+            for piece, shape, v in zip(pieces, self.shapes, self.variables, strict=True)
+        ]
+
+    # -- Hessian-vector products ------------------------------------------------------
+
+    def _hvp(self, vector: Any) -> Any:
+        """``H @ vector`` by forward-over-back: the JVP of the gradient along ``vector``."""
+        tf = _tf.tensorflow()
+        primals = [v.value for v in self.variables]
+        with tf.autodiff.ForwardAccumulator(primals, self._split(vector)) as accumulator:
+            with tf.GradientTape() as tape:
+                loss = self._loss()
+            grads = tape.gradient(
+                loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+        products = accumulator.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return self._flat(products)
+
+    def hvp(self, vector: np.ndarray) -> np.ndarray:
+        """``H @ vector`` for a flat float64 ``vector`` over the block (float64 result)."""
+        tf = _tf.tensorflow()
+        self.hvp_calls += 1
+        product = self._hvp_fn(tf.constant(np.asarray(vector, dtype=np.float32)))
+        return np.asarray(product.numpy(), dtype=np.float64)
+
+    # -- exact blocks -----------------------------------------------------------------
+
+    def _exact(self) -> Any:
+        """The ``n x n`` Hessian as the vectorized jacobian of the flat gradient."""
+        tf = _tf.tensorflow()
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                loss = self._loss()
+            grads = inner.gradient(
+                loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            flat_grad = self._flat(grads)
+        columns = outer.jacobian(
+            flat_grad,
+            self.variables,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            experimental_use_pfor=True,
+        )
+        return tf.concat(
+            [tf.reshape(tf.cast(c, tf.float32), [self.size, -1]) for c in columns], axis=1
+        )
+
+    def exact(self) -> np.ndarray:
+        """The exact Hessian block (float64 copy of the float32 jacobian)."""
+        return np.asarray(self._exact_fn().numpy(), dtype=np.float64)
+
+    def loss_value(self) -> float:
+        """The loss on the batch at the current weights (one forward pass)."""
+        return float(self._loss().numpy())
