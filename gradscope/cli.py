@@ -8,6 +8,7 @@ printed as one line with its documented exit code; ``--debug`` adds the tracebac
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 import traceback
@@ -20,10 +21,26 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import ExitCode, GradscopeError
+from .errors import ExitCode, GradscopeError, UsageError
 from .render import OutputFormat
 
 T = TypeVar("T")
+
+
+class BlockKind(str, enum.Enum):
+    """``--block``: one Hessian block per variable, per layer, or for the whole selection."""
+
+    VARIABLE = "variable"
+    LAYER = "layer"
+    MODEL = "model"
+
+
+class MethodKind(str, enum.Enum):
+    """``--method``: exact blocks, matrix-free Lanczos, or exact when it fits."""
+
+    AUTO = "auto"
+    EXACT = "exact"
+    LANCZOS = "lanczos"
 
 
 # typer >= 0.25 vendors click; reach its exception classes through typer's public ones.
@@ -148,6 +165,37 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Options shared by every command that loads a model and differentiates its loss.
+ModelArg = Annotated[
+    Path,
+    typer.Argument(metavar="MODEL", help="Saved model: .keras, or legacy .h5 (Keras 3 or 2)."),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", "-d", help="Batch: .npz, .npy (inputs only) or .h5. Default: synthetic."
+    ),
+]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", help="Use only the first N rows (synthetic: N rows).")
+]
+LossOpt = Annotated[
+    str | None, typer.Option("--loss", help="Keras loss name overriding the compiled loss.")
+]
+TrainingOpt = Annotated[
+    bool,
+    typer.Option("--training", help="Forward pass in training mode (dropout, batch statistics)."),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of the synthetic batch, dropout and random probes.")
+]
+FormatOpt = Annotated[
+    OutputFormat, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")]
+
+
 @app.callback()
 def main_options(
     version: Annotated[
@@ -162,35 +210,13 @@ def main_options(
 
 @app.command()
 def inspect(
-    model: Annotated[
-        Path,
-        typer.Argument(metavar="MODEL", help="Saved model: .keras, or legacy .h5 (Keras 3 or 2)."),
-    ],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data", "-d", help="Batch: .npz, .npy (inputs only) or .h5. Default: synthetic."
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None,
-        typer.Option("--limit", help="Use only the first N rows (synthetic: N rows)."),
-    ] = None,
-    loss: Annotated[
-        str | None, typer.Option("--loss", help="Keras loss name overriding the compiled loss.")
-    ] = None,
-    training: Annotated[
-        bool,
-        typer.Option(
-            "--training", help="Forward pass in training mode (dropout, batch statistics)."
-        ),
-    ] = False,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the synthetic batch and of dropout.")
-    ] = 0,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")
-    ] = OutputFormat.TABLE,
+    model: ModelArg,
+    data: DataOpt = None,
+    limit: LimitOpt = None,
+    loss: LossOpt = None,
+    training: TrainingOpt = False,
+    seed: SeedOpt = 0,
+    output_format: FormatOpt = OutputFormat.TABLE,
     layers: Annotated[
         str | None,
         typer.Option("--layers", help="Only layers matching these globs (comma-separated)."),
@@ -198,8 +224,8 @@ def inspect(
     save: Annotated[
         Path | None, typer.Option("--save", help="Write the raw gradient tensors to this .h5 file.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Gradients of the loss for every weight, input and layer output, in one pass."""
 
@@ -226,6 +252,69 @@ def inspect(
         if save is not None:
             hdf5.write_tensors(report, save)
             _note(f"wrote gradient tensors to {save}", quiet)
+        return render(report, output_format, width=_table_width(), color=_use_color())
+
+    text = run_guarded(action, debug)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+@app.command()
+def hessian(
+    model: ModelArg,
+    data: DataOpt = None,
+    limit: LimitOpt = None,
+    loss: LossOpt = None,
+    training: TrainingOpt = False,
+    seed: SeedOpt = 0,
+    variables: Annotated[
+        str | None, typer.Option("--vars", help="Only variables matching these globs.")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Only variables of layers matching these globs.")
+    ] = None,
+    block: Annotated[
+        BlockKind, typer.Option("--block", case_sensitive=False, help="Block granularity.")
+    ] = BlockKind.VARIABLE,
+    method: Annotated[
+        MethodKind, typer.Option("--method", case_sensitive=False, help="exact, lanczos or auto.")
+    ] = MethodKind.AUTO,
+    top_k: Annotated[int, typer.Option("--top-k", help="Number of top eigenvalues.")] = 3,
+    trace: Annotated[bool, typer.Option("--trace", help="Estimate the trace (Hutch++).")] = False,
+    density: Annotated[
+        bool, typer.Option("--density", help="Spectral density (stochastic Lanczos quadrature).")
+    ] = False,
+    max_memory: Annotated[
+        str, typer.Option("--max-memory", help="Memory limit of an exact block, e.g. 512M, 2GiB.")
+    ] = "2GiB",
+    output_format: FormatOpt = OutputFormat.TABLE,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Hessian blocks of the loss: exact where they fit, Lanczos/Hutch++/SLQ otherwise."""
+
+    def action() -> str:
+        from . import curvature
+        from .render import render
+
+        if top_k < 1:
+            raise UsageError(f"--top-k: expected a positive number. Received: {top_k}")
+        options = curvature.HessianOptions(
+            variables=variables,
+            layers=layers,
+            block=block.value,
+            method=method.value,
+            top_k=top_k,
+            trace=trace,
+            density=density,
+            max_memory=curvature.parse_size(max_memory),
+            seed=seed,
+        )
+        report = curvature.hessian_file(
+            model, data, limit=limit, loss=loss, training=training, seed=seed, options=options
+        )
+        if report.loss.kind == "sum_of_outputs":
+            _note(f"loss: {report.loss.source}", quiet)
         return render(report, output_format, width=_table_width(), color=_use_color())
 
     text = run_guarded(action, debug)

@@ -41,6 +41,7 @@ from .report import Density, HessianBlock, HessianReport, LossInfo, ModelInfo
 Granularity = Literal["variable", "layer", "model"]
 Method = Literal["auto", "exact", "lanczos"]
 DEFAULT_MAX_MEMORY = 2 * 1024**3
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ def _exact_block(
     symmetric = 0.5 * (matrix + matrix.T)
     eigenvalues = np.linalg.eigvalsh(symmetric)
     magnitudes = np.abs(eigenvalues)
+    # The block is a float32 jacobian: eigenvalues within n * eps32 * max|lambda| of zero
+    # are rounding noise, so they count neither as negative nor as a finite condition.
+    noise = operator.size * FLOAT32_EPS * float(magnitudes.max(initial=0.0))
     smallest = float(magnitudes.min())
     diagonal = np.diag(symmetric)
     fields: dict[str, Any] = {
@@ -145,8 +149,8 @@ def _exact_block(
         "trace": float(np.trace(symmetric)),
         "trace_stderr": None,
         "frobenius": float(np.linalg.norm(symmetric)),
-        "condition": float(magnitudes.max() / smallest) if smallest > 0 else float("inf"),
-        "negative_count": int(np.sum(eigenvalues < 0)),
+        "condition": float(magnitudes.max() / smallest) if smallest > noise else float("inf"),
+        "negative_count": int(np.sum(eigenvalues < -noise)),
         "asymmetry": asymmetry,
         "diagonal": {
             "min": float(diagonal.min()),

@@ -81,9 +81,16 @@ class HessianOperator:
             self.loss, self.model, packed, y_true, y_pred, self._weight, self.training
         )
 
+    @property
+    def _dtype(self) -> Any:
+        """float64 for a float64 block, float32 otherwise (float16 is widened)."""
+        tf = _tf.tensorflow()
+        wide = any(v.dtype == "float64" for v in self.variables)
+        return tf.float64 if wide else tf.float32
+
     def _flat(self, tensors: Sequence[Any]) -> Any:
         tf = _tf.tensorflow()
-        return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], axis=0)
+        return tf.concat([tf.reshape(tf.cast(t, self._dtype), [-1]) for t in tensors], axis=0)
 
     def _split(self, flat: Any) -> list[Any]:
         tf = _tf.tensorflow()
@@ -112,7 +119,7 @@ class HessianOperator:
         """``H @ vector`` for a flat float64 ``vector`` over the block (float64 result)."""
         tf = _tf.tensorflow()
         self.hvp_calls += 1
-        product = self._hvp_fn(tf.constant(np.asarray(vector, dtype=np.float32)))
+        product = self._hvp_fn(tf.constant(vector, dtype=self._dtype))
         return np.asarray(product.numpy(), dtype=np.float64)
 
     # -- exact blocks -----------------------------------------------------------------
@@ -134,11 +141,11 @@ class HessianOperator:
             experimental_use_pfor=True,
         )
         return tf.concat(
-            [tf.reshape(tf.cast(c, tf.float32), [self.size, -1]) for c in columns], axis=1
+            [tf.reshape(tf.cast(c, self._dtype), [self.size, -1]) for c in columns], axis=1
         )
 
     def exact(self) -> np.ndarray:
-        """The exact Hessian block (float64 copy of the float32 jacobian)."""
+        """The exact Hessian block, as float64 (computed in the block's own precision)."""
         return np.asarray(self._exact_fn().numpy(), dtype=np.float64)
 
     def loss_value(self) -> float:

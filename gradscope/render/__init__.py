@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-from gradscope.report import Report
+from gradscope.report import HessianReport, Report
 
 __all__ = ["OutputFormat", "format_shape", "render"]
 
@@ -32,27 +32,33 @@ def format_shape(shape: tuple[int, ...]) -> str:
 
 
 def render(
-    report: Report,
+    report: Report | HessianReport,
     fmt: OutputFormat,
     *,
     width: int | None = None,
     color: bool = False,
 ) -> str:
-    """Render ``report`` in format ``fmt``.
+    """Render ``report`` (from ``inspect`` or ``hessian``) in format ``fmt``.
 
     ``width`` and ``color`` only affect the table format (JSON and CSV are meant for
     machines and never wrap or colour).  ``fmt`` may also be given as its string value
     (``"json"``), which is what a CLI option hands over.
     """
     fmt = OutputFormat(fmt)
-    if fmt is OutputFormat.TABLE:
-        from gradscope.render import table
-
-        return table.format_report(report, width=width, color=color)
     if fmt is OutputFormat.JSON:
         from gradscope.render import json
 
         return json.format_report(report)
+    if isinstance(report, HessianReport):
+        from gradscope.render import hessian
+
+        if fmt is OutputFormat.TABLE:
+            return hessian.format_table(report, width=width, color=color)
+        return hessian.format_csv(report)
+    if fmt is OutputFormat.TABLE:
+        from gradscope.render import table
+
+        return table.format_report(report, width=width, color=color)
     from gradscope.render import csv
 
     return csv.format_report(report)

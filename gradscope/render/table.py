@@ -85,7 +85,7 @@ def fmt_general(value: float) -> str:
 # --- header -----------------------------------------------------------------------------
 
 
-def _model_line(model: ModelInfo) -> str:
+def model_line(model: ModelInfo) -> str:
     """``name (Class) — path (format), N trainable params``."""
     where = f"{model.path} ({model.format})" if model.path else model.format
     return (
@@ -93,7 +93,7 @@ def _model_line(model: ModelInfo) -> str:
     )
 
 
-def _batch_line(batch: BatchInfo) -> str:
+def batch_line(batch: BatchInfo) -> str:
     """Where the batch came from and its size, and whether it has targets."""
     if batch.source == "synthetic":
         origin = "synthetic" if batch.seed is None else f"synthetic (seed {batch.seed})"
@@ -103,7 +103,7 @@ def _batch_line(batch: BatchInfo) -> str:
     return line if batch.has_targets else f"{line}, no targets"
 
 
-def _loss_line(loss: LossInfo) -> str:
+def loss_line(loss: LossInfo) -> str:
     """Loss value and source, plus the regularization part when there is one."""
     line = f"{fmt_general(loss.value)} ({loss.source})"
     if loss.regularization != 0:
@@ -113,21 +113,27 @@ def _loss_line(loss: LossInfo) -> str:
     return line
 
 
-def header(report: Report) -> Table:
-    """The summary block above the tables: a borderless two-column grid of label/value."""
+def summary_grid(lines: Sequence[tuple[str, str]]) -> Table:
+    """A borderless two-column grid of label/value lines (the block above the tables)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
-    lines = (
-        ("model", _model_line(report.model)),
-        ("batch", _batch_line(report.batch)),
-        ("loss", _loss_line(report.loss)),
-        ("mode", "training" if report.training else "inference"),
-        ("global ‖g‖", fmt_float(report.global_grad_norm)),
-    )
     for label, value in lines:
         grid.add_row(Text(label), Text(value))
     return grid
+
+
+def header(report: Report) -> Table:
+    """The summary block above the tables: model, batch, loss, mode, global norm."""
+    return summary_grid(
+        (
+            ("model", model_line(report.model)),
+            ("batch", batch_line(report.batch)),
+            ("loss", loss_line(report.loss)),
+            ("mode", "training" if report.training else "inference"),
+            ("global ‖g‖", fmt_float(report.global_grad_norm)),
+        )
+    )
 
 
 # --- tables -----------------------------------------------------------------------------
@@ -322,7 +328,7 @@ def make_console(file: io.StringIO, width: int | None = None, color: bool = Fals
     )
 
 
-def _strip_trailing_spaces(text: str) -> str:
+def strip_trailing_spaces(text: str) -> str:
     """Drop the padding rich adds up to the full width, so lines end at their content."""
     return "\n".join(line.rstrip(" ") for line in text.split("\n"))
 
@@ -336,4 +342,4 @@ def format_report(report: Report, *, width: int | None = None, color: bool = Fal
     buffer = io.StringIO()
     console = make_console(buffer, width, color)
     console.print(Group(*renderables(report)))
-    return _strip_trailing_spaces(buffer.getvalue())
+    return strip_trailing_spaces(buffer.getvalue())

@@ -1,0 +1,264 @@
+"""``gradscope hessian`` against closed forms, finite differences and exact eigenvalues."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gradscope import curvature
+from gradscope.api import InspectOptions, batch_from_arrays, prepare_loss_and_batch
+from gradscope.cli import app
+from gradscope.engine.hessian import HessianOperator
+from gradscope.errors import ExitCode, ResourceError
+from gradscope.loading.signature import model_signature
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def _operator(model: Any, x: np.ndarray, y: np.ndarray, variables: Any = None) -> HessianOperator:
+    signature = model_signature(model)
+    spec, batch = prepare_loss_and_batch(
+        model, signature, batch_from_arrays(signature, x, y), InspectOptions()
+    )
+    chosen = model.trainable_variables if variables is None else variables
+    return HessianOperator(model, signature, spec, batch, chosen)
+
+
+@pytest.fixture(scope="module")
+def regression(keras):  # type: ignore[no-untyped-def]
+    """Linear regression without bias, two outputs, mse: H = (2 / (N * outputs)) X^T X."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 5)).astype(np.float32)
+    y = rng.standard_normal((24, 2)).astype(np.float32)
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, keras.layers.Dense(2, use_bias=False)(inputs))
+    model.compile(loss="mse")
+    return model, x, y
+
+
+def test_linear_regression_block_is_the_closed_form(regression) -> None:  # type: ignore[no-untyped-def]
+    model, x, y = regression
+    hessian = _operator(model, x, y).exact()
+    gram = x.astype(np.float64).T @ x.astype(np.float64)
+    # Keras's mse averages over the batch and the 2 outputs; the kernel is (5, 2) flattened
+    # row-major, so output j of input i is entry 2*i + j: H = kron(2/(N*2) X^T X, I_2).
+    expected = np.kron(2.0 / (24 * 2) * gram, np.eye(2))
+    np.testing.assert_allclose(hessian, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_logistic_regression_block_is_the_closed_form(keras) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    y = rng.integers(0, 2, (40, 1)).astype(np.float32)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", use_bias=False)(inputs))
+    model.compile(loss="binary_crossentropy")
+    hessian = _operator(model, x, y).exact()
+    weights = model.trainable_variables[0].numpy().astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-(x.astype(np.float64) @ weights)))
+    s = (p * (1 - p)).ravel()
+    expected = (x.T.astype(np.float64) * s) @ x.astype(np.float64) / 40
+    np.testing.assert_allclose(hessian, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_net(keras):  # type: ignore[no-untyped-def]
+    """A float64 two-layer tanh/softmax net: finite differences are accurate in float64.
+
+    The layers get ``dtype="float64"`` explicitly (Keras caches its global dtype policy),
+    and ``floatx`` is float64 while the loss is built and evaluated, since Keras computes
+    the compiled loss in ``floatx``.
+    """
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((12, 3))
+        y = np.eye(3)[rng.integers(0, 3, 12)]
+        inputs = keras.Input((3,), dtype="float64")
+        hidden = keras.layers.Dense(4, activation="tanh", dtype="float64")(inputs)
+        outputs = keras.layers.Dense(3, activation="softmax", dtype="float64")(hidden)
+        model = keras.Model(inputs, outputs)
+        model.compile(loss="categorical_crossentropy")
+        operator = _operator(model, x, y)
+        exact = operator.exact()
+        differences = _central_differences(_gradient_function(model, operator), operator)
+        products = [
+            (v, operator.hvp(v))
+            for v in np.random.default_rng(3).standard_normal((3, operator.size))
+        ]
+    finally:
+        keras.config.set_floatx(previous)
+    return operator, exact, differences, products
+
+
+def _central_differences(gradient, operator: HessianOperator) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Columns (g(w + h e_i) - g(w - h e_i)) / 2h of the float64 gradient."""
+    w = np.concatenate([v.numpy().ravel() for v in operator.variables]).astype(np.float64)
+    h = 1e-5
+    columns = []
+    for i in range(operator.size):
+        step = np.zeros_like(w)
+        step[i] = h
+        columns.append((gradient(w + step) - gradient(w - step)) / (2 * h))
+    return np.stack(columns, axis=1)
+
+
+def _gradient_function(model: Any, operator: HessianOperator):  # type: ignore[no-untyped-def]
+    """Flat float64 gradient at flat weights ``w`` (sets the weights, then restores)."""
+    import tensorflow as tf
+
+    original = [v.numpy() for v in operator.variables]
+
+    def gradient(flat: np.ndarray) -> np.ndarray:
+        offset = 0
+        for variable, size, shape in zip(
+            operator.variables, operator.sizes, operator.shapes, strict=True
+        ):
+            variable.assign(flat[offset : offset + size].reshape(shape))
+            offset += size
+        with tf.GradientTape() as tape:
+            loss = operator._loss()
+        grads = tape.gradient(loss, operator.variables)
+        for variable, value in zip(operator.variables, original, strict=True):
+            variable.assign(value)
+        return np.concatenate([g.numpy().ravel() for g in grads])
+
+    return gradient
+
+
+def test_exact_block_matches_central_differences_of_the_gradient(small_net) -> None:  # type: ignore[no-untyped-def]
+    _, exact, differences, _ = small_net
+    # Float64 throughout: central differences with h = 1e-5 are good to ~1e-10.
+    np.testing.assert_allclose(exact, differences, rtol=1e-6, atol=1e-8)
+
+
+def test_hvp_equals_the_exact_block_product(small_net) -> None:  # type: ignore[no-untyped-def]
+    _, exact, _, products = small_net
+    for vector, product in products:
+        np.testing.assert_allclose(product, exact @ vector, rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def mlp_reports():  # type: ignore[no-untyped-def]
+    data = SAMPLES / "mlp.npz"
+    exact = curvature.hessian_file(
+        SAMPLES / "mlp.keras",
+        data,
+        options=curvature.HessianOptions(block="layer", layers="probs", method="exact", top_k=3),
+    )
+    lanczos = curvature.hessian_file(
+        SAMPLES / "mlp.keras",
+        data,
+        options=curvature.HessianOptions(
+            block="layer", layers="probs", method="lanczos", top_k=3, tol=1e-6, trace=True
+        ),
+    )
+    return exact.blocks[0], lanczos.blocks[0]
+
+
+def test_lanczos_extremes_match_eigvalsh_of_the_exact_block(mlp_reports) -> None:  # type: ignore[no-untyped-def]
+    exact, lanczos = mlp_reports
+    assert lanczos.method == "lanczos" and exact.method == "exact"
+    scale = max(abs(exact.eigenvalues[0]), abs(exact.min_eigenvalue))
+    np.testing.assert_allclose(lanczos.eigenvalues, exact.eigenvalues, atol=1e-4 * scale)
+    assert lanczos.min_eigenvalue == pytest.approx(exact.min_eigenvalue, abs=1e-4 * scale)
+    assert lanczos.converged
+    assert lanczos.residuals is not None and max(lanczos.residuals) <= 1e-3 * scale
+
+
+def test_hutchinson_trace_within_three_standard_errors(mlp_reports) -> None:  # type: ignore[no-untyped-def]
+    exact, lanczos = mlp_reports
+    assert exact.trace is not None and lanczos.trace is not None
+    assert lanczos.trace_stderr is not None
+    assert abs(lanczos.trace - exact.trace) <= 3 * lanczos.trace_stderr + 1e-6
+
+
+def test_exact_block_statistics_are_consistent(mlp_reports) -> None:  # type: ignore[no-untyped-def]
+    exact, _ = mlp_reports
+    assert exact.size == 32 * 3 + 3
+    assert exact.vars == ("probs/kernel", "probs/bias")
+    assert exact.asymmetry is not None and exact.asymmetry < 1e-5
+    assert exact.frobenius is not None and exact.frobenius >= abs(exact.eigenvalues[0])
+    assert exact.diagonal is not None
+    assert exact.diagonal["min"] <= exact.diagonal["mean"] <= exact.diagonal["max"]
+
+
+def test_memory_guard_refuses_without_allocating(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(self: HessianOperator) -> np.ndarray:
+        raise AssertionError("the exact block was computed")
+
+    monkeypatch.setattr(HessianOperator, "exact", never)
+    options = curvature.HessianOptions(block="model", method="exact", max_memory=1024**2)
+    with pytest.raises(ResourceError, match="--method lanczos"):
+        curvature.hessian_file(SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", options=options)
+
+
+def test_auto_switches_to_lanczos_above_the_limit() -> None:
+    options = curvature.HessianOptions(block="model", max_memory=1024**2, tol=1e-2)
+    report = curvature.hessian_file(
+        SAMPLES / "nested.keras", SAMPLES / "nested.npz", options=options
+    )
+    assert [b.method for b in report.blocks] == ["lanczos"]
+
+
+@pytest.mark.parametrize(
+    "size, expected", [("512M", 512 * 1024**2), ("2GiB", 2 * 1024**3), ("1000", 1000)]
+)
+def test_parse_size(size: str, expected: int) -> None:
+    assert curvature.parse_size(size) == expected
+
+
+def _invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, ["hessian", *map(str, args)])
+
+
+def test_cli_json_contract() -> None:
+    result = _invoke(
+        SAMPLES / "nested.keras", "--data", SAMPLES / "nested.npz", "-f", "json", "--block", "layer"
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["schema"] == "gradscope.hessian/1"
+    assert {"loss", "blocks", "cross"} <= set(data)
+    paths = [tuple(b["vars"]) for b in data["blocks"]]
+    assert paths[0] == ("enc_dense_1/kernel", "enc_dense_1/bias")
+    for block in data["blocks"]:
+        assert block["eigenvalues"] == sorted(block["eigenvalues"], reverse=True)
+        assert block["min_eigenvalue"] <= block["eigenvalues"][-1]
+
+
+def test_cli_table_and_csv() -> None:
+    table = _invoke(SAMPLES / "mlp.keras", "--layers", "probs")
+    assert table.exit_code == 0 and "probs/kernel" in table.stdout and "exact" in table.stdout
+    csv_out = _invoke(SAMPLES / "mlp.keras", "--layers", "probs", "-f", "csv")
+    lines = csv_out.stdout.splitlines()
+    assert lines[0].startswith("vars,layers,size,method")
+    assert len(lines) == 3
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (
+            ["--method", "exact", "--block", "model", "--max-memory", "1M"],
+            ExitCode.RESOURCE,
+            "lanczos",
+        ),
+        (["--vars", "nothing*"], ExitCode.USAGE, "no trainable variable"),
+        (["--max-memory", "lots"], ExitCode.USAGE, "--max-memory"),
+        (["--top-k", "0"], ExitCode.USAGE, "--top-k"),
+        (["--block", "row"], ExitCode.USAGE, "--block"),
+    ],
+)
+def test_cli_errors(args: list[str], code: int, fragment: str) -> None:
+    result = _invoke(SAMPLES / "mlp.keras", *args)
+    assert result.exit_code == code, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradscope: error:") and fragment in lines[0]
+    assert result.stdout == ""
