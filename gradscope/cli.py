@@ -280,6 +280,12 @@ def hessian(
         MethodKind, typer.Option("--method", case_sensitive=False, help="exact, lanczos or auto.")
     ] = MethodKind.AUTO,
     top_k: Annotated[int, typer.Option("--top-k", help="Number of top eigenvalues.")] = 3,
+    tol: Annotated[
+        float, typer.Option("--tol", help="Lanczos: relative residual to stop at.")
+    ] = 1e-3,
+    max_iter: Annotated[
+        int, typer.Option("--max-iter", help="Lanczos: at most this many HVPs per block.")
+    ] = 100,
     trace: Annotated[bool, typer.Option("--trace", help="Estimate the trace (Hutch++).")] = False,
     density: Annotated[
         bool, typer.Option("--density", help="Spectral density (stochastic Lanczos quadrature).")
@@ -287,6 +293,9 @@ def hessian(
     max_memory: Annotated[
         str, typer.Option("--max-memory", help="Memory limit of an exact block, e.g. 512M, 2GiB.")
     ] = "2GiB",
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Write exact blocks and spectra to this .h5 file.")
+    ] = None,
     output_format: FormatOpt = OutputFormat.TABLE,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -295,26 +304,45 @@ def hessian(
 
     def action() -> str:
         from . import curvature
+        from ._atomic import check_writable
+        from ._progress import progress_bar
+        from .export import hessian_hdf5
         from .render import render
 
-        if top_k < 1:
-            raise UsageError(f"--top-k: expected a positive number. Received: {top_k}")
+        if save is not None:
+            check_writable(save, hessian_hdf5.SUFFIXES, "--save")
+        for option, value in (("--top-k", top_k), ("--max-iter", max_iter), ("--tol", tol)):
+            if value <= 0:
+                raise UsageError(f"{option}: expected a positive number. Received: {value}")
         options = curvature.HessianOptions(
             variables=variables,
             layers=layers,
             block=block.value,
             method=method.value,
             top_k=top_k,
+            tol=tol,
+            max_iter=max_iter,
             trace=trace,
             density=density,
             max_memory=curvature.parse_size(max_memory),
             seed=seed,
         )
-        report = curvature.hessian_file(
-            model, data, limit=limit, loss=loss, training=training, seed=seed, options=options
-        )
+        with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
+            report = curvature.hessian_file(
+                model,
+                data,
+                limit=limit,
+                loss=loss,
+                training=training,
+                seed=seed,
+                options=options,
+                progress=progress,
+            )
         if report.loss.kind == "sum_of_outputs":
             _note(f"loss: {report.loss.source}", quiet)
+        if save is not None:
+            hessian_hdf5.write_blocks(report, save)
+            _note(f"wrote Hessian blocks to {save}", quiet)
         return render(report, output_format, width=_table_width(), color=_use_color())
 
     text = run_guarded(action, debug)

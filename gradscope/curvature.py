@@ -42,6 +42,8 @@ Granularity = Literal["variable", "layer", "model"]
 Method = Literal["auto", "exact", "lanczos"]
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
+DENSITY_RUNS = 4
+DENSITY_ITERATIONS = 40
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,21 @@ class HessianOptions:
     max_iter: int = 100
     probes: int = 99
     seed: int = 0
+
+
+class Progress:
+    """Where long work reports itself; the default does nothing.
+
+    The CLI passes a rich progress bar on stderr.  ``block`` starts block ``index`` of
+    ``count`` (``total`` is the expected number of Hessian-vector products, or ``None``),
+    ``step`` follows every Hessian-vector product.
+    """
+
+    def block(self, index: int, count: int, name: str, total: int | None) -> None:
+        """Block ``index`` of ``count`` starts."""
+
+    def step(self, done: int = 1) -> None:
+        """One more Hessian-vector product (or exact block) is done."""
 
 
 @dataclass(frozen=True)
@@ -129,10 +146,11 @@ def select_blocks(model: Any, options: HessianOptions) -> list[_Block]:
 
 
 def _exact_block(
-    operator: HessianOperator, options: HessianOptions, rng: np.random.Generator
+    operator: HessianOperator, options: HessianOptions, rng: np.random.Generator, progress: Progress
 ) -> dict[str, Any]:
     """Statistics of the exact Hessian block, measured before and after symmetrizing."""
     matrix = operator.exact()
+    progress.step()
     norm = float(np.linalg.norm(matrix))
     asymmetry = float(np.linalg.norm(matrix - matrix.T) / norm) if norm > 0 else 0.0
     symmetric = 0.5 * (matrix + matrix.T)
@@ -164,17 +182,28 @@ def _exact_block(
         "density": None,
     }
     if options.density:
-        fields["density"] = _density(lambda v: symmetric @ v, operator.size, rng)
+        fields["density"] = _density(lambda v: symmetric @ v, operator.size, rng, progress)
+    fields["matrix"] = matrix
+    fields["eigenvalues_all"] = eigenvalues
     return fields
 
 
-def _density(matvec: Callable[[np.ndarray], np.ndarray], size: int, rng: Any) -> Density:
-    estimate = spectral.spectral_density(matvec, size, rng=rng)
+def _density(
+    matvec: Callable[[np.ndarray], np.ndarray], size: int, rng: Any, progress: Progress
+) -> Density:
+    estimate = spectral.spectral_density(
+        matvec,
+        size,
+        runs=DENSITY_RUNS,
+        iterations=DENSITY_ITERATIONS,
+        rng=rng,
+        on_step=progress.step,
+    )
     return Density(tuple(map(float, estimate.grid)), tuple(map(float, estimate.density)))
 
 
 def _lanczos_block(
-    operator: HessianOperator, options: HessianOptions, rng: np.random.Generator
+    operator: HessianOperator, options: HessianOptions, rng: np.random.Generator, progress: Progress
 ) -> dict[str, Any]:
     """Matrix-free statistics: Lanczos extremes, optional trace and density."""
     result = spectral.lanczos(
@@ -184,11 +213,12 @@ def _lanczos_block(
         tol=options.tol,
         max_iter=options.max_iter,
         rng=rng,
+        on_step=progress.step,
     )
     trace = stderr = None
     if options.trace:
         estimate = spectral.hutchinson_trace(
-            operator.hvp, operator.size, probes=options.probes, rng=rng
+            operator.hvp, operator.size, probes=options.probes, rng=rng, on_step=progress.step
         )
         trace, stderr = estimate.trace, estimate.stderr
     return {
@@ -205,7 +235,11 @@ def _lanczos_block(
         "residuals": tuple(float(r) for r in result.residuals),
         "min_residual": float(result.min_residual),
         "converged": bool(result.converged),
-        "density": _density(operator.hvp, operator.size, rng) if options.density else None,
+        "density": _density(operator.hvp, operator.size, rng, progress)
+        if options.density
+        else None,
+        "matrix": None,
+        "eigenvalues_all": None,
     }
 
 
@@ -225,6 +259,12 @@ def _choose_method(size: int, block: _Block, options: HessianOptions) -> str:
     return options.method
 
 
+def _expected_steps(method: str, options: HessianOptions) -> int:
+    """Upper bound of the progress steps of a block (HVPs, or 1 for the exact block)."""
+    steps = 1 if method == "exact" else options.max_iter + (options.probes if options.trace else 0)
+    return steps + (DENSITY_RUNS * DENSITY_ITERATIONS if options.density else 0)
+
+
 def _block_result(
     model: Any,
     signature: ModelSignature,
@@ -233,13 +273,14 @@ def _block_result(
     block: _Block,
     options: HessianOptions,
     training: bool,
+    method: str,
+    progress: Progress,
 ) -> HessianBlock:
     operator = HessianOperator(model, signature, spec, batch, block.variables, training=training)
-    method = _choose_method(operator.size, block, options)
     rng = np.random.default_rng(options.seed)
     started = time.perf_counter()
     compute = _exact_block if method == "exact" else _lanczos_block
-    fields = compute(operator, options, rng)
+    fields = compute(operator, options, rng, progress)
     return HessianBlock(
         vars=tuple(v.path for v in block.variables),
         layers=block.layers,
@@ -258,16 +299,25 @@ def run_hessian(
     inspect_options: InspectOptions,
     options: HessianOptions,
     model_info: ModelInfo,
+    progress: Progress | None = None,
 ) -> HessianReport:
     """The shared hessian pipeline: loss and batch as ``inspect``, then each block."""
+    progress = progress or Progress()
     spec, batch = prepare_loss_and_batch(model, signature, batch, inspect_options)
     blocks = select_blocks(model, options)
     training = inspect_options.training
+    results = []
     with RestoredState(model, training):
-        results = tuple(
-            _block_result(model, signature, spec, batch, block, options, training)
-            for block in blocks
-        )
+        for index, block in enumerate(blocks):
+            size = sum(int(np.prod(v.shape)) for v in block.variables)
+            method = _choose_method(size, block, options)
+            name = ", ".join(v.path for v in block.variables[:2])
+            progress.block(index, len(blocks), name, _expected_steps(method, options))
+            results.append(
+                _block_result(
+                    model, signature, spec, batch, block, options, training, method, progress
+                )
+            )
         loss_value = HessianOperator(
             model, signature, spec, batch, [], training=training
         ).loss_value()
@@ -277,7 +327,7 @@ def run_hessian(
         batch=batch.info,
         loss=loss,
         training=training,
-        blocks=results,
+        blocks=tuple(results),
     )
 
 
@@ -316,13 +366,13 @@ def hessian_file(
     training: bool = False,
     seed: int = 0,
     options: HessianOptions | None = None,
+    progress: Progress | None = None,
 ) -> HessianReport:
     """Load a saved model (and a batch file, or synthesize one) and compute its curvature."""
     model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed)
     inspect_options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS)
-    return run_hessian(
-        model, signature, batch, inspect_options, options or HessianOptions(seed=seed), info
-    )
+    options = options or HessianOptions(seed=seed)
+    return run_hessian(model, signature, batch, inspect_options, options, info, progress)
 
 
 __all__: Sequence[str] = ["HessianOptions", "hessian", "hessian_file", "parse_size"]

@@ -14,7 +14,9 @@ matrix-free algorithms of :mod:`gradscope.engine.spectral` can use them directly
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,18 @@ from ..losses import LossSpec, total_loss
 EXACT_BYTES_PER_ENTRY = 20
 """Bytes per Hessian entry an exact block needs: the float32 jacobian (4), its float64
 copy (8) and LAPACK's work space for ``eigvalsh`` (8)."""
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger() -> Iterator[None]:
+    """Silence TensorFlow's Python logger (pfor logs pages of ERROR lines before failing)."""
+    logger = _tf.tensorflow().get_logger()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def exact_block_bytes(size: int) -> int:
@@ -68,6 +82,7 @@ class HessianOperator:
             None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
         )
         self._hvp_fn = tf.function(self._hvp, autograph=False)
+        self._reverse_fn = tf.function(self._hvp_reverse, autograph=False)
         self._exact_fn = tf.function(self._exact, autograph=False)
         self.hvp_calls = 0
 
@@ -115,17 +130,50 @@ class HessianOperator:
         products = accumulator.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return self._flat(products)
 
+    def _hvp_reverse(self, vector: Any) -> Any:
+        """``H @ vector`` by back-over-back: the gradient of ``<grad, vector>``.
+
+        The fallback for models whose ops have no forward-mode rule inside control flow
+        (Keras's RNN loop, for one); about one more backward pass than forward-over-back.
+        """
+        tf = _tf.tensorflow()
+        tangents = self._split(vector)
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                loss = self._loss()
+            grads = inner.gradient(
+                loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            projection = tf.add_n(
+                [tf.reduce_sum(g * t) for g, t in zip(grads, tangents, strict=True)]
+            )
+        products = outer.gradient(
+            projection, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        return self._flat(products)
+
     def hvp(self, vector: np.ndarray) -> np.ndarray:
-        """``H @ vector`` for a flat float64 ``vector`` over the block (float64 result)."""
+        """``H @ vector`` for a flat float64 ``vector`` over the block (float64 result).
+
+        Forward-over-back is tried first; if the model cannot be traced in forward mode,
+        back-over-back is used from then on.
+        """
         tf = _tf.tensorflow()
         self.hvp_calls += 1
-        product = self._hvp_fn(tf.constant(vector, dtype=self._dtype))
+        tensor = tf.constant(vector, dtype=self._dtype)
+        try:
+            product = self._hvp_fn(tensor)
+        except (TypeError, ValueError, LookupError, NotImplementedError):
+            if self._hvp_fn is self._reverse_fn:
+                raise
+            self._hvp_fn = self._reverse_fn
+            product = self._hvp_fn(tensor)
         return np.asarray(product.numpy(), dtype=np.float64)
 
     # -- exact blocks -----------------------------------------------------------------
 
-    def _exact(self) -> Any:
-        """The ``n x n`` Hessian as the vectorized jacobian of the flat gradient."""
+    def _exact(self, vectorized: bool = True) -> Any:
+        """The ``n x n`` Hessian as the (vectorized) jacobian of the flat gradient."""
         tf = _tf.tensorflow()
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
@@ -138,15 +186,24 @@ class HessianOperator:
             flat_grad,
             self.variables,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            experimental_use_pfor=True,
+            experimental_use_pfor=vectorized,
         )
         return tf.concat(
             [tf.reshape(tf.cast(c, self._dtype), [self.size, -1]) for c in columns], axis=1
         )
 
     def exact(self) -> np.ndarray:
-        """The exact Hessian block, as float64 (computed in the block's own precision)."""
-        return np.asarray(self._exact_fn().numpy(), dtype=np.float64)
+        """The exact Hessian block, as float64 (computed in the block's own precision).
+
+        The jacobian is vectorized (``pfor``) where TensorFlow can; some models (Keras's
+        RNN loop) cannot be vectorized, and then the rows are computed in a loop.
+        """
+        try:
+            with _quiet_tensorflow_logger():
+                matrix = self._exact_fn(True)
+        except (ValueError, TypeError, LookupError, NotImplementedError):
+            matrix = self._exact_fn(False)
+        return np.asarray(matrix.numpy(), dtype=np.float64)
 
     def loss_value(self) -> float:
         """The loss on the batch at the current weights (one forward pass)."""

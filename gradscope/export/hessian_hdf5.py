@@ -1,0 +1,57 @@
+"""``hessian --save FILE.h5``: exact Hessian blocks and spectra, in one HDF5 file.
+
+Layout (schema ``gradscope.hessian-blocks/1``)::
+
+    /                     attrs: schema, model, loss, loss_source
+    /blocks/<i>/hessian       the exact n x n block (float64; exact blocks only)
+    /blocks/<i>/eigenvalues   its whole spectrum, ascending (exact) or the Ritz values
+                              found (Lanczos: top-k descending, then the minimum)
+    /blocks/<i>               attrs: vars, layers, shapes (JSON), size, method
+
+Written atomically, like every output file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .._atomic import atomic_path
+from ..errors import OutputError
+from ..report import HessianBlock, HessianReport
+
+SCHEMA = "gradscope.hessian-blocks/1"
+SUFFIXES = (".h5", ".hdf5")
+
+
+def _spectrum(block: HessianBlock) -> np.ndarray:
+    if block.eigenvalues_all is not None:
+        return np.asarray(block.eigenvalues_all, dtype=np.float64)
+    return np.asarray([*block.eigenvalues, block.min_eigenvalue], dtype=np.float64)
+
+
+def write_blocks(report: HessianReport, path: str | Path) -> None:
+    """Write every block of ``report`` to ``path`` atomically (layout in the module doc)."""
+    import h5py
+
+    target = Path(path)
+    try:
+        with atomic_path(target) as temporary, h5py.File(temporary, "w") as handle:
+            handle.attrs["schema"] = SCHEMA
+            handle.attrs["model"] = report.model.name
+            handle.attrs["loss"] = report.loss.value
+            handle.attrs["loss_source"] = report.loss.source
+            for index, block in enumerate(report.blocks):
+                group = handle.create_group(f"blocks/{index}")
+                group.attrs["vars"] = json.dumps(list(block.vars))
+                group.attrs["layers"] = json.dumps(list(block.layers))
+                group.attrs["shapes"] = json.dumps([list(s) for s in block.shapes])
+                group.attrs["size"] = block.size
+                group.attrs["method"] = block.method
+                group.create_dataset("eigenvalues", data=_spectrum(block))
+                if block.matrix is not None:
+                    group.create_dataset("hessian", data=block.matrix)
+    except OSError as exc:
+        raise OutputError(f"--save {target}: cannot write the file: {exc}") from exc
