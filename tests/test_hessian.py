@@ -262,3 +262,46 @@ def test_cli_errors(args: list[str], code: int, fragment: str) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("gradscope: error:") and fragment in lines[0]
     assert result.stdout == ""
+
+
+@pytest.mark.slow
+def test_rnn_blocks_fall_back_and_agree() -> None:
+    """Forward mode and pfor fail inside Keras's RNN loop; the fallbacks must agree."""
+    common = {"block": "model", "layers": "lstm*", "top_k": 2}
+    data = SAMPLES / "text_lstm.npz"
+    exact = curvature.hessian_file(
+        SAMPLES / "text_lstm.keras",
+        data,
+        options=curvature.HessianOptions(method="exact", **common),
+    ).blocks[0]
+    lanczos = curvature.hessian_file(
+        SAMPLES / "text_lstm.keras",
+        data,
+        options=curvature.HessianOptions(method="lanczos", tol=1e-6, **common),
+    ).blocks[0]
+    scale = abs(exact.eigenvalues[0])
+    np.testing.assert_allclose(lanczos.eigenvalues, exact.eigenvalues, atol=1e-4 * scale)
+    assert lanczos.min_eigenvalue == pytest.approx(exact.min_eigenvalue, abs=1e-4 * scale)
+
+
+def test_save_writes_blocks_that_read_back(tmp_path: Path) -> None:
+    import h5py
+
+    target = tmp_path / "blocks.h5"
+    result = _invoke(
+        SAMPLES / "mlp.keras", "--layers", "probs", "--block", "layer", "--save", target
+    )
+    assert result.exit_code == 0, result.stderr
+    report = curvature.hessian_file(
+        SAMPLES / "mlp.keras", options=curvature.HessianOptions(layers="probs", block="layer")
+    )
+    with h5py.File(target) as handle:
+        assert handle.attrs["schema"] == "gradscope.hessian-blocks/1"
+        group = handle["blocks/0"]
+        assert json.loads(group.attrs["vars"]) == ["probs/kernel", "probs/bias"]
+        matrix = group["hessian"][()]
+        np.testing.assert_allclose(matrix, report.blocks[0].matrix, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(
+            group["eigenvalues"][()], np.linalg.eigvalsh(0.5 * (matrix + matrix.T)), atol=1e-9
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks.h5"]
