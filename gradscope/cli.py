@@ -290,6 +290,9 @@ def hessian(
     density: Annotated[
         bool, typer.Option("--density", help="Spectral density (stochastic Lanczos quadrature).")
     ] = False,
+    cross: Annotated[
+        bool, typer.Option("--cross", help="Off-diagonal blocks between each pair of variables.")
+    ] = False,
     max_memory: Annotated[
         str, typer.Option("--max-memory", help="Memory limit of an exact block, e.g. 512M, 2GiB.")
     ] = "2GiB",
@@ -324,6 +327,7 @@ def hessian(
             max_iter=max_iter,
             trace=trace,
             density=density,
+            cross=cross,
             max_memory=curvature.parse_size(max_memory),
             seed=seed,
         )

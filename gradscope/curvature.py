@@ -36,7 +36,7 @@ from .errors import ResourceError, UsageError, received
 from .loading.data import Batch
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS
-from .report import Density, HessianBlock, HessianReport, LossInfo, ModelInfo
+from .report import CrossBlock, Density, HessianBlock, HessianReport, LossInfo, ModelInfo
 
 Granularity = Literal["variable", "layer", "model"]
 Method = Literal["auto", "exact", "lanczos"]
@@ -62,6 +62,7 @@ class HessianOptions:
     max_iter: int = 100
     probes: int = 99
     seed: int = 0
+    cross: bool = False
 
 
 class Progress:
@@ -259,6 +260,46 @@ def _choose_method(size: int, block: _Block, options: HessianOptions) -> str:
     return options.method
 
 
+def cross_blocks(
+    model: Any,
+    signature: ModelSignature,
+    spec: Any,
+    batch: Batch,
+    blocks: Sequence[_Block],
+    options: HessianOptions,
+    training: bool,
+) -> tuple[CrossBlock, ...]:
+    """Off-diagonal blocks between every pair of selected variables.
+
+    They come from one exact Hessian over all the selected variables, so that block
+    must fit ``--max-memory``.
+    """
+    variables = [v for block in blocks for v in block.variables]
+    operator = HessianOperator(model, signature, spec, batch, variables, training=training)
+    needed = exact_block_bytes(operator.size)
+    if needed > options.max_memory:
+        raise ResourceError(
+            f"--cross: the cross blocks come from the exact Hessian over all {operator.size:,} "
+            f"selected parameters, which needs about {_format_bytes(needed)}, more than "
+            f"--max-memory {_format_bytes(options.max_memory)}. Select fewer with --vars."
+        )
+    matrix = operator.exact()
+    bounds = np.cumsum([0, *operator.sizes])
+    result = []
+    for i in range(len(variables)):
+        for j in range(i + 1, len(variables)):
+            part = matrix[bounds[i] : bounds[i + 1], bounds[j] : bounds[j + 1]]
+            result.append(
+                CrossBlock(
+                    vars=(variables[i].path, variables[j].path),
+                    shape=(int(part.shape[0]), int(part.shape[1])),
+                    frobenius=float(np.linalg.norm(part)),
+                    max_abs=float(np.abs(part).max(initial=0.0)),
+                )
+            )
+    return tuple(result)
+
+
 def _expected_steps(method: str, options: HessianOptions) -> int:
     """Upper bound of the progress steps of a block (HVPs, or 1 for the exact block)."""
     steps = 1 if method == "exact" else options.max_iter + (options.probes if options.trace else 0)
@@ -318,6 +359,9 @@ def run_hessian(
                     model, signature, spec, batch, block, options, training, method, progress
                 )
             )
+        cross: tuple[CrossBlock, ...] = ()
+        if options.cross:
+            cross = cross_blocks(model, signature, spec, batch, blocks, options, training)
         loss_value = HessianOperator(
             model, signature, spec, batch, [], training=training
         ).loss_value()
@@ -328,6 +372,7 @@ def run_hessian(
         loss=loss,
         training=training,
         blocks=tuple(results),
+        cross=cross,
     )
 
 

@@ -389,6 +389,24 @@ class HessianBlock:
 
 
 @dataclass(frozen=True)
+class CrossBlock:
+    """An off-diagonal Hessian block between two variables: d2L / (d a d b)."""
+
+    vars: tuple[str, str]
+    shape: tuple[int, int]
+    frobenius: float
+    max_abs: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vars": list(self.vars),
+            "shape": list(self.shape),
+            "frobenius": finite_or_none(self.frobenius),
+            "max_abs": finite_or_none(self.max_abs),
+        }
+
+
+@dataclass(frozen=True)
 class HessianReport(_JsonMixin):
     """Everything one ``hessian`` run found, as plain data."""
 
@@ -397,6 +415,7 @@ class HessianReport(_JsonMixin):
     loss: LossInfo
     training: bool
     blocks: tuple[HessianBlock, ...]
+    cross: tuple[CrossBlock, ...] = ()
     schema: str = HESSIAN_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -408,5 +427,5 @@ class HessianReport(_JsonMixin):
             "loss": self.loss.to_dict(),
             "training": self.training,
             "blocks": [block.to_dict() for block in self.blocks],
-            "cross": [],
+            "cross": [block.to_dict() for block in self.cross],
         }

@@ -305,3 +305,19 @@ def test_save_writes_blocks_that_read_back(tmp_path: Path) -> None:
             group["eigenvalues"][()], np.linalg.eigvalsh(0.5 * (matrix + matrix.T)), atol=1e-9
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks.h5"]
+
+
+def test_cross_blocks_are_slices_of_the_joint_exact_block() -> None:
+    options = curvature.HessianOptions(layers="probs", cross=True)
+    report = curvature.hessian_file(SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", options=options)
+    joint = curvature.hessian_file(
+        SAMPLES / "mlp.keras",
+        SAMPLES / "mlp.npz",
+        options=curvature.HessianOptions(layers="probs", block="model", method="exact"),
+    ).blocks[0]
+    assert joint.matrix is not None
+    off_diagonal = joint.matrix[:96, 96:]
+    (cross,) = report.cross
+    assert cross.vars == ("probs/kernel", "probs/bias") and cross.shape == (96, 3)
+    assert cross.frobenius == pytest.approx(np.linalg.norm(off_diagonal), rel=1e-6)
+    assert cross.max_abs == pytest.approx(np.abs(off_diagonal).max(), rel=1e-6)

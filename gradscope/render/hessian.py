@@ -109,6 +109,28 @@ def blocks_table(report: HessianReport) -> Table:
     return make_table("Hessian blocks", BLOCK_COLUMNS, rows, notes)
 
 
+CROSS_COLUMNS: tuple[Column, ...] = (
+    ("vars", "path"),
+    ("shape", "text"),
+    ("frobenius", "num"),
+    ("max|entry|", "num"),
+)
+
+
+def cross_table(report: HessianReport) -> Table:
+    """One row per pair of variables: the off-diagonal block's norms."""
+    rows = [
+        [
+            Text(" × ".join(c.vars)),
+            Text(f"{c.shape[0]}x{c.shape[1]}"),
+            Text(fmt_float(c.frobenius)),
+            Text(fmt_float(c.max_abs)),
+        ]
+        for c in report.cross
+    ]
+    return make_table("Cross blocks", CROSS_COLUMNS, rows, [None] * len(rows))
+
+
 def _header(report: HessianReport) -> Table:
     return summary_grid(
         (
@@ -124,6 +146,8 @@ def format_table(report: HessianReport, *, width: int | None = None, color: bool
     """The report as a header and one table of blocks."""
     buffer = io.StringIO()
     parts: list[RenderableType] = [_header(report), Text(""), blocks_table(report)]
+    if report.cross:
+        parts.extend([Text(""), cross_table(report)])
     make_console(buffer, width, color).print(Group(*parts))
     return strip_trailing_spaces(buffer.getvalue())
 
