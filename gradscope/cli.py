@@ -159,6 +159,31 @@ def _table_width() -> int | None:
     return int(os.environ.get("COLUMNS", "160"))
 
 
+def _finish(
+    report: Any,
+    output_format: OutputFormat,
+    save: Path | None,
+    write: Callable[[Any, Path], None],
+    what: str,
+    quiet: bool,
+) -> str:
+    """The end every command shares: notes on stderr, the ``--save`` file, the rendering."""
+    from .render import render
+
+    if report.loss.kind == "sum_of_outputs":
+        _note(f"loss: {report.loss.source}", quiet)
+    if save is not None:
+        write(report, save)
+        _note(f"wrote {what} to {save}", quiet)
+    return render(report, output_format, width=_table_width(), color=_use_color())
+
+
+def _emit(text: str) -> None:
+    """The requested output, and only it, on stdout."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"gradscope {__version__}")
@@ -233,7 +258,6 @@ def inspect(
         from . import api
         from ._atomic import check_writable
         from .export import hdf5
-        from .render import render
 
         if save is not None:
             check_writable(save, hdf5.SUFFIXES, "--save")
@@ -247,16 +271,9 @@ def inspect(
             layers=layers,
             keep_tensors=save is not None,
         )
-        if report.loss.kind == "sum_of_outputs":
-            _note(f"loss: {report.loss.source}", quiet)
-        if save is not None:
-            hdf5.write_tensors(report, save)
-            _note(f"wrote gradient tensors to {save}", quiet)
-        return render(report, output_format, width=_table_width(), color=_use_color())
+        return _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
 
-    text = run_guarded(action, debug)
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    _emit(run_guarded(action, debug))
 
 
 @app.command()
@@ -310,7 +327,6 @@ def hessian(
         from ._atomic import check_writable
         from ._progress import progress_bar
         from .export import hessian_hdf5
-        from .render import render
 
         if save is not None:
             check_writable(save, hessian_hdf5.SUFFIXES, "--save")
@@ -342,16 +358,11 @@ def hessian(
                 options=options,
                 progress=progress,
             )
-        if report.loss.kind == "sum_of_outputs":
-            _note(f"loss: {report.loss.source}", quiet)
-        if save is not None:
-            hessian_hdf5.write_blocks(report, save)
-            _note(f"wrote Hessian blocks to {save}", quiet)
-        return render(report, output_format, width=_table_width(), color=_use_color())
+        return _finish(
+            report, output_format, save, hessian_hdf5.write_blocks, "Hessian blocks", quiet
+        )
 
-    text = run_guarded(action, debug)
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    _emit(run_guarded(action, debug))
 
 
 def main() -> None:

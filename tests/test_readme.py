@@ -20,5 +20,6 @@ def test_readme_python_example_runs() -> None:
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     report = namespace["report"]
     kernel_grad = namespace["kernel_grad"]
-    row = next(r for r in report.variables if r.path.endswith("dense/kernel"))  # type: ignore[attr-defined]
+    kernel_path = namespace["model"].layers[0].kernel.path  # type: ignore[attr-defined]
+    row = next(r for r in report.variables if r.path == kernel_path)  # type: ignore[attr-defined]
     assert np.isclose(np.linalg.norm(kernel_grad.astype(np.float64)), row.grad.l2, rtol=1e-9)  # type: ignore[attr-defined]

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .._atomic import atomic_path
 from ..errors import OutputError
-from ..report import Report
+from ..report import HessianReport, Report
 
 SCHEMA = "gradscope.tensors/1"
 SUFFIXES = (".h5", ".hdf5")
@@ -52,6 +53,14 @@ def _write_group(
         dataset.attrs["loss"] = loss
 
 
+def write_root_attributes(handle: Any, schema: str, report: Report | HessianReport) -> None:
+    """What every gradscope HDF5 file says about itself: schema, model and loss."""
+    handle.attrs["schema"] = schema
+    handle.attrs["model"] = report.model.name
+    handle.attrs["loss"] = report.loss.value
+    handle.attrs["loss_source"] = report.loss.source
+
+
 def write_tensors(report: Report, path: str | Path) -> None:
     """Write ``report.tensors`` to ``path`` atomically (see the module doc for the layout)."""
     import h5py
@@ -61,10 +70,7 @@ def write_tensors(report: Report, path: str | Path) -> None:
     target = Path(path)
     try:
         with atomic_path(target) as temporary, h5py.File(temporary, "w") as handle:
-            handle.attrs["schema"] = SCHEMA
-            handle.attrs["model"] = report.model.name
-            handle.attrs["loss"] = report.loss.value
-            handle.attrs["loss_source"] = report.loss.source
+            write_root_attributes(handle, SCHEMA, report)
             handle.attrs["batch_size"] = report.batch.size
             handle.attrs["synthetic"] = report.batch.source == "synthetic"
             handle.attrs["seed"] = -1 if report.batch.seed is None else report.batch.seed

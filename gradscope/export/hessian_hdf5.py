@@ -21,6 +21,7 @@ import numpy as np
 from .._atomic import atomic_path
 from ..errors import OutputError
 from ..report import HessianBlock, HessianReport
+from .hdf5 import write_root_attributes
 
 SCHEMA = "gradscope.hessian-blocks/1"
 SUFFIXES = (".h5", ".hdf5")
@@ -39,10 +40,7 @@ def write_blocks(report: HessianReport, path: str | Path) -> None:
     target = Path(path)
     try:
         with atomic_path(target) as temporary, h5py.File(temporary, "w") as handle:
-            handle.attrs["schema"] = SCHEMA
-            handle.attrs["model"] = report.model.name
-            handle.attrs["loss"] = report.loss.value
-            handle.attrs["loss_source"] = report.loss.source
+            write_root_attributes(handle, SCHEMA, report)
             for index, block in enumerate(report.blocks):
                 group = handle.create_group(f"blocks/{index}")
                 group.attrs["vars"] = json.dumps(list(block.vars))
