@@ -321,3 +321,21 @@ def test_cross_blocks_are_slices_of_the_joint_exact_block() -> None:
     assert cross.vars == ("probs/kernel", "probs/bias") and cross.shape == (96, 3)
     assert cross.frobenius == pytest.approx(np.linalg.norm(off_diagonal), rel=1e-6)
     assert cross.max_abs == pytest.approx(np.abs(off_diagonal).max(), rel=1e-6)
+
+
+def test_training_mode_products_see_one_function() -> None:
+    """Dropout and BatchNorm in training mode: every HVP must use the same mask and stats,
+    or Lanczos works on a moving operator.  Lanczos must agree with the exact block."""
+    common = {"block": "model", "top_k": 2}
+    paths = (SAMPLES / "cnn.keras", SAMPLES / "cnn.npz")
+    exact = curvature.hessian_file(
+        *paths, training=True, options=curvature.HessianOptions(method="exact", **common)
+    ).blocks[0]
+    lanczos = curvature.hessian_file(
+        *paths,
+        training=True,
+        options=curvature.HessianOptions(method="lanczos", tol=1e-6, **common),
+    ).blocks[0]
+    scale = abs(exact.eigenvalues[0])
+    np.testing.assert_allclose(lanczos.eigenvalues, exact.eigenvalues, atol=1e-4 * scale)
+    assert lanczos.min_eigenvalue == pytest.approx(exact.min_eigenvalue, abs=1e-4 * scale)

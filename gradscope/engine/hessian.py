@@ -81,10 +81,20 @@ class HessianOperator:
         self._weight = (
             None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
         )
+        # In training mode every call would advance dropout's random state and move the
+        # BatchNorm statistics: the operator would change between products.  The state
+        # is put back before every call, so every product sees the same function.
+        self._state = (
+            [(v, v.numpy()) for v in model.non_trainable_variables] if training else []
+        )
         self._hvp_fn = tf.function(self._hvp, autograph=False)
         self._reverse_fn = tf.function(self._hvp_reverse, autograph=False)
         self._exact_fn = tf.function(self._exact, autograph=False)
         self.hvp_calls = 0
+
+    def _reset_state(self) -> None:
+        for variable, value in self._state:
+            variable.assign(value)
 
     # -- the loss ---------------------------------------------------------------------
 
@@ -160,6 +170,7 @@ class HessianOperator:
         """
         tf = _tf.tensorflow()
         self.hvp_calls += 1
+        self._reset_state()
         tensor = tf.constant(vector, dtype=self._dtype)
         try:
             product = self._hvp_fn(tensor)
@@ -198,10 +209,12 @@ class HessianOperator:
         The jacobian is vectorized (``pfor``) where TensorFlow can; some models (Keras's
         RNN loop) cannot be vectorized, and then the rows are computed in a loop.
         """
+        self._reset_state()
         try:
             with _quiet_tensorflow_logger():
                 matrix = self._exact_fn(True)
         except (ValueError, TypeError, LookupError, NotImplementedError):
+            self._reset_state()
             matrix = self._exact_fn(False)
         return np.asarray(matrix.numpy(), dtype=np.float64)
 
