@@ -323,6 +323,7 @@ def test_cross_blocks_are_slices_of_the_joint_exact_block() -> None:
     assert cross.max_abs == pytest.approx(np.abs(off_diagonal).max(), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_training_mode_products_see_one_function() -> None:
     """Dropout and BatchNorm in training mode: every HVP must use the same mask and stats,
     or Lanczos works on a moving operator.  Lanczos must agree with the exact block."""
