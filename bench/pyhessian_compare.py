@@ -262,7 +262,8 @@ def main() -> None:
         ph_setup.append(ph["setup_s"])
         print(
             f"  run {i + 1}: gradscope {gs_times[-1]:.1f} s  pyhessian whole {seconds:.1f} s "
-            f"(compute {ph['compute_s']:.1f} s)",
+            f"(compute {ph['compute_s']:.1f} s, {ph.get('hvps', '?')} HVPs, "
+            f"seed {args.seed + i}: {fmt(ph['eigenvalues'])})",
             flush=True,
         )
     block = gs["blocks"][0]
@@ -298,8 +299,8 @@ def main() -> None:
         f"residuals {fmt(block['residuals'], '.1e')}, in-process {block['seconds']:.1f} s"
     )
     print(
-        f"PyHessian: {ph.get('hvps', '?')} HVPs (power iteration, maxIter=100 per eigenvalue, "
-        f"tol=1e-3 on successive Rayleigh quotients)"
+        f"PyHessian (last run): {ph.get('hvps', '?')} HVPs (power iteration, maxIter=100 per "
+        f"eigenvalue, tol=1e-3 on successive Rayleigh quotients)"
     )
     if ref:
         print(
