@@ -340,3 +340,31 @@ def test_training_mode_products_see_one_function() -> None:
     scale = abs(exact.eigenvalues[0])
     np.testing.assert_allclose(lanczos.eigenvalues, exact.eigenvalues, atol=1e-4 * scale)
     assert lanczos.min_eigenvalue == pytest.approx(exact.min_eigenvalue, abs=1e-4 * scale)
+
+
+def test_every_exact_block_statistic_against_the_closed_form(regression) -> None:  # type: ignore[no-untyped-def]
+    """All numbers of an exact block, against numpy on the closed-form Hessian."""
+    import gradscope
+
+    model, x, y = regression
+    options = gradscope.HessianOptions(block="model", method="exact", top_k=4)
+    block = gradscope.hessian(model, x, y, options=options).blocks[0]
+    gram = x.astype(np.float64).T @ x.astype(np.float64)
+    expected = np.kron(2.0 / (24 * 2) * gram, np.eye(2))
+    spectrum = np.linalg.eigvalsh(expected)
+    assert block.size == 10 and block.method == "exact"
+    np.testing.assert_allclose(block.eigenvalues, spectrum[::-1][:4], rtol=1e-5)
+    assert block.min_eigenvalue == pytest.approx(spectrum[0], rel=1e-5)
+    assert block.trace == pytest.approx(np.trace(expected), rel=1e-6)
+    assert block.frobenius == pytest.approx(np.linalg.norm(expected), rel=1e-6)
+    assert block.condition == pytest.approx(spectrum[-1] / spectrum[0], rel=1e-4)
+    assert block.negative_count == 0
+    assert block.asymmetry is not None and block.asymmetry < 1e-6
+    assert block.diagonal == pytest.approx(
+        {
+            "min": np.diag(expected).min(),
+            "max": np.diag(expected).max(),
+            "mean": np.diag(expected).mean(),
+        },
+        rel=1e-6,
+    )
