@@ -310,6 +310,9 @@ def hessian(
     cross: Annotated[
         bool, typer.Option("--cross", help="Off-diagonal blocks between each pair of variables.")
     ] = False,
+    eigenvectors: Annotated[
+        bool, typer.Option("--eigenvectors", help="With --save: also the top-k eigenvectors.")
+    ] = False,
     max_memory: Annotated[
         str, typer.Option("--max-memory", help="Memory limit of an exact block, e.g. 512M, 2GiB.")
     ] = "2GiB",
@@ -344,6 +347,7 @@ def hessian(
             trace=trace,
             density=density,
             cross=cross,
+            eigenvectors=eigenvectors,
             max_memory=curvature.parse_size(max_memory),
             seed=seed,
         )

@@ -63,6 +63,7 @@ class HessianOptions:
     probes: int = 99
     seed: int = 0
     cross: bool = False
+    eigenvectors: bool = False
 
 
 class Progress:
@@ -155,7 +156,10 @@ def _exact_block(
     norm = float(np.linalg.norm(matrix))
     asymmetry = float(np.linalg.norm(matrix - matrix.T) / norm) if norm > 0 else 0.0
     symmetric = 0.5 * (matrix + matrix.T)
-    eigenvalues = np.linalg.eigvalsh(symmetric)
+    if options.eigenvectors:
+        eigenvalues, vectors = np.linalg.eigh(symmetric)
+    else:
+        eigenvalues, vectors = np.linalg.eigvalsh(symmetric), None
     magnitudes = np.abs(eigenvalues)
     # The block is a float32 jacobian: eigenvalues within n * eps32 * max|lambda| of zero
     # are rounding noise, so they count neither as negative nor as a finite condition.
@@ -186,6 +190,7 @@ def _exact_block(
         fields["density"] = _density(lambda v: symmetric @ v, operator.size, rng, progress)
     fields["matrix"] = matrix
     fields["eigenvalues_all"] = eigenvalues
+    fields["eigenvectors"] = None if vectors is None else vectors[:, ::-1][:, : options.top_k]
     return fields
 
 
@@ -214,6 +219,7 @@ def _lanczos_block(
         tol=options.tol,
         max_iter=options.max_iter,
         rng=rng,
+        want_vectors=options.eigenvectors,
         on_step=progress.step,
     )
     trace = stderr = None
@@ -241,6 +247,7 @@ def _lanczos_block(
         else None,
         "matrix": None,
         "eigenvalues_all": None,
+        "eigenvectors": result.eigenvectors,
     }
 
 

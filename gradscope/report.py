@@ -330,8 +330,9 @@ class HessianBlock:
     Exact blocks fill every field but ``residuals``; Lanczos blocks leave the fields
     that need the whole matrix (``frobenius``, ``asymmetry``, ``negative_count``, the
     diagonal) as ``None``.  ``eigenvalues`` are the top-k, descending.  Exact blocks also
-    keep the matrix itself and its whole spectrum (ascending), for ``--save``; they are
-    not part of the JSON.
+    keep the matrix itself and its whole spectrum (ascending), and with ``eigenvectors``
+    the unit eigenvectors of ``eigenvalues`` (columns, same order), for ``--save``; they
+    are not part of the JSON.
     """
 
     vars: tuple[str, ...]
@@ -356,6 +357,7 @@ class HessianBlock:
     seconds: float
     matrix: np.ndarray | None = field(default=None, compare=False, repr=False)
     eigenvalues_all: np.ndarray | None = field(default=None, compare=False, repr=False)
+    eigenvectors: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

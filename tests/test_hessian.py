@@ -368,3 +368,37 @@ def test_every_exact_block_statistic_against_the_closed_form(regression) -> None
         },
         rel=1e-6,
     )
+
+
+@pytest.mark.parametrize("method", ["exact", "lanczos"])
+def test_saved_eigenvectors_are_eigenvectors(method: str, tmp_path: Path) -> None:
+    """Column j of /blocks/0/eigenvectors satisfies H v = lambda_j v for the reported lambda_j."""
+    import h5py
+
+    target = tmp_path / "vectors.h5"
+    args = ["--layers", "probs", "--block", "layer", "--method", method, "--top-k", "2"]
+    result = _invoke(
+        SAMPLES / "mlp.keras",
+        *args,
+        "--tol",
+        "1e-7",
+        "--save",
+        target,
+        "--eigenvectors",
+        "-f",
+        "json",
+    )
+    assert result.exit_code == 0, result.stderr
+    eigenvalues = json.loads(result.stdout)["blocks"][0]["eigenvalues"]
+    exact = curvature.hessian_file(
+        SAMPLES / "mlp.keras",
+        options=curvature.HessianOptions(layers="probs", block="layer", method="exact"),
+    ).blocks[0]
+    assert exact.matrix is not None
+    symmetric = 0.5 * (exact.matrix + exact.matrix.T)
+    with h5py.File(target) as handle:
+        vectors = handle["blocks/0/eigenvectors"][()]
+    assert vectors.shape == (99, 2)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=0), 1.0, rtol=1e-9)
+    residual = symmetric @ vectors - vectors * np.asarray(eigenvalues)
+    assert np.abs(residual).max() <= 1e-5 * abs(eigenvalues[0])

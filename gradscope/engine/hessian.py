@@ -84,9 +84,7 @@ class HessianOperator:
         # In training mode every call would advance dropout's random state and move the
         # BatchNorm statistics: the operator would change between products.  The state
         # is put back before every call, so every product sees the same function.
-        self._state = (
-            [(v, v.numpy()) for v in model.non_trainable_variables] if training else []
-        )
+        self._state = [(v, v.numpy()) for v in model.non_trainable_variables] if training else []
         self._hvp_fn = tf.function(self._hvp, autograph=False)
         self._reverse_fn = tf.function(self._hvp_reverse, autograph=False)
         self._exact_fn = tf.function(self._exact, autograph=False)

@@ -6,6 +6,8 @@ Layout (schema ``gradscope.hessian-blocks/1``)::
     /blocks/<i>/hessian       the exact n x n block (float64; exact blocks only)
     /blocks/<i>/eigenvalues   its whole spectrum, ascending (exact) or the Ritz values
                               found (Lanczos: top-k descending, then the minimum)
+    /blocks/<i>/eigenvectors  with ``--eigenvectors``: n x k, column j the unit eigenvector
+                              of the j-th largest eigenvalue (the top-k of the report)
     /blocks/<i>               attrs: vars, layers, shapes (JSON), size, method
 
 Written atomically, like every output file.
@@ -51,5 +53,7 @@ def write_blocks(report: HessianReport, path: str | Path) -> None:
                 group.create_dataset("eigenvalues", data=_spectrum(block))
                 if block.matrix is not None:
                     group.create_dataset("hessian", data=block.matrix)
+                if block.eigenvectors is not None:
+                    group.create_dataset("eigenvectors", data=block.eigenvectors)
     except OSError as exc:
         raise OutputError(f"--save {target}: cannot write the file: {exc}") from exc
