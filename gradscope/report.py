@@ -266,10 +266,26 @@ class GradientTensors:
 
 
 class _JsonMixin:
-    """``to_json`` for report classes that define ``to_dict``."""
+    """``to_json`` for report classes that define ``to_dict``, and their common keys."""
+
+    schema: str
+    model: ModelInfo
+    batch: BatchInfo
+    loss: LossInfo
+    training: bool
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _run_dict(self) -> dict[str, Any]:
+        """The keys every report starts with: what was run, on what, with which loss."""
+        return {
+            "schema": self.schema,
+            "model": self.model.to_dict(),
+            "batch": self.batch.to_dict(),
+            "loss": self.loss.to_dict(),
+            "training": self.training,
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         """The report as JSON text: valid JSON even when values are NaN or infinite."""
@@ -294,11 +310,7 @@ class Report(_JsonMixin):
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure of schema ``gradscope.inspect/1`` (see the README)."""
         return {
-            "schema": self.schema,
-            "model": self.model.to_dict(),
-            "batch": self.batch.to_dict(),
-            "loss": self.loss.to_dict(),
-            "training": self.training,
+            **self._run_dict(),
             "global_grad_norm": finite_or_none(self.global_grad_norm),
             "variables": [row.to_dict() for row in self.variables],
             "inputs": [row.to_dict() for row in self.inputs],
@@ -423,11 +435,7 @@ class HessianReport(_JsonMixin):
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure of schema ``gradscope.hessian/1`` (see the README)."""
         return {
-            "schema": self.schema,
-            "model": self.model.to_dict(),
-            "batch": self.batch.to_dict(),
-            "loss": self.loss.to_dict(),
-            "training": self.training,
+            **self._run_dict(),
             "blocks": [block.to_dict() for block in self.blocks],
             "cross": [block.to_dict() for block in self.cross],
         }

@@ -17,12 +17,10 @@ from rich.text import Text
 from gradscope.engine.spectral import SpectralDensity, text_density
 from gradscope.render.table import (
     Column,
-    batch_line,
     fmt_float,
-    loss_line,
     make_console,
     make_table,
-    model_line,
+    run_lines,
     strip_trailing_spaces,
     summary_grid,
 )
@@ -131,21 +129,10 @@ def cross_table(report: HessianReport) -> Table:
     return make_table("Cross blocks", CROSS_COLUMNS, rows, [None] * len(rows))
 
 
-def _header(report: HessianReport) -> Table:
-    return summary_grid(
-        (
-            ("model", model_line(report.model)),
-            ("batch", batch_line(report.batch)),
-            ("loss", loss_line(report.loss)),
-            ("mode", "training" if report.training else "inference"),
-        )
-    )
-
-
 def format_table(report: HessianReport, *, width: int | None = None, color: bool = False) -> str:
     """The report as a header and one table of blocks."""
     buffer = io.StringIO()
-    parts: list[RenderableType] = [_header(report), Text(""), blocks_table(report)]
+    parts: list[RenderableType] = [summary_grid(run_lines(report)), Text(""), blocks_table(report)]
     if report.cross:
         parts.extend([Text(""), cross_table(report)])
     make_console(buffer, width, color).print(Group(*parts))

@@ -22,6 +22,7 @@ from gradscope.render import format_shape
 from gradscope.report import (
     ActivationRow,
     BatchInfo,
+    HessianReport,
     InputRow,
     LossInfo,
     ModelInfo,
@@ -123,17 +124,19 @@ def summary_grid(lines: Sequence[tuple[str, str]]) -> Table:
     return grid
 
 
+def run_lines(report: Report | HessianReport) -> list[tuple[str, str]]:
+    """The summary lines every report starts with: model, batch, loss, mode."""
+    return [
+        ("model", model_line(report.model)),
+        ("batch", batch_line(report.batch)),
+        ("loss", loss_line(report.loss)),
+        ("mode", "training" if report.training else "inference"),
+    ]
+
+
 def header(report: Report) -> Table:
     """The summary block above the tables: model, batch, loss, mode, global norm."""
-    return summary_grid(
-        (
-            ("model", model_line(report.model)),
-            ("batch", batch_line(report.batch)),
-            ("loss", loss_line(report.loss)),
-            ("mode", "training" if report.training else "inference"),
-            ("global ‖g‖", fmt_float(report.global_grad_norm)),
-        )
-    )
+    return summary_grid([*run_lines(report), ("global ‖g‖", fmt_float(report.global_grad_norm))])
 
 
 # --- tables -----------------------------------------------------------------------------
