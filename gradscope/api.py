@@ -20,7 +20,7 @@ from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
 from .errors import MismatchError, UsageError, first_line, received
 from .loading.data import Batch, check_data_path, check_input_array, load_batch
-from .loading.models import check_model_path, load_model
+from .loading.models import LoadOptions, check_model_path, load_model
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS, synthetic_batch
 from .losses import LossSpec, check_loss_runs, resolve_loss
@@ -60,9 +60,16 @@ def inspect_file(
     seed: int = 0,
     layers: str | None = None,
     keep_tensors: bool = False,
+    custom_objects: str | Path | None = None,
+    unsafe: bool = False,
 ) -> Report:
-    """Load a saved model (and a batch file, or synthesize one) and inspect it."""
-    model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed)
+    """Load a saved model (and a batch file, or synthesize one) and inspect it.
+
+    ``custom_objects`` is a Python file defining the custom classes the model needs;
+    ``unsafe`` turns Keras's safe mode off, for a file you trust.
+    """
+    load = LoadOptions(None if custom_objects is None else Path(custom_objects), unsafe)
+    model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed, load)
     options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors)
     return run_inspect(model, signature, batch, options, info)
 
@@ -177,7 +184,11 @@ def prepare_loss_and_batch(
 
 
 def load_for_cli(
-    model_path: str | Path, data_path: str | Path | None, limit: int | None, seed: int
+    model_path: str | Path,
+    data_path: str | Path | None,
+    limit: int | None,
+    seed: int,
+    load: LoadOptions | None = None,
 ) -> tuple[Any, ModelSignature, Batch | None, ModelInfo]:
     """Check paths (before importing TensorFlow), seed Keras, load the model and batch.
 
@@ -190,7 +201,7 @@ def load_for_cli(
     if data_path is not None:
         check_data_path(Path(data_path))
     _tf.keras().utils.set_random_seed(seed)
-    loaded = load_model(model_path)
+    loaded = load_model(model_path, load)
     signature = model_signature(loaded.model)
     batch = None if data_path is None else load_batch(data_path, signature, limit=limit)
     return loaded.model, signature, batch, model_info_of(loaded.model, loaded.path, loaded.format)

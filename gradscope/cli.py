@@ -43,6 +43,13 @@ class MethodKind(str, enum.Enum):
     LANCZOS = "lanczos"
 
 
+class HvpKind(str, enum.Enum):
+    """``--hvp``: how a Hessian-vector product is differentiated."""
+
+    REVERSE = "reverse"
+    FORWARD = "forward"
+
+
 # typer >= 0.25 vendors click; reach its exception classes through typer's public ones.
 _UsageError: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 _ClickException: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -217,6 +224,19 @@ SeedOpt = Annotated[
 FormatOpt = Annotated[
     OutputFormat, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")
 ]
+CustomObjectsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--custom-objects",
+        help="Python file defining the custom layers, losses or functions the model needs.",
+    ),
+]
+UnsafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe", help="Turn Keras safe mode off (Lambda layers run code): trusted files only."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")]
 
@@ -249,6 +269,8 @@ def inspect(
     save: Annotated[
         Path | None, typer.Option("--save", help="Write the raw gradient tensors to this .h5 file.")
     ] = None,
+    custom_objects: CustomObjectsOpt = None,
+    unsafe: UnsafeOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -270,6 +292,8 @@ def inspect(
             seed=seed,
             layers=layers,
             keep_tensors=save is not None,
+            custom_objects=custom_objects,
+            unsafe=unsafe,
         )
         return _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
 
@@ -316,10 +340,20 @@ def hessian(
     max_memory: Annotated[
         str, typer.Option("--max-memory", help="Memory limit of an exact block, e.g. 512M, 2GiB.")
     ] = "2GiB",
+    hvp: Annotated[
+        HvpKind,
+        typer.Option(
+            "--hvp",
+            case_sensitive=False,
+            help="Hessian-vector products: reverse (back-over-back) or forward (over-back).",
+        ),
+    ] = HvpKind.REVERSE,
     save: Annotated[
         Path | None, typer.Option("--save", help="Write exact blocks and spectra to this .h5 file.")
     ] = None,
     output_format: FormatOpt = OutputFormat.TABLE,
+    custom_objects: CustomObjectsOpt = None,
+    unsafe: UnsafeOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -350,6 +384,7 @@ def hessian(
             eigenvectors=eigenvectors,
             max_memory=curvature.parse_size(max_memory),
             seed=seed,
+            hvp=hvp.value,
         )
         with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
             report = curvature.hessian_file(
@@ -361,6 +396,8 @@ def hessian(
                 seed=seed,
                 options=options,
                 progress=progress,
+                custom_objects=custom_objects,
+                unsafe=unsafe,
             )
         return _finish(
             report, output_format, save, hessian_hdf5.write_blocks, "Hessian blocks", quiet

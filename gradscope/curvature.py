@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,9 +31,10 @@ from .api import (
 )
 from .engine import spectral
 from .engine.capture import walk_layers
-from .engine.hessian import HessianOperator, exact_block_bytes
+from .engine.hessian import HessianOperator, HvpMode, exact_block_bytes
 from .errors import ResourceError, UsageError, received
 from .loading.data import Batch
+from .loading.models import LoadOptions
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS
 from .report import CrossBlock, Density, HessianBlock, HessianReport, LossInfo, ModelInfo
@@ -64,6 +65,7 @@ class HessianOptions:
     seed: int = 0
     cross: bool = False
     eigenvectors: bool = False
+    hvp: HvpMode = "reverse"
 
 
 class Progress:
@@ -148,11 +150,14 @@ def select_blocks(model: Any, options: HessianOptions) -> list[_Block]:
 
 
 def _exact_block(
-    operator: HessianOperator, options: HessianOptions, rng: np.random.Generator, progress: Progress
+    operator: HessianOperator,
+    options: HessianOptions,
+    rng: np.random.Generator,
+    progress: Progress,
+    rows_per_pass: int,
 ) -> dict[str, Any]:
     """Statistics of the exact Hessian block, measured before and after symmetrizing."""
-    matrix = operator.exact()
-    progress.step()
+    matrix = operator.exact(rows_per_pass, on_rows=progress.step)
     norm = float(np.linalg.norm(matrix))
     asymmetry = float(np.linalg.norm(matrix - matrix.T) / norm) if norm > 0 else 0.0
     symmetric = 0.5 * (matrix + matrix.T)
@@ -209,7 +214,11 @@ def _density(
 
 
 def _lanczos_block(
-    operator: HessianOperator, options: HessianOptions, rng: np.random.Generator, progress: Progress
+    operator: HessianOperator,
+    options: HessianOptions,
+    rng: np.random.Generator,
+    progress: Progress,
+    rows_per_pass: int = 0,
 ) -> dict[str, Any]:
     """Matrix-free statistics: Lanczos extremes, optional trace and density."""
     result = spectral.lanczos(
@@ -251,20 +260,41 @@ def _lanczos_block(
     }
 
 
-def _choose_method(size: int, block: _Block, options: HessianOptions) -> str:
-    """``exact`` or ``lanczos`` for a block of ``size`` parameters, under the memory guard."""
-    needed = exact_block_bytes(size)
-    fits = needed <= options.max_memory
-    if options.method == "exact" and not fits:
-        names = ", ".join(v.path for v in block.variables[:3])
-        raise ResourceError(
-            f"--method exact: the block [{names}] has n={size:,} parameters; its exact "
-            f"Hessian needs about {_format_bytes(needed)}, more than --max-memory "
-            f"{_format_bytes(options.max_memory)}. Use --method lanczos."
-        )
+@dataclass(frozen=True)
+class _Plan:
+    """How a block is computed: ``exact`` with ``rows_per_pass`` rows a pass, or
+    ``lanczos`` (``rows_per_pass`` 0)."""
+
+    method: str
+    rows_per_pass: int = 0
+
+
+def _plan(operator: HessianOperator, options: HessianOptions, what: str) -> _Plan:
+    """Choose the method under the memory guard, before anything large is allocated.
+
+    An exact block needs its matrix (:func:`exact_block_bytes`) plus the work space of
+    one pass of rows, which is read off the traced graph of one Hessian-vector product
+    (:meth:`HessianOperator.work_estimate`); the rows per pass are as many as fit.
+    ``what`` names the block in the error message.
+    """
+    if options.method == "lanczos":
+        return _Plan("lanczos")
+    size = operator.size
+    matrix = exact_block_bytes(size)
+    needed = matrix
+    if matrix <= options.max_memory:
+        work = operator.work_estimate()
+        rows = work.rows_within(options.max_memory - matrix, size)
+        if rows:
+            return _Plan("exact", rows)
+        needed = matrix + work.pass_bytes(1)
     if options.method == "auto":
-        return "exact" if fits else "lanczos"
-    return options.method
+        return _Plan("lanczos")
+    raise ResourceError(
+        f"{what} has n={size:,} parameters; its exact Hessian needs about "
+        f"{_format_bytes(needed)} (matrix and work space), more than --max-memory "
+        f"{_format_bytes(options.max_memory)}. Use --method lanczos."
+    )
 
 
 def cross_blocks(
@@ -283,14 +313,9 @@ def cross_blocks(
     """
     variables = [v for block in blocks for v in block.variables]
     operator = HessianOperator(model, signature, spec, batch, variables, training=training)
-    needed = exact_block_bytes(operator.size)
-    if needed > options.max_memory:
-        raise ResourceError(
-            f"--cross: the cross blocks come from the exact Hessian over all {operator.size:,} "
-            f"selected parameters, which needs about {_format_bytes(needed)}, more than "
-            f"--max-memory {_format_bytes(options.max_memory)}. Select fewer with --vars."
-        )
-    matrix = operator.exact()
+    exact_options = replace(options, method="exact")
+    plan = _plan(operator, exact_options, "--cross: the exact Hessian over all selected variables")
+    matrix = operator.exact(plan.rows_per_pass)
     bounds = np.cumsum([0, *operator.sizes])
     result = []
     for i in range(len(variables)):
@@ -307,34 +332,31 @@ def cross_blocks(
     return tuple(result)
 
 
-def _expected_steps(method: str, options: HessianOptions) -> int:
-    """Upper bound of the progress steps of a block (HVPs, or 1 for the exact block)."""
-    steps = 1 if method == "exact" else options.max_iter + (options.probes if options.trace else 0)
+def _expected_steps(size: int, method: str, options: HessianOptions) -> int:
+    """Upper bound of the progress steps of a block: Hessian-vector products, or the
+    rows of an exact block."""
+    lanczos_steps = options.max_iter + (options.probes if options.trace else 0)
+    steps = size if method == "exact" else lanczos_steps
     return steps + (DENSITY_RUNS * DENSITY_ITERATIONS if options.density else 0)
 
 
 def _block_result(
-    model: Any,
-    signature: ModelSignature,
-    spec: Any,
-    batch: Batch,
+    operator: HessianOperator,
     block: _Block,
+    plan: _Plan,
     options: HessianOptions,
-    training: bool,
-    method: str,
     progress: Progress,
 ) -> HessianBlock:
-    operator = HessianOperator(model, signature, spec, batch, block.variables, training=training)
     rng = np.random.default_rng(options.seed)
     started = time.perf_counter()
-    compute = _exact_block if method == "exact" else _lanczos_block
-    fields = compute(operator, options, rng, progress)
+    compute = _exact_block if plan.method == "exact" else _lanczos_block
+    fields = compute(operator, options, rng, progress, plan.rows_per_pass)
     return HessianBlock(
         vars=tuple(v.path for v in block.variables),
         layers=block.layers,
         shapes=tuple(operator.shapes),
         size=operator.size,
-        method=method,
+        method=plan.method,
         seconds=time.perf_counter() - started,
         **fields,
     )
@@ -357,15 +379,21 @@ def run_hessian(
     results = []
     with RestoredState(model, training):
         for index, block in enumerate(blocks):
-            size = sum(int(np.prod(v.shape)) for v in block.variables)
-            method = _choose_method(size, block, options)
-            name = ", ".join(v.path for v in block.variables[:2])
-            progress.block(index, len(blocks), name, _expected_steps(method, options))
-            results.append(
-                _block_result(
-                    model, signature, spec, batch, block, options, training, method, progress
-                )
+            operator = HessianOperator(
+                model,
+                signature,
+                spec,
+                batch,
+                block.variables,
+                training=training,
+                hvp_mode=options.hvp,
             )
+            names = ", ".join(v.path for v in block.variables[:3])
+            plan = _plan(operator, options, f"--method exact: the block [{names}]")
+            name = ", ".join(v.path for v in block.variables[:2])
+            steps = _expected_steps(operator.size, plan.method, options)
+            progress.block(index, len(blocks), name, steps)
+            results.append(_block_result(operator, block, plan, options, progress))
         cross: tuple[CrossBlock, ...] = ()
         if options.cross:
             cross = cross_blocks(model, signature, spec, batch, blocks, options, training)
@@ -419,9 +447,15 @@ def hessian_file(
     seed: int = 0,
     options: HessianOptions | None = None,
     progress: Progress | None = None,
+    custom_objects: str | Path | None = None,
+    unsafe: bool = False,
 ) -> HessianReport:
-    """Load a saved model (and a batch file, or synthesize one) and compute its curvature."""
-    model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed)
+    """Load a saved model (and a batch file, or synthesize one) and compute its curvature.
+
+    ``custom_objects`` and ``unsafe`` are as in :func:`gradscope.inspect_file`.
+    """
+    load = LoadOptions(None if custom_objects is None else Path(custom_objects), unsafe)
+    model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed, load)
     inspect_options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS)
     options = options or HessianOptions(seed=seed)
     return run_hessian(model, signature, batch, inspect_options, options, info, progress)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +16,27 @@ from typer.testing import CliRunner
 from gradscope import curvature
 from gradscope.api import InspectOptions, batch_from_arrays, prepare_loss_and_batch
 from gradscope.cli import app
-from gradscope.engine.hessian import HessianOperator
+from gradscope.engine.hessian import (
+    MAX_ROWS_PER_PASS,
+    HessianOperator,
+    WorkEstimate,
+    exact_block_bytes,
+)
 from gradscope.errors import ExitCode, ResourceError
 from gradscope.loading.signature import model_signature
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
-def _operator(model: Any, x: np.ndarray, y: np.ndarray, variables: Any = None) -> HessianOperator:
+def _operator(
+    model: Any, x: np.ndarray, y: np.ndarray, variables: Any = None, hvp_mode: Any = "reverse"
+) -> HessianOperator:
     signature = model_signature(model)
     spec, batch = prepare_loss_and_batch(
         model, signature, batch_from_arrays(signature, x, y), InspectOptions()
     )
     chosen = model.trainable_variables if variables is None else variables
-    return HessianOperator(model, signature, spec, batch, chosen)
+    return HessianOperator(model, signature, spec, batch, chosen, hvp_mode=hvp_mode)
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +96,17 @@ def small_net(keras):  # type: ignore[no-untyped-def]
         model = keras.Model(inputs, outputs)
         model.compile(loss="categorical_crossentropy")
         operator = _operator(model, x, y)
+        forward = _operator(model, x, y, hvp_mode="forward")
         exact = operator.exact()
         differences = _central_differences(_gradient_function(model, operator), operator)
-        products = [
-            (v, operator.hvp(v))
-            for v in np.random.default_rng(3).standard_normal((3, operator.size))
-        ]
+        vectors = np.random.default_rng(3).standard_normal((3, operator.size))
+        products = [(v, operator.hvp(v), forward.hvp(v)) for v in vectors]
+        passes: list[int] = []
+        # 5 rows a pass: 7 passes over n = 31, the last one padded.
+        in_passes = operator.exact(rows_per_pass=5, on_rows=passes.append)
     finally:
         keras.config.set_floatx(previous)
-    return operator, exact, differences, products
+    return operator, exact, differences, products, (in_passes, passes)
 
 
 def _central_differences(gradient, operator: HessianOperator) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -133,15 +145,23 @@ def _gradient_function(model: Any, operator: HessianOperator):  # type: ignore[n
 
 
 def test_exact_block_matches_central_differences_of_the_gradient(small_net) -> None:  # type: ignore[no-untyped-def]
-    _, exact, differences, _ = small_net
+    _, exact, differences, _, _ = small_net
     # Float64 throughout: central differences with h = 1e-5 are good to ~1e-10.
     np.testing.assert_allclose(exact, differences, rtol=1e-6, atol=1e-8)
 
 
 def test_hvp_equals_the_exact_block_product(small_net) -> None:  # type: ignore[no-untyped-def]
-    _, exact, _, products = small_net
-    for vector, product in products:
-        np.testing.assert_allclose(product, exact @ vector, rtol=1e-9, atol=1e-12)
+    _, exact, _, products, _ = small_net
+    for vector, reverse, forward in products:
+        np.testing.assert_allclose(reverse, exact @ vector, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(forward, exact @ vector, rtol=1e-9, atol=1e-12)
+
+
+def test_exact_rows_in_passes_equal_the_single_pass(small_net) -> None:  # type: ignore[no-untyped-def]
+    operator, exact, _, _, (in_passes, passes) = small_net
+    assert operator.size == 31
+    assert passes == [5, 5, 5, 5, 5, 5, 1]
+    np.testing.assert_allclose(in_passes, exact, rtol=1e-12, atol=1e-15)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +219,60 @@ def test_memory_guard_refuses_without_allocating(monkeypatch: pytest.MonkeyPatch
         curvature.hessian_file(SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", options=options)
 
 
+def test_rows_within_a_budget() -> None:
+    work = WorkEstimate(shared=1000, per_row=100)
+    assert work.pass_bytes(3) == 1300
+    assert work.rows_within(1099, size=50) == 0
+    assert work.rows_within(1100, size=50) == 1
+    assert work.rows_within(1799, size=50) == 7
+    assert work.rows_within(10**9, size=50) == 50
+    assert work.rows_within(10**12, size=10**6) == MAX_ROWS_PER_PASS
+
+
+def _probs_operator() -> HessianOperator:
+    from gradscope.api import load_for_cli
+
+    model, signature, batch, _ = load_for_cli(SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", None, 0)
+    spec, batch = prepare_loss_and_batch(model, signature, batch, InspectOptions())
+    variables = [v for v in model.trainable_variables if v.path.startswith("probs/")]
+    return HessianOperator(model, signature, spec, batch, variables)
+
+
+def test_work_estimate_splits_the_graph_at_the_vector() -> None:
+    operator = _probs_operator()
+    work = operator.work_estimate()
+    # Every row holds at least its own tangent and product (n float32 each); the shared
+    # part holds at least the batch and the first gradient.
+    assert work.per_row >= 2 * 4 * operator.size
+    assert work.shared >= 4 * operator.size + operator._inputs["features"].numpy().nbytes
+
+
+def test_memory_guard_counts_the_work_space_and_sizes_the_passes() -> None:
+    operator = _probs_operator()
+    work = operator.work_estimate()
+    matrix = exact_block_bytes(operator.size)
+    exact = curvature.HessianOptions(method="exact", max_memory=matrix + work.pass_bytes(3))
+    plan = curvature._plan(operator, exact, "the block")
+    assert plan == curvature._Plan("exact", 3)
+    tight = replace(exact, max_memory=matrix + work.pass_bytes(1) - 1)
+    with pytest.raises(ResourceError, match=r"matrix and work space.*--method lanczos"):
+        curvature._plan(operator, tight, "the block")
+    assert curvature._plan(operator, replace(tight, method="auto"), "x").method == "lanczos"
+
+
+def test_exact_block_under_a_tight_budget_is_still_exact() -> None:
+    operator = _probs_operator()
+    work = operator.work_estimate()
+    budget = exact_block_bytes(operator.size) + work.pass_bytes(2)
+    options = curvature.HessianOptions(layers="probs", block="layer", max_memory=budget)
+    tight = curvature.hessian_file(SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", options=options)
+    roomy = curvature.hessian_file(
+        SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", options=replace(options, max_memory=2**31)
+    )
+    assert tight.blocks[0].method == roomy.blocks[0].method == "exact"
+    np.testing.assert_allclose(tight.blocks[0].matrix, roomy.blocks[0].matrix, rtol=1e-6, atol=1e-9)
+
+
 def test_auto_switches_to_lanczos_above_the_limit() -> None:
     options = curvature.HessianOptions(block="model", max_memory=1024**2, tol=1e-2)
     report = curvature.hessian_file(
@@ -233,13 +307,48 @@ def test_cli_json_contract() -> None:
         assert block["min_eigenvalue"] <= block["eigenvalues"][-1]
 
 
+def test_cli_forward_and_reverse_products_agree() -> None:
+    def top(mode: str) -> list[float]:
+        result = _invoke(
+            SAMPLES / "cnn.keras", "--data", SAMPLES / "cnn.npz", "--block", "model",
+            "--method", "lanczos", "--tol", "1e-6", "--hvp", mode, "-f", "json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        block = json.loads(result.stdout)["blocks"][0]
+        return [*block["eigenvalues"], block["min_eigenvalue"]]
+
+    reverse, forward = top("reverse"), top("forward")
+    np.testing.assert_allclose(forward, reverse, rtol=1e-4, atol=1e-5 * abs(reverse[0]))
+
+
 def test_cli_table_and_csv() -> None:
     table = _invoke(SAMPLES / "mlp.keras", "--layers", "probs")
     assert table.exit_code == 0 and "probs/kernel" in table.stdout and "exact" in table.stdout
     csv_out = _invoke(SAMPLES / "mlp.keras", "--layers", "probs", "-f", "csv")
     lines = csv_out.stdout.splitlines()
-    assert lines[0].startswith("vars,layers,size,method")
+    assert lines[0].startswith("kind,vars,layers,size,method")
     assert len(lines) == 3
+
+
+def test_csv_holds_blocks_cross_blocks_and_densities() -> None:
+    args = (SAMPLES / "mlp.keras", "--layers", "probs", "--cross", "--density")
+    data = json.loads(_invoke(*args, "-f", "json").stdout)
+    rows = list(csv.DictReader(io.StringIO(_invoke(*args, "-f", "csv").stdout)))
+    blocks = [r for r in rows if r["kind"] == "block"]
+    cross = [r for r in rows if r["kind"] == "cross"]
+    density = [r for r in rows if r["kind"] == "density"]
+    assert [b["vars"] for b in blocks] == [" ".join(b["vars"]) for b in data["blocks"]]
+    assert float(blocks[0]["trace"]) == data["blocks"][0]["trace"]
+    assert len(cross) == len(data["cross"]) == 1
+    assert cross[0]["vars"] == "probs/kernel probs/bias" and cross[0]["shape"] == "96 3"
+    assert float(cross[0]["max_abs"]) == data["cross"][0]["max_abs"]
+    expected = [
+        (" ".join(b["vars"]), g, v)
+        for b in data["blocks"]
+        for g, v in zip(b["density"]["grid"], b["density"]["values"], strict=True)
+    ]
+    got = [(r["vars"], float(r["eigenvalue"]), float(r["density"])) for r in density]
+    assert got == expected
 
 
 @pytest.mark.parametrize(

@@ -77,9 +77,7 @@ def make_report(**changes: Any) -> Report:
     kernel_grad = TensorStats(
         l2=1.23456, max_abs=0.5, mean=0.1 + 0.2, std=0.02, zero_frac=0.125, nonfinite=0
     )
-    bad_grad = TensorStats(
-        l2=NAN, max_abs=INF, mean=-INF, std=NAN, zero_frac=0.0, nonfinite=3
-    )
+    bad_grad = TensorStats(l2=NAN, max_abs=INF, mean=-INF, std=NAN, zero_frac=0.0, nonfinite=3)
     fields: dict[str, Any] = {
         "model": ModelInfo(
             name="tiny",
@@ -433,9 +431,7 @@ def test_csv_numpy_scalars_written_as_plain_numbers() -> None:
 
 
 def test_csv_quotes_commas_in_notes() -> None:
-    row = dataclasses.replace(
-        make_report().inputs[1], note="integer input, no gradient"
-    )
+    row = dataclasses.replace(make_report().inputs[1], note="integer input, no gradient")
     report = make_report(inputs=(row,), variables=(), activations=())
     _, rows = read_csv(csv_render.format_report(report))
     assert rows[0]["note"] == "integer input, no gradient"
@@ -456,9 +452,7 @@ def test_table_header_block() -> None:
 
 def test_table_header_file_batch_regularization_training() -> None:
     report = make_report(
-        batch=BatchInfo(
-            source="file", size=32, path="data/batch.npz", has_targets=False
-        ),
+        batch=BatchInfo(source="file", size=32, path="data/batch.npz", has_targets=False),
         loss=LossInfo(
             value=INF,
             source="sum of outputs",
@@ -618,19 +612,12 @@ def test_table_color_highlights_nonfinite_counts() -> None:
     # Non-finite counts > 0 in bold red (the style spans the right-aligned cell).
     red_counts = re.findall(r"\x1b\[1;31m *(\d+)\x1b\[0m", colored)
     assert red_counts == ["3", "3"]  # dense/bias and head@1; zero counts stay plain
-    assert (
-        render(report, OutputFormat.TABLE, width=100, color=False).count(ANSI_ESCAPE)
-        == 0
-    )
+    assert render(report, OutputFormat.TABLE, width=100, color=False).count(ANSI_ESCAPE) == 0
 
 
 def test_table_loss_six_significant_digits() -> None:
-    report = make_report(
-        loss=LossInfo(value=123.456789, source="override: mse", kind="override")
-    )
+    report = make_report(loss=LossInfo(value=123.456789, source="override: mse", kind="override"))
     text = table_render.format_report(report, width=100)
     assert "loss        123.457 (override: mse)\n" in text
-    nan_loss = make_report(
-        loss=LossInfo(value=NAN, source="override: mse", kind="override")
-    )
+    nan_loss = make_report(loss=LossInfo(value=NAN, source="override: mse", kind="override"))
     assert "loss        nan (override: mse)\n" in table_render.format_report(nan_loss)

@@ -1,12 +1,17 @@
 """Second derivatives of the loss: exact Hessian blocks and Hessian-vector products.
 
-* :meth:`HessianOperator.exact` builds the full ``n x n`` Hessian of the loss with
-  respect to a block of variables, as the vectorized jacobian of the gradient (one
-  compiled ``tf.function``).
 * :meth:`HessianOperator.hvp` multiplies the Hessian by a vector without ever forming
-  it: forward-over-back (a ``tf.autodiff.ForwardAccumulator`` around a
-  ``tf.GradientTape``), compiled once per block.  Its cost is a small multiple of one
-  gradient, whatever the size of the block.
+  it, compiled once per block.  Two ways are built: back-over-back (the gradient of
+  ``<grad, v>``, the default) and forward-over-back (a ``tf.autodiff.ForwardAccumulator``
+  around a ``tf.GradientTape``).  Both cost a small multiple of one gradient whatever
+  the size of the block.  On TensorFlow 2.21 (CPU) they run equally fast, but
+  forward-over-back takes about three times longer to trace, because TensorFlow builds
+  most forward-mode rules from double-backward graphs: ``bench/README.md`` has the
+  figures.
+* :meth:`HessianOperator.exact` builds the full ``n x n`` Hessian a pass of rows at a
+  time: each pass is one compiled, vectorized (``pfor``) set of Hessian-vector
+  products with unit vectors, so the work space is bounded by the rows per pass,
+  which :meth:`HessianOperator.work_estimate` lets the caller fit in a memory budget.
 
 Vectors are flat float64 numpy arrays over the block's variables in order, so the
 matrix-free algorithms of :mod:`gradscope.engine.spectral` can use them directly.
@@ -16,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,8 +33,13 @@ from ..loading.signature import ModelSignature
 from ..losses import LossSpec, total_loss
 
 EXACT_BYTES_PER_ENTRY = 20
-"""Bytes per Hessian entry an exact block needs: the float32 jacobian (4), its float64
+"""Bytes per Hessian entry an exact block needs: the float32 rows (4), their float64
 copy (8) and LAPACK's work space for ``eigvalsh`` (8)."""
+
+MAX_ROWS_PER_PASS = 256
+"""More rows per vectorized pass stop paying off: the pass is then compute-bound."""
+
+HvpMode = Literal["reverse", "forward"]
 
 
 @contextlib.contextmanager
@@ -44,8 +55,58 @@ def _quiet_tensorflow_logger() -> Iterator[None]:
 
 
 def exact_block_bytes(size: int) -> int:
-    """Memory an exact ``size x size`` block needs (see :data:`EXACT_BYTES_PER_ENTRY`)."""
+    """Memory the ``size x size`` matrix of an exact block needs (see
+    :data:`EXACT_BYTES_PER_ENTRY`), without the work space of computing it."""
     return EXACT_BYTES_PER_ENTRY * size * size
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    """Bytes of work space a pass of exact Hessian rows needs, read off the traced graph.
+
+    ``shared`` is every tensor of one Hessian-vector product that does not depend on the
+    vector (the forward pass and the first gradient): it is computed once per pass.
+    ``per_row`` is every tensor that does: a vectorized pass of ``r`` rows holds ``r``
+    copies.  Both sum every tensor as if all were alive at once, so they are upper
+    bounds (tensors of unknown shape are not counted).
+    """
+
+    shared: int
+    per_row: int
+
+    def pass_bytes(self, rows: int) -> int:
+        """Work space of one pass of ``rows`` rows."""
+        return self.shared + rows * self.per_row
+
+    def rows_within(self, budget: int, size: int) -> int:
+        """The most rows per pass (at most ``size``) whose work space fits ``budget``; 0
+        when not even one fits."""
+        if budget < self.pass_bytes(1):
+            return 0
+        rows = (budget - self.shared) // max(self.per_row, 1)
+        return int(min(rows, size, MAX_ROWS_PER_PASS))
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    shape = tensor.shape
+    if not shape.is_fully_defined() or tensor.dtype.size == 0:
+        return 0
+    return int(shape.num_elements()) * int(tensor.dtype.size)
+
+
+def _split_graph_bytes(graph: Any, source: Any) -> WorkEstimate:
+    """Bytes of the tensors of ``graph`` that depend on ``source``, and of the others."""
+    dependent: set[str] = {source.name}
+    per_row = shared = 0
+    for op in graph.get_operations():  # topological order
+        reached = any(t.name in dependent for t in op.inputs)
+        for output in op.outputs:
+            if reached:
+                dependent.add(output.name)
+                per_row += _tensor_bytes(output)
+            elif output.name != source.name:
+                shared += _tensor_bytes(output)
+    return WorkEstimate(shared=shared, per_row=per_row)
 
 
 class HessianOperator:
@@ -64,6 +125,7 @@ class HessianOperator:
         variables: Sequence[Any],
         *,
         training: bool = False,
+        hvp_mode: HvpMode = "reverse",
     ) -> None:
         tf = _tf.tensorflow()
         self.model = model
@@ -85,9 +147,10 @@ class HessianOperator:
         # BatchNorm statistics: the operator would change between products.  The state
         # is put back before every call, so every product sees the same function.
         self._state = [(v, v.numpy()) for v in model.non_trainable_variables] if training else []
-        self._hvp_fn = tf.function(self._hvp, autograph=False)
         self._reverse_fn = tf.function(self._hvp_reverse, autograph=False)
-        self._exact_fn = tf.function(self._exact, autograph=False)
+        self._forward_fn = tf.function(self._hvp_forward, autograph=False)
+        self._hvp_fn = self._forward_fn if hvp_mode == "forward" else self._reverse_fn
+        self._rows_fn = tf.function(self._rows, autograph=False)
         self.hvp_calls = 0
 
     def _reset_state(self) -> None:
@@ -125,7 +188,7 @@ class HessianOperator:
 
     # -- Hessian-vector products ------------------------------------------------------
 
-    def _hvp(self, vector: Any) -> Any:
+    def _hvp_forward(self, vector: Any) -> Any:
         """``H @ vector`` by forward-over-back: the JVP of the gradient along ``vector``."""
         tf = _tf.tensorflow()
         primals = [v.value for v in self.variables]
@@ -141,8 +204,8 @@ class HessianOperator:
     def _hvp_reverse(self, vector: Any) -> Any:
         """``H @ vector`` by back-over-back: the gradient of ``<grad, vector>``.
 
-        The fallback for models whose ops have no forward-mode rule inside control flow
-        (Keras's RNN loop, for one); about one more backward pass than forward-over-back.
+        The default; also the fallback of forward-over-back for models whose ops have no
+        forward-mode rule inside control flow (Keras's RNN loop, for one).
         """
         tf = _tf.tensorflow()
         tangents = self._split(vector)
@@ -163,8 +226,8 @@ class HessianOperator:
     def hvp(self, vector: np.ndarray) -> np.ndarray:
         """``H @ vector`` for a flat float64 ``vector`` over the block (float64 result).
 
-        Forward-over-back is tried first; if the model cannot be traced in forward mode,
-        back-over-back is used from then on.
+        With ``hvp_mode="forward"``, a model that cannot be traced in forward mode is
+        differentiated back-over-back from then on.
         """
         tf = _tf.tensorflow()
         self.hvp_calls += 1
@@ -181,40 +244,78 @@ class HessianOperator:
 
     # -- exact blocks -----------------------------------------------------------------
 
-    def _exact(self, vectorized: bool = True) -> Any:
-        """The ``n x n`` Hessian as the (vectorized) jacobian of the flat gradient."""
+    def _rows(self, indices: Any) -> Any:
+        """Rows ``indices`` of the Hessian, as ``H @ e_i`` for each unit vector ``e_i``.
+
+        The loss and its gradient are computed once; the vector-dependent backward pass
+        is vectorized over the rows (``pfor``, falling back to a loop only for ops that
+        have no vectorized rule), like ``GradientTape.jacobian`` but over a chosen
+        subset of rows, so that the work space of a pass is bounded.
+        """
         tf = _tf.tensorflow()
+        zero = tf.UnconnectedGradients.ZERO
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
                 loss = self._loss()
-            grads = inner.gradient(
-                loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
+            grads = inner.gradient(loss, self.variables, unconnected_gradients=zero)
             flat_grad = self._flat(grads)
-        columns = outer.jacobian(
-            flat_grad,
-            self.variables,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            experimental_use_pfor=vectorized,
-        )
-        return tf.concat(
-            [tf.reshape(tf.cast(c, self._dtype), [self.size, -1]) for c in columns], axis=1
-        )
 
-    def exact(self) -> np.ndarray:
-        """The exact Hessian block, as float64 (computed in the block's own precision).
+        def row(index: Any) -> Any:
+            unit = tf.one_hot(index, self.size, dtype=flat_grad.dtype)
+            products = outer.gradient(
+                flat_grad, self.variables, output_gradients=unit, unconnected_gradients=zero
+            )
+            return self._flat(products)
 
-        The jacobian is vectorized (``pfor``) where TensorFlow can; some models (Keras's
-        RNN loop) cannot be vectorized, and then the rows are computed in a loop.
+        return tf.vectorized_map(row, indices, fallback_to_while_loop=True)
+
+    def work_estimate(self) -> WorkEstimate:
+        """Work space of exact rows, read off the traced back-over-back product."""
+        tf = _tf.tensorflow()
+        spec = tf.TensorSpec([self.size], self._dtype)
+        graph = self._reverse_fn.get_concrete_function(spec).graph
+        return _split_graph_bytes(graph, graph.inputs[0])
+
+    def exact(
+        self, rows_per_pass: int = MAX_ROWS_PER_PASS, on_rows: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """The exact Hessian block as float64 (computed in the block's own precision).
+
+        Rows are computed ``rows_per_pass`` at a time by one compiled, vectorized pass
+        (the last pass is padded by repeating its last row).  Models that cannot be
+        vectorized at all (Keras's RNN loop) get their rows one Hessian-vector product
+        at a time.  ``on_rows`` is told how many rows each pass finished.
         """
-        self._reset_state()
+        rows = max(1, min(rows_per_pass, self.size))
         try:
             with _quiet_tensorflow_logger():
-                matrix = self._exact_fn(True)
+                return self._exact_in_passes(rows, on_rows)
         except (ValueError, TypeError, LookupError, NotImplementedError):
+            return self._exact_by_products(on_rows)
+
+    def _exact_in_passes(self, rows: int, on_rows: Callable[[int], None] | None) -> np.ndarray:
+        tf = _tf.tensorflow()
+        matrix = np.empty((self.size, self.size), dtype=np.float64)
+        for start in range(0, self.size, rows):
+            indices = np.minimum(np.arange(start, start + rows), self.size - 1)
             self._reset_state()
-            matrix = self._exact_fn(False)
-        return np.asarray(matrix.numpy(), dtype=np.float64)
+            block = self._rows_fn(tf.constant(indices, dtype=tf.int32)).numpy()
+            stop = min(start + rows, self.size)
+            matrix[start:stop] = block[: stop - start]
+            if on_rows is not None:
+                on_rows(stop - start)
+        return matrix
+
+    def _exact_by_products(self, on_rows: Callable[[int], None] | None) -> np.ndarray:
+        matrix = np.empty((self.size, self.size), dtype=np.float64)
+        unit = np.zeros(self.size)
+        for index in range(self.size):
+            unit[index] = 1.0
+            matrix[index] = self.hvp(unit)
+            unit[index] = 0.0
+            if on_rows is not None:
+                on_rows(1)
+        return matrix
 
     def loss_value(self) -> float:
         """The loss on the batch at the current weights (one forward pass)."""

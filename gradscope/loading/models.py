@@ -29,6 +29,19 @@ H5_SUFFIXES = (".h5", ".hdf5")
 
 
 @dataclass(frozen=True)
+class LoadOptions:
+    """How far to trust a model file.
+
+    ``custom_objects`` is a Python file to import before loading, for the custom
+    layers, models, losses and functions the model needs.  ``unsafe`` turns Keras's
+    safe mode off (Lambda layers holding Python bytecode), for files the user trusts.
+    """
+
+    custom_objects: Path | None = None
+    unsafe: bool = False
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """A model and how it was read."""
 
@@ -204,14 +217,16 @@ def _explain_load_failure(path: Path, exc: BaseException) -> ModelLoadError:
 
 def load_model(
     path: str | os.PathLike[str],
+    options: LoadOptions | None = None,
     *,
-    safe_mode: bool = True,
     custom_objects: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a ``.keras`` or ``.h5`` model with its compiled loss, safe mode on.
 
     Raises :class:`ModelLoadError` with a one-line message for every failure.
     """
+    options = options or LoadOptions()
+    safe_mode = not options.unsafe
     file = Path(path)
     check_model_path(file)
     if file.suffix.lower() in KERAS_SUFFIXES:

@@ -39,6 +39,7 @@ BLOCK_COLUMNS: tuple[Column, ...] = (
 )
 
 CSV_COLUMNS = (
+    "kind",
     "vars",
     "layers",
     "size",
@@ -54,7 +55,15 @@ CSV_COLUMNS = (
     "iterations",
     "converged",
     "seconds",
+    "shape",
+    "max_abs",
+    "eigenvalue",
+    "density",
 )
+"""One table for everything: ``kind`` is ``block`` (a row per block), ``cross`` (a row
+per off-diagonal block: ``vars``, ``shape``, ``frobenius``, ``max_abs``) or ``density``
+(a row per grid point of a block's spectral density: ``vars``, ``eigenvalue``,
+``density``).  Cells a kind does not use are empty."""
 
 
 def _trace_text(block: HessianBlock) -> str:
@@ -139,19 +148,35 @@ def format_table(report: HessianReport, *, width: int | None = None, color: bool
     return strip_trailing_spaces(buffer.getvalue())
 
 
+def _csv_cell(value: object) -> object:
+    """Lists space-separated, ``None`` empty, everything else as is."""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return "" if value is None else value
+
+
+def _csv_rows(report: HessianReport) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for block in report.blocks:
+        data = block.to_dict()
+        rows.append({"kind": "block", **{k: data[k] for k in CSV_COLUMNS[1:] if k in data}})
+    for cross in report.cross:
+        rows.append({"kind": "cross", **cross.to_dict()})
+    for block in report.blocks:
+        if block.density is None:
+            continue
+        for point, value in zip(block.density.grid, block.density.values, strict=True):
+            rows.append(
+                {"kind": "density", "vars": list(block.vars), "eigenvalue": point, "density": value}
+            )
+    return rows
+
+
 def format_csv(report: HessianReport) -> str:
-    """One row per block; list fields are space-separated."""
+    """Blocks, then cross blocks, then density points (see :data:`CSV_COLUMNS`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for block in report.blocks:
-        data = block.to_dict()
-        writer.writerow(
-            {
-                key: " ".join(str(v) for v in data[key])
-                if isinstance(data[key], list)
-                else ("" if data[key] is None else data[key])
-                for key in CSV_COLUMNS
-            }
-        )
+    for row in _csv_rows(report):
+        writer.writerow({key: _csv_cell(row.get(key)) for key in CSV_COLUMNS})
     return buffer.getvalue()
