@@ -1,7 +1,7 @@
-"""A rich progress bar on stderr for long work (Hessian blocks, HVPs, probes).
+"""Progress of long work (Hessian blocks and products, batches): a rich bar on stderr.
 
-Off when stderr is not a terminal or with ``--quiet``: then the no-op
-:class:`gradscope.curvature.Progress` is used and nothing is printed.
+:class:`Progress` is the silent default the library uses; the CLI passes a rich bar on
+stderr, off when stderr is not a terminal or with ``--quiet``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,20 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from .curvature import Progress
+
+class Progress:
+    """Where long work reports itself; the default does nothing.
+
+    The CLI passes a rich progress bar on stderr.  ``block`` starts block ``index`` of
+    ``count`` (``total`` is the expected number of Hessian-vector products, or ``None``),
+    ``step`` follows every Hessian-vector product.
+    """
+
+    def block(self, index: int, count: int, name: str, total: int | None) -> None:
+        """Block ``index`` of ``count`` starts."""
+
+    def step(self, done: int = 1) -> None:
+        """One more Hessian-vector product (or exact block) is done."""
 
 
 class _RichProgress(Progress):

@@ -7,6 +7,7 @@ or check the batch, run the one-pass engine, and assemble the plain-data report.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,10 +17,21 @@ from typing import Any
 import numpy as np
 
 from . import _tf, stats
+from ._progress import Progress
+from .aggregate import BatchAccumulator
 from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
 from .errors import MismatchError, UsageError, first_line, received
-from .loading.data import Batch, check_data_path, check_input_array, load_batch
+from .loading.data import (
+    Batch,
+    Batches,
+    check_data_path,
+    check_input_array,
+    iter_batches,
+    load_batch,
+    plan_batches,
+    split_batch,
+)
 from .loading.models import LoadOptions, check_model_path, load_model
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS, synthetic_batch
@@ -31,6 +43,7 @@ from .report import (
     InputRow,
     LossInfo,
     ModelInfo,
+    PerSampleReport,
     Report,
     VariableRow,
 )
@@ -48,6 +61,27 @@ class InspectOptions:
     rows: int = DEFAULT_ROWS
     layers: str | None = None
     keep_tensors: bool = False
+    batch_size: int | None = None
+    max_batches: int | None = None
+    per_sample: bool = False
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_size is not None
+
+
+def _file_batches(
+    path: str | Path,
+    signature: ModelSignature,
+    batch_size: int,
+    max_batches: int | None,
+    limit: int | None,
+) -> Batches:
+    plan = plan_batches(path, signature, batch_size, max_batches=max_batches, limit=limit)
+    first = next(iter_batches(plan, signature))
+    return Batches(
+        first, lambda: iter_batches(plan, signature), plan.rows, batch_size, plan.count, max_batches
+    )
 
 
 def inspect_file(
@@ -62,16 +96,26 @@ def inspect_file(
     keep_tensors: bool = False,
     custom_objects: str | Path | None = None,
     unsafe: bool = False,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    per_sample: bool = False,
+    progress: Progress | None = None,
 ) -> Report:
     """Load a saved model (and a batch file, or synthesize one) and inspect it.
 
     ``custom_objects`` is a Python file defining the custom classes the model needs;
-    ``unsafe`` turns Keras's safe mode off, for a file you trust.
+    ``unsafe`` turns Keras's safe mode off, for a file you trust.  With ``batch_size``
+    the data is streamed in batches of that many rows (at most ``max_batches``) and the
+    report describes their mean gradient (see :mod:`gradscope.aggregate`).
+    ``per_sample`` adds per-example gradient norms.
     """
     load = LoadOptions(None if custom_objects is None else Path(custom_objects), unsafe)
-    model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed, load)
-    options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors)
-    return run_inspect(model, signature, batch, options, info)
+    options = InspectOptions(
+        loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors,
+        batch_size, max_batches, per_sample,
+    )  # fmt: skip
+    model, signature, data, info = load_for_cli(model_path, data_path, limit, seed, load, options)
+    return run_inspect(model, signature, data, options, info, progress)
 
 
 def inspect(
@@ -86,18 +130,27 @@ def inspect(
     rows: int = DEFAULT_ROWS,
     layers: str | None = None,
     keep_tensors: bool = False,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    per_sample: bool = False,
 ) -> Report:
     """Gradients of the loss for an in-memory Keras model, in one forward/backward pass.
 
     ``x`` and ``y`` are arrays, lists or dicts shaped like the model's inputs and outputs;
     with ``x=None`` a seeded synthetic batch of ``rows`` examples is used.  ``loss`` is a
     Keras loss name overriding the compiled loss.  ``keep_tensors=True`` keeps the raw
-    gradient tensors in ``report.tensors``.  Keras's global random state is left alone.
+    gradient tensors in ``report.tensors``.  With ``batch_size`` the data is cut into
+    batches (at most ``max_batches``) and the report describes their mean gradient;
+    ``per_sample`` adds per-example gradient norms.  Keras's global random state is left
+    alone.
     """
     signature = model_signature(model)
     batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
-    options = InspectOptions(loss, training, seed, rows, layers, keep_tensors)
-    return run_inspect(model, signature, batch, options, model_info_of(model, None, "memory"))
+    options = InspectOptions(
+        loss, training, seed, rows, layers, keep_tensors, batch_size, max_batches, per_sample
+    )
+    info = model_info_of(model, None, "memory")
+    return run_inspect(model, signature, batch, options, info)
 
 
 def _named(specs_names: Sequence[str], value: ArrayLike, what: str) -> dict[str, np.ndarray]:
@@ -189,7 +242,8 @@ def load_for_cli(
     limit: int | None,
     seed: int,
     load: LoadOptions | None = None,
-) -> tuple[Any, ModelSignature, Batch | None, ModelInfo]:
+    options: InspectOptions | None = None,
+) -> tuple[Any, ModelSignature, Batch | Batches | None, ModelInfo]:
     """Check paths (before importing TensorFlow), seed Keras, load the model and batch.
 
     Both paths are checked first, so a typo fails at once; Keras's global random state
@@ -201,30 +255,156 @@ def load_for_cli(
     if data_path is not None:
         check_data_path(Path(data_path))
     _tf.keras().utils.set_random_seed(seed)
+    _check_batching(options)
     loaded = load_model(model_path, load)
     signature = model_signature(loaded.model)
-    batch = None if data_path is None else load_batch(data_path, signature, limit=limit)
-    return loaded.model, signature, batch, model_info_of(loaded.model, loaded.path, loaded.format)
+    data: Batch | Batches | None = None
+    if data_path is not None and options is not None and options.batch_size is not None:
+        data = _file_batches(data_path, signature, options.batch_size, options.max_batches, limit)
+    elif data_path is not None:
+        data = load_batch(data_path, signature, limit=limit)
+    return loaded.model, signature, data, model_info_of(loaded.model, loaded.path, loaded.format)
+
+
+def _check_batching(options: InspectOptions | None) -> None:
+    """``--batch-size``/``--max-batches`` are positive, and the latter needs the former."""
+    if options is None:
+        return
+    if options.batch_size is not None and options.batch_size < 1:
+        raise UsageError(
+            f"--batch-size: expected a positive number of rows. {received(options.batch_size)}"
+        )
+    if options.max_batches is not None:
+        if options.batch_size is None:
+            raise UsageError("--max-batches: needs --batch-size (the rows of one batch).")
+        if options.max_batches < 1:
+            raise UsageError(
+                f"--max-batches: expected a positive number. {received(options.max_batches)}"
+            )
 
 
 def run_inspect(
     model: Any,
     signature: ModelSignature,
-    batch: Batch | None,
+    data: Batch | Batches | None,
+    options: InspectOptions,
+    model_info: ModelInfo,
+    progress: Progress | None = None,
+) -> Report:
+    """The shared inspect pipeline: loss, batch(es), engine, report."""
+    first = data.first if isinstance(data, Batches) else data
+    spec, batch = prepare_loss_and_batch(model, signature, first, options)
+    if options.batching and not isinstance(data, Batches):
+        data = split_batch(batch, options.batch_size or batch.size, options.max_batches)
+    with RestoredState(model, options.training):
+        if isinstance(data, Batches):
+            report = _inspect_batches(model, signature, spec, data, options, model_info, progress)
+        else:
+            report = _inspect_one(model, signature, spec, batch, options, model_info)
+        if options.per_sample:
+            batches = data if isinstance(data, Batches) else None
+            report = dataclasses.replace(
+                report,
+                per_sample=per_sample_report(
+                    model, signature, spec, batch, batches, options.training
+                ),
+            )
+    return filter_layers(report, options.layers) if options.layers else report
+
+
+def per_sample_report(
+    model: Any,
+    signature: ModelSignature,
+    spec: LossSpec,
+    batch: Batch,
+    batches: Batches | None,
+    training: bool,
+) -> PerSampleReport:
+    """Per-example gradient norms over ``batch``, or over every batch of ``batches``
+    (example indices then count from the first row of the first batch)."""
+    from .engine.per_sample import PerSampleEngine, PerSampleNorms
+
+    engine = PerSampleEngine(model, signature, spec, training=training)
+    parts = [engine.run(b) for b in (batches.iterate() if batches else [batch])]
+    merged = PerSampleNorms(
+        parts[0].variables,
+        np.concatenate([part.norms for part in parts]),
+        np.concatenate([part.total for part in parts]),
+    )
+    return merged.summary()
+
+
+def _inspect_one(
+    model: Any,
+    signature: ModelSignature,
+    spec: LossSpec,
+    batch: Batch,
     options: InspectOptions,
     model_info: ModelInfo,
 ) -> Report:
-    """The shared inspect pipeline: loss, batch, engine, report."""
-    spec, batch = prepare_loss_and_batch(model, signature, batch, options)
     engine = GradientEngine(
         model, signature, spec, training=options.training, keep_tensors=options.keep_tensors
     )
-    with RestoredState(model, options.training):
-        result = _run_engine(engine, batch)
-    report = build_report(
+    result = _run_engine(engine, batch)
+    return build_report(
         model, signature, spec, batch, result, engine.layer_nodes, options.training, model_info
     )
-    return filter_layers(report, options.layers) if options.layers else report
+
+
+def _inspect_batches(
+    model: Any,
+    signature: ModelSignature,
+    spec: LossSpec,
+    data: Batches,
+    options: InspectOptions,
+    model_info: ModelInfo,
+    progress: Progress | None,
+) -> Report:
+    """Every batch through one compiled step, merged into the report of the mean gradient.
+
+    The raw tensors (``keep_tensors``) are those of the mean gradient's variables only:
+    inputs and layer outputs belong to one batch each.
+    """
+    progress = progress or Progress()
+    engine = GradientEngine(model, signature, spec, training=options.training, for_aggregation=True)
+    accumulator = BatchAccumulator(data.rows)
+    progress.block(0, 1, f"{data.count} batches", data.count)
+    for batch in data.iterate():
+        accumulator.add(_run_engine(engine, batch), batch)
+        progress.step()
+    merged = accumulator.merged()
+    info = dataclasses.replace(data.first.info, size=accumulator.rows_seen)
+    whole = Batch(data.first.inputs, data.first.targets, data.first.sample_weight, info)
+    report = build_report(
+        model, signature, spec, whole, merged, engine.layer_nodes, options.training, model_info
+    )
+    variables = list(model.trainable_variables)
+    tensors = None
+    if options.keep_tensors:
+        tensors = GradientTensors(
+            variables=accumulator.mean_gradients(variables), inputs={}, activations={}
+        )
+    summary = accumulator.summary(variables, data.batch_size, data.max_batches)
+    traced = accumulator.last_rows
+    report = dataclasses.replace(
+        report,
+        inputs=tuple(
+            dataclasses.replace(r, shape=_all_rows(r.shape, data.first.size, whole.size))
+            for r in report.inputs
+        ),
+        activations=tuple(
+            dataclasses.replace(r, shape=_all_rows(r.shape, traced, whole.size))
+            for r in report.activations
+        ),
+    )
+    return dataclasses.replace(report, batches=summary, tensors=tensors)
+
+
+def _all_rows(shape: tuple[int, ...], batch_rows: int, rows: int) -> tuple[int, ...]:
+    """The shape of a tensor over all rows, from its shape in a batch of ``batch_rows``."""
+    if shape and shape[0] == batch_rows:
+        return (rows, *shape[1:])
+    return shape
 
 
 def _run_engine(engine: GradientEngine, batch: Batch) -> EngineResult:
@@ -456,7 +636,6 @@ def filter_layers(report: Report, layers: str) -> Report:
     ``layers`` is a comma-separated list of globs, matched against the full path
     (``encoder/dense_1``) and against the last name (``dense_1``).
     """
-    import dataclasses
     import difflib
 
     patterns = [p.strip() for p in layers.split(",") if p.strip()]

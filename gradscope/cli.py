@@ -224,6 +224,16 @@ SeedOpt = Annotated[
 FormatOpt = Annotated[
     OutputFormat, typer.Option("--format", "-f", case_sensitive=False, help="Output format.")
 ]
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Stream the data in batches of N rows; report their mean gradient.",
+    ),
+]
+MaxBatchesOpt = Annotated[
+    int | None, typer.Option("--max-batches", help="With --batch-size: at most M batches.")
+]
 CustomObjectsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -269,6 +279,14 @@ def inspect(
     save: Annotated[
         Path | None, typer.Option("--save", help="Write the raw gradient tensors to this .h5 file.")
     ] = None,
+    batch_size: BatchSizeOpt = None,
+    max_batches: MaxBatchesOpt = None,
+    per_sample: Annotated[
+        bool,
+        typer.Option(
+            "--per-sample", help="Per-example gradient norms, and the examples that dominate."
+        ),
+    ] = False,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
     quiet: QuietOpt = False,
@@ -279,22 +297,28 @@ def inspect(
     def action() -> str:
         from . import api
         from ._atomic import check_writable
+        from ._progress import progress_bar
         from .export import hdf5
 
         if save is not None:
             check_writable(save, hdf5.SUFFIXES, "--save")
-        report = api.inspect_file(
-            model,
-            data,
-            limit=limit,
-            loss=loss,
-            training=training,
-            seed=seed,
-            layers=layers,
-            keep_tensors=save is not None,
-            custom_objects=custom_objects,
-            unsafe=unsafe,
-        )
+        with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
+            report = api.inspect_file(
+                model,
+                data,
+                limit=limit,
+                loss=loss,
+                training=training,
+                seed=seed,
+                layers=layers,
+                keep_tensors=save is not None,
+                custom_objects=custom_objects,
+                unsafe=unsafe,
+                batch_size=batch_size,
+                max_batches=max_batches,
+                per_sample=per_sample,
+                progress=progress,
+            )
         return _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
 
     _emit(run_guarded(action, debug))
@@ -352,6 +376,8 @@ def hessian(
         Path | None, typer.Option("--save", help="Write exact blocks and spectra to this .h5 file.")
     ] = None,
     output_format: FormatOpt = OutputFormat.TABLE,
+    batch_size: BatchSizeOpt = None,
+    max_batches: MaxBatchesOpt = None,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
     quiet: QuietOpt = False,
@@ -398,6 +424,8 @@ def hessian(
                 progress=progress,
                 custom_objects=custom_objects,
                 unsafe=unsafe,
+                batch_size=batch_size,
+                max_batches=max_batches,
             )
         return _finish(
             report, output_format, save, hessian_hdf5.write_blocks, "Hessian blocks", quiet

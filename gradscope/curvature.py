@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._progress import Progress
 from .api import (
     ArrayLike,
     InspectOptions,
@@ -33,7 +34,7 @@ from .engine import spectral
 from .engine.capture import walk_layers
 from .engine.hessian import HessianOperator, HvpMode, exact_block_bytes
 from .errors import ResourceError, UsageError, received
-from .loading.data import Batch
+from .loading.data import Batch, Batches, as_batches, split_batch
 from .loading.models import LoadOptions
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS
@@ -66,21 +67,6 @@ class HessianOptions:
     cross: bool = False
     eigenvectors: bool = False
     hvp: HvpMode = "reverse"
-
-
-class Progress:
-    """Where long work reports itself; the default does nothing.
-
-    The CLI passes a rich progress bar on stderr.  ``block`` starts block ``index`` of
-    ``count`` (``total`` is the expected number of Hessian-vector products, or ``None``),
-    ``step`` follows every Hessian-vector product.
-    """
-
-    def block(self, index: int, count: int, name: str, total: int | None) -> None:
-        """Block ``index`` of ``count`` starts."""
-
-    def step(self, done: int = 1) -> None:
-        """One more Hessian-vector product (or exact block) is done."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +287,7 @@ def cross_blocks(
     model: Any,
     signature: ModelSignature,
     spec: Any,
-    batch: Batch,
+    batch: Batch | Batches,
     blocks: Sequence[_Block],
     options: HessianOptions,
     training: bool,
@@ -365,15 +351,24 @@ def _block_result(
 def run_hessian(
     model: Any,
     signature: ModelSignature,
-    batch: Batch | None,
+    data: Batch | Batches | None,
     inspect_options: InspectOptions,
     options: HessianOptions,
     model_info: ModelInfo,
     progress: Progress | None = None,
 ) -> HessianReport:
-    """The shared hessian pipeline: loss and batch as ``inspect``, then each block."""
+    """The shared hessian pipeline: loss and batch as ``inspect``, then each block.
+
+    With several batches every Hessian-vector product (and every exact row) is the
+    row-weighted mean over the batches, which are read one at a time.
+    """
     progress = progress or Progress()
-    spec, batch = prepare_loss_and_batch(model, signature, batch, inspect_options)
+    first = data.first if isinstance(data, Batches) else data
+    spec, batch = prepare_loss_and_batch(model, signature, first, inspect_options)
+    if inspect_options.batching and not isinstance(data, Batches):
+        size = inspect_options.batch_size or batch.size
+        data = split_batch(batch, size, inspect_options.max_batches)
+    whole = data if isinstance(data, Batches) else batch
     blocks = select_blocks(model, options)
     training = inspect_options.training
     results = []
@@ -383,7 +378,7 @@ def run_hessian(
                 model,
                 signature,
                 spec,
-                batch,
+                whole,
                 block.variables,
                 training=training,
                 hvp_mode=options.hvp,
@@ -396,14 +391,14 @@ def run_hessian(
             results.append(_block_result(operator, block, plan, options, progress))
         cross: tuple[CrossBlock, ...] = ()
         if options.cross:
-            cross = cross_blocks(model, signature, spec, batch, blocks, options, training)
+            cross = cross_blocks(model, signature, spec, whole, blocks, options, training)
         loss_value = HessianOperator(
-            model, signature, spec, batch, [], training=training
+            model, signature, spec, whole, [], training=training
         ).loss_value()
     loss = LossInfo(value=loss_value, source=spec.source, kind=spec.kind)
     return HessianReport(
         model=model_info,
-        batch=batch.info,
+        batch=replace(batch.info, size=as_batches(whole).rows),
         loss=loss,
         training=training,
         blocks=tuple(results),
@@ -422,11 +417,19 @@ def hessian(
     seed: int = 0,
     rows: int = DEFAULT_ROWS,
     options: HessianOptions | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
 ) -> HessianReport:
-    """Curvature of the loss of an in-memory Keras model (see :class:`HessianOptions`)."""
+    """Curvature of the loss of an in-memory Keras model (see :class:`HessianOptions`).
+
+    With ``batch_size`` the data is cut into batches (at most ``max_batches``) and the
+    curvature is that of their row-weighted mean loss.
+    """
     signature = model_signature(model)
     batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
-    inspect_options = InspectOptions(loss, training, seed, rows)
+    inspect_options = InspectOptions(
+        loss, training, seed, rows, batch_size=batch_size, max_batches=max_batches
+    )
     return run_hessian(
         model,
         signature,
@@ -449,16 +452,24 @@ def hessian_file(
     progress: Progress | None = None,
     custom_objects: str | Path | None = None,
     unsafe: bool = False,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
 ) -> HessianReport:
     """Load a saved model (and a batch file, or synthesize one) and compute its curvature.
 
-    ``custom_objects`` and ``unsafe`` are as in :func:`gradscope.inspect_file`.
+    ``custom_objects``, ``unsafe``, ``batch_size`` and ``max_batches`` are as in
+    :func:`gradscope.inspect_file`: with ``batch_size`` the file is streamed and every
+    Hessian-vector product averages over the batches.
     """
     load = LoadOptions(None if custom_objects is None else Path(custom_objects), unsafe)
-    model, signature, batch, info = load_for_cli(model_path, data_path, limit, seed, load)
-    inspect_options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS)
+    inspect_options = InspectOptions(
+        loss, training, seed, limit or DEFAULT_ROWS, batch_size=batch_size, max_batches=max_batches
+    )
+    model, signature, data, info = load_for_cli(
+        model_path, data_path, limit, seed, load, inspect_options
+    )
     options = options or HessianOptions(seed=seed)
-    return run_hessian(model, signature, batch, inspect_options, options, info, progress)
+    return run_hessian(model, signature, data, inspect_options, options, info, progress)
 
 
 __all__: Sequence[str] = ["HessianOptions", "hessian", "hessian_file", "parse_size"]

@@ -265,6 +265,103 @@ class GradientTensors:
     activations: Mapping[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class NormSpread:
+    """Min, median and max of a set of values (per-batch or per-example norms)."""
+
+    min: float
+    median: float
+    max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min": finite_or_none(self.min),
+            "median": finite_or_none(self.median),
+            "max": finite_or_none(self.max),
+        }
+
+
+@dataclass(frozen=True)
+class VariableSpread:
+    """One variable across batches: its per-batch gradient norms, the spread of the
+    batch gradients around their mean ``E||g - E[g]||^2`` and the signal-to-noise ratio
+    ``||E[g]||^2 / E||g - E[g]||^2``."""
+
+    path: str
+    norms: NormSpread
+    variance: float
+    snr: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "norms": self.norms.to_dict(),
+            "variance": finite_or_none(self.variance),
+            "snr": finite_or_none(self.snr),
+        }
+
+
+@dataclass(frozen=True)
+class BatchesReport:
+    """The ``batches`` section of a multi-batch report (the rows describe the mean)."""
+
+    count: int
+    batch_size: int
+    rows: int
+    max_batches: int | None
+    losses: NormSpread
+    global_norms: NormSpread
+    variables: tuple[VariableSpread, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "batch_size": self.batch_size,
+            "rows": self.rows,
+            "max_batches": self.max_batches,
+            "loss": self.losses.to_dict(),
+            "global_norm": self.global_norms.to_dict(),
+            "variables": [row.to_dict() for row in self.variables],
+        }
+
+
+@dataclass(frozen=True)
+class PerSampleRow:
+    """Per-example gradient norms of one variable (or of all, ``path`` ``"*"``): their
+    spread, and the examples with the largest norms, largest first."""
+
+    path: str
+    norms: NormSpread
+    top: tuple[int, ...]
+    top_norms: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "norms": self.norms.to_dict(),
+            "top": [
+                {"index": int(i), "norm": finite_or_none(n)}
+                for i, n in zip(self.top, self.top_norms, strict=True)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class PerSampleReport:
+    """The ``per_sample`` section: per-example gradient norms, overall and per variable."""
+
+    examples: int
+    total: PerSampleRow
+    variables: tuple[PerSampleRow, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "examples": self.examples,
+            "total": self.total.to_dict(),
+            "variables": [row.to_dict() for row in self.variables],
+        }
+
+
 class _JsonMixin:
     """``to_json`` for report classes that define ``to_dict``, and their common keys."""
 
@@ -306,16 +403,27 @@ class Report(_JsonMixin):
     global_grad_norm: float
     tensors: GradientTensors | None = field(default=None, compare=False, repr=False)
     schema: str = SCHEMA
+    batches: BatchesReport | None = None
+    per_sample: PerSampleReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON structure of schema ``gradscope.inspect/1`` (see the README)."""
-        return {
+        """The JSON structure of schema ``gradscope.inspect/1`` (see the README).
+
+        ``batches`` (several batches) and ``per_sample`` (``--per-sample``) are present
+        only when they were computed.
+        """
+        out = {
             **self._run_dict(),
             "global_grad_norm": finite_or_none(self.global_grad_norm),
             "variables": [row.to_dict() for row in self.variables],
             "inputs": [row.to_dict() for row in self.inputs],
             "activations": [row.to_dict() for row in self.activations],
         }
+        if self.batches is not None:
+            out["batches"] = self.batches.to_dict()
+        if self.per_sample is not None:
+            out["per_sample"] = self.per_sample.to_dict()
+        return out
 
 
 HESSIAN_SCHEMA = "gradscope.hessian/1"

@@ -93,6 +93,23 @@ def _dead_fraction(is_zero: Any, shape: tuple[int, ...]) -> Any:
     return tf.reduce_mean(tf.cast(tf.reduce_all(grid, axis=1), tf.float64), axis=1)
 
 
+def live_units(tensor: Any) -> Any:
+    """Bool ``[units]``: which units (positions on the last axis) are non-zero somewhere.
+
+    The complement of :func:`_dead_fraction`'s dead units, kept per unit so that
+    several batches can be merged: a unit is dead on all of them when it is live on
+    none.  Scalars have no units (an empty vector).
+    """
+    tf = _tf.tensorflow()
+    if tensor.shape.rank == 0:
+        return tf.zeros([0], tf.bool)
+    nonzero = tf.not_equal(tensor, tf.zeros([], tensor.dtype))
+    if tensor.shape.rank == 1:
+        return tf.reshape(tf.reduce_any(nonzero), [1])
+    last = tensor.shape[-1]
+    return tf.reduce_any(tf.reshape(nonzero, [-1, last]), axis=0)
+
+
 def _compute_dtype(tensor: Any) -> Any:
     tf = _tf.tensorflow()
     return tf.float64 if tensor.dtype == tf.float64 else tf.float32

@@ -135,7 +135,7 @@ def _gradient_function(model: Any, operator: HessianOperator):  # type: ignore[n
             variable.assign(flat[offset : offset + size].reshape(shape))
             offset += size
         with tf.GradientTape() as tape:
-            loss = operator._loss()
+            loss = operator._loss(operator._arguments(operator.data.first))
         grads = tape.gradient(loss, operator.variables)
         for variable, value in zip(operator.variables, original, strict=True):
             variable.assign(value)
@@ -244,7 +244,7 @@ def test_work_estimate_splits_the_graph_at_the_vector() -> None:
     # Every row holds at least its own tangent and product (n float32 each); the shared
     # part holds at least the batch and the first gradient.
     assert work.per_row >= 2 * 4 * operator.size
-    assert work.shared >= 4 * operator.size + operator._inputs["features"].numpy().nbytes
+    assert work.shared >= 4 * operator.size + operator.data.first.inputs["features"].nbytes
 
 
 def test_memory_guard_counts_the_work_space_and_sizes_the_passes() -> None:
@@ -271,6 +271,26 @@ def test_exact_block_under_a_tight_budget_is_still_exact() -> None:
     )
     assert tight.blocks[0].method == roomy.blocks[0].method == "exact"
     np.testing.assert_allclose(tight.blocks[0].matrix, roomy.blocks[0].matrix, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("batch_size", [8, 7])
+def test_blocks_over_batches_equal_the_whole_data(batch_size: int) -> None:
+    """The mean of the batch Hessians (rows-weighted) is the whole data's Hessian."""
+    exact = curvature.HessianOptions(layers="hidden_2", block="layer", method="exact")
+    files = (SAMPLES / "mlp.keras", SAMPLES / "mlp.npz")
+    whole = curvature.hessian_file(*files, options=exact)
+    merged = curvature.hessian_file(*files, options=exact, batch_size=batch_size)
+    assert merged.batch.size == whole.batch.size == 32
+    assert merged.loss.value == pytest.approx(whole.loss.value, rel=1e-5)
+    np.testing.assert_allclose(
+        merged.blocks[0].matrix, whole.blocks[0].matrix, rtol=1e-4, atol=1e-7
+    )
+    lanczos = replace(exact, method="lanczos", tol=1e-6, top_k=2)
+    streamed = curvature.hessian_file(*files, options=lanczos, batch_size=batch_size)
+    scale = abs(whole.blocks[0].eigenvalues[0])
+    np.testing.assert_allclose(
+        streamed.blocks[0].eigenvalues, whole.blocks[0].eigenvalues[:2], atol=1e-4 * scale
+    )
 
 
 def test_auto_switches_to_lanczos_above_the_limit() -> None:

@@ -53,6 +53,7 @@ class EngineResult:
     activation_value_stats: np.ndarray
     tensors: dict[str, Any] | None
     meta: TraceMeta
+    aggregation: dict[str, Any] | None = None
 
 
 def _nan_row() -> Any:
@@ -132,11 +133,15 @@ class GradientEngine:
         training: bool = False,
         keep_tensors: bool = False,
         optimize_graph: bool = False,
+        for_aggregation: bool = False,
     ) -> None:
         """``optimize_graph`` runs TensorFlow's graph optimizer (Grappler) on the step.
 
         It is off by default: Grappler takes seconds on a large graph and saves less
         than that on a step that runs once.  Turn it on for a step that runs many times.
+        ``for_aggregation`` also returns what merging several batches needs
+        (:mod:`gradscope.aggregate`): the dense variable gradients and, per layer output
+        with value statistics, which units were non-zero somewhere in the batch.
         """
         tf = _tf.tensorflow()
         self.model = model
@@ -145,6 +150,7 @@ class GradientEngine:
         self.training = training
         self.keep_tensors = keep_tensors
         self.optimize_graph = optimize_graph
+        self.for_aggregation = for_aggregation
         self.capture = LayerCapture(model)
         self.variables = list(model.trainable_variables)
         self.meta = TraceMeta()
@@ -297,6 +303,15 @@ class GradientEngine:
             ),
         }
         meta.input_order = input_names
+        if self.for_aggregation:
+            result["aggregation"] = {
+                "variables": [_dense(g) for g in variable_grads],
+                "touched_rows": [
+                    tf.unique(g.indices)[0] if isinstance(g, tf.IndexedSlices) else None
+                    for g in variable_grads
+                ],
+                "live_units": [stats.live_units(c.tensor) for c in outputs if c.has_value_stats],
+            }
         if self.keep_tensors:
             result["tensors"] = {
                 "variables": [_dense(g) for g in variable_grads],
@@ -348,4 +363,5 @@ class GradientEngine:
             activation_value_stats=numpy["activation_values"],
             tensors=numpy.get("tensors"),
             meta=self.meta,
+            aggregation=numpy.get("aggregation"),
         )

@@ -20,6 +20,7 @@ matrix-free algorithms of :mod:`gradscope.engine.spectral` can use them directly
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import _tf
-from ..loading.data import Batch
+from ..loading.data import Batch, Batches, as_batches
 from ..loading.signature import ModelSignature
 from ..losses import LossSpec, total_loss
 
@@ -121,12 +122,14 @@ class HessianOperator:
         model: Any,
         signature: ModelSignature,
         loss: LossSpec,
-        batch: Batch,
+        data: Batch | Batches,
         variables: Sequence[Any],
         *,
         training: bool = False,
         hvp_mode: HvpMode = "reverse",
     ) -> None:
+        """``data`` is one batch, or several (the loss is then their row-weighted mean:
+        every product runs over every batch, read one at a time)."""
         tf = _tf.tensorflow()
         self.model = model
         self.signature = signature
@@ -136,13 +139,7 @@ class HessianOperator:
         self.shapes = [tuple(int(d) for d in v.shape) for v in self.variables]
         self.sizes = [int(np.prod(shape, dtype=np.int64)) for shape in self.shapes]
         self.size = int(sum(self.sizes))
-        self._inputs = {name: tf.convert_to_tensor(a) for name, a in batch.inputs.items()}
-        self._targets = None
-        if batch.targets is not None and loss.needs_targets:
-            self._targets = {name: tf.convert_to_tensor(a) for name, a in batch.targets.items()}
-        self._weight = (
-            None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
-        )
+        self.data = as_batches(data)
         # In training mode every call would advance dropout's random state and move the
         # BatchNorm statistics: the operator would change between products.  The state
         # is put back before every call, so every product sees the same function.
@@ -151,7 +148,27 @@ class HessianOperator:
         self._forward_fn = tf.function(self._hvp_forward, autograph=False)
         self._hvp_fn = self._forward_fn if hvp_mode == "forward" else self._reverse_fn
         self._rows_fn = tf.function(self._rows, autograph=False)
+        self._loss_fn = tf.function(self._loss, autograph=False)
         self.hvp_calls = 0
+
+    def _arguments(self, batch: Batch) -> tuple[Any, Any, Any]:
+        """The batch as the tensors the compiled functions take: inputs, targets, weight."""
+        tf = _tf.tensorflow()
+        inputs = {name: tf.convert_to_tensor(a) for name, a in batch.inputs.items()}
+        targets = None
+        if batch.targets is not None and self.loss.needs_targets:
+            targets = {name: tf.convert_to_tensor(a) for name, a in batch.targets.items()}
+        weight = None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
+        return inputs, targets, weight
+
+    def _over_batches(self, function: Callable[[tuple[Any, Any, Any]], Any]) -> Any:
+        """``sum_b w_b function(batch_b)`` with ``w_b = rows_b / rows``, as numpy float64."""
+        total: Any = 0.0
+        for batch in self.data.iterate():
+            self._reset_state()
+            value = np.asarray(function(self._arguments(batch)).numpy(), dtype=np.float64)
+            total = total + (batch.size / self.data.rows) * value
+        return total
 
     def _reset_state(self) -> None:
         for variable, value in self._state:
@@ -159,13 +176,12 @@ class HessianOperator:
 
     # -- the loss ---------------------------------------------------------------------
 
-    def _loss(self) -> Any:
-        packed = self.signature.pack_inputs(self._inputs)
+    def _loss(self, batch: tuple[Any, Any, Any]) -> Any:
+        inputs, targets, weight = batch
+        packed = self.signature.pack_inputs(inputs)
         y_pred = self.model(packed, training=self.training)
-        y_true = None if self._targets is None else self.signature.pack_outputs(self._targets)
-        return total_loss(
-            self.loss, self.model, packed, y_true, y_pred, self._weight, self.training
-        )
+        y_true = None if targets is None else self.signature.pack_outputs(targets)
+        return total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
 
     @property
     def _dtype(self) -> Any:
@@ -188,20 +204,20 @@ class HessianOperator:
 
     # -- Hessian-vector products ------------------------------------------------------
 
-    def _hvp_forward(self, vector: Any) -> Any:
+    def _hvp_forward(self, vector: Any, batch: tuple[Any, Any, Any]) -> Any:
         """``H @ vector`` by forward-over-back: the JVP of the gradient along ``vector``."""
         tf = _tf.tensorflow()
         primals = [v.value for v in self.variables]
         with tf.autodiff.ForwardAccumulator(primals, self._split(vector)) as accumulator:
             with tf.GradientTape() as tape:
-                loss = self._loss()
+                loss = self._loss(batch)
             grads = tape.gradient(
                 loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
         products = accumulator.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return self._flat(products)
 
-    def _hvp_reverse(self, vector: Any) -> Any:
+    def _hvp_reverse(self, vector: Any, batch: tuple[Any, Any, Any]) -> Any:
         """``H @ vector`` by back-over-back: the gradient of ``<grad, vector>``.
 
         The default; also the fallback of forward-over-back for models whose ops have no
@@ -211,7 +227,7 @@ class HessianOperator:
         tangents = self._split(vector)
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
-                loss = self._loss()
+                loss = self._loss(batch)
             grads = inner.gradient(
                 loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
@@ -231,20 +247,18 @@ class HessianOperator:
         """
         tf = _tf.tensorflow()
         self.hvp_calls += 1
-        self._reset_state()
         tensor = tf.constant(vector, dtype=self._dtype)
         try:
-            product = self._hvp_fn(tensor)
+            return self._over_batches(lambda batch: self._hvp_fn(tensor, batch))  # type: ignore[no-any-return]
         except (TypeError, ValueError, LookupError, NotImplementedError):
             if self._hvp_fn is self._reverse_fn:
                 raise
             self._hvp_fn = self._reverse_fn
-            product = self._hvp_fn(tensor)
-        return np.asarray(product.numpy(), dtype=np.float64)
+            return self._over_batches(lambda batch: self._hvp_fn(tensor, batch))  # type: ignore[no-any-return]
 
     # -- exact blocks -----------------------------------------------------------------
 
-    def _rows(self, indices: Any) -> Any:
+    def _rows(self, indices: Any, batch: tuple[Any, Any, Any]) -> Any:
         """Rows ``indices`` of the Hessian, as ``H @ e_i`` for each unit vector ``e_i``.
 
         The loss and its gradient are computed once; the vector-dependent backward pass
@@ -256,7 +270,7 @@ class HessianOperator:
         zero = tf.UnconnectedGradients.ZERO
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
-                loss = self._loss()
+                loss = self._loss(batch)
             grads = inner.gradient(loss, self.variables, unconnected_gradients=zero)
             flat_grad = self._flat(grads)
 
@@ -273,7 +287,8 @@ class HessianOperator:
         """Work space of exact rows, read off the traced back-over-back product."""
         tf = _tf.tensorflow()
         spec = tf.TensorSpec([self.size], self._dtype)
-        graph = self._reverse_fn.get_concrete_function(spec).graph
+        arguments = self._arguments(self.data.first)
+        graph = self._reverse_fn.get_concrete_function(spec, arguments).graph
         return _split_graph_bytes(graph, graph.inputs[0])
 
     def exact(
@@ -297,9 +312,10 @@ class HessianOperator:
         tf = _tf.tensorflow()
         matrix = np.empty((self.size, self.size), dtype=np.float64)
         for start in range(0, self.size, rows):
-            indices = np.minimum(np.arange(start, start + rows), self.size - 1)
-            self._reset_state()
-            block = self._rows_fn(tf.constant(indices, dtype=tf.int32)).numpy()
+            indices = tf.constant(
+                np.minimum(np.arange(start, start + rows), self.size - 1), tf.int32
+            )
+            block = self._over_batches(functools.partial(self._rows_fn, indices))
             stop = min(start + rows, self.size)
             matrix[start:stop] = block[: stop - start]
             if on_rows is not None:
@@ -318,5 +334,5 @@ class HessianOperator:
         return matrix
 
     def loss_value(self) -> float:
-        """The loss on the batch at the current weights (one forward pass)."""
-        return float(self._loss().numpy())
+        """The loss on the data at the current weights (one compiled forward pass a batch)."""
+        return float(self._over_batches(self._loss_fn))

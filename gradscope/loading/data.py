@@ -13,8 +13,8 @@ objects is refused.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,6 @@ from .signature import ModelSignature, TensorSpec
 
 DATA_SUFFIXES = (".npz", ".npy", ".h5", ".hdf5")
 SAMPLE_WEIGHT_KEY = "sample_weight"
-
-ArrayReader = Callable[[str, int | None], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -52,18 +50,81 @@ def _refuse_pickle(path: Path, key: str) -> DataLoadError:
     )
 
 
+class _NpzMember:
+    """Rows of one array inside a ``.npz`` archive, read in order, never the whole array.
+
+    The member is read as a stream (stored or deflated alike): its ``.npy`` header
+    first, then only the bytes of the rows asked for.  Asking for rows before the
+    current position reopens the stream.  Object arrays are refused (no pickle is ever
+    loaded); Fortran-ordered arrays, which cannot be read by rows, are read whole.
+    """
+
+    def __init__(self, path: Path, archive: zipfile.ZipFile, key: str) -> None:
+        self.path, self.key = path, key
+        self._archive = archive
+        self._name = key + ".npy"
+        self._whole: np.ndarray | None = None
+        self._open()
+        if self.dtype.hasobject:
+            raise _refuse_pickle(path, key)
+        if self._fortran and len(self.shape) > 1:
+            self._whole = np.load(self._archive.open(self._name), allow_pickle=False)
+
+    def _open(self) -> None:
+        self._stream = self._archive.open(self._name)
+        version = np.lib.format.read_magic(self._stream)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(self._stream)
+        else:
+            header = np.lib.format.read_array_header_2_0(self._stream)
+        self.shape, self._fortran, self.dtype = header
+        self._position = 0
+
+    @property
+    def _row_bytes(self) -> int:
+        return int(self.dtype.itemsize * np.prod(self.shape[1:], dtype=np.int64))
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self._whole is not None:
+            return np.array(self._whole[start:stop])
+        if not self.shape:
+            return np.frombuffer(self._read_exactly(self.dtype.itemsize), self.dtype).reshape(())
+        if start < self._position:
+            self._stream.close()
+            self._open()
+        self._skip((start - self._position) * self._row_bytes)
+        count = max(0, min(stop, self.shape[0]) - start)
+        data = self._read_exactly(count * self._row_bytes)
+        self._position = start + count
+        return np.frombuffer(data, self.dtype).reshape((count, *self.shape[1:])).copy()
+
+    def _skip(self, size: int) -> None:
+        while size > 0:
+            size -= len(self._read_exactly(min(size, 1 << 24)))
+
+    def _read_exactly(self, size: int) -> bytes:
+        data = self._stream.read(size)
+        if len(data) != size:
+            raise EOFError(f"key {self.key!r} is truncated")
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 class _DataFile:
-    """Uniform, lazy access to the named arrays of one data file."""
+    """Uniform, lazy access to the named arrays of one data file, by ranges of rows.
+
+    Only the rows asked for are read: ``.npy`` files are memory-mapped, HDF5 datasets
+    sliced, ``.npz`` members streamed (:class:`_NpzMember`).  Shapes and dtypes come
+    from the headers, without reading data.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.keys: list[str] = []
-        self.rows: dict[str, int | None] = {}
-        self._read: ArrayReader = self._unavailable
+        self._arrays: dict[str, Any] = {}
         self._handle: Any = None
-
-    def _unavailable(self, key: str, limit: int | None) -> np.ndarray:
-        raise DataLoadError(f"{self.path}: no array {key!r}")
 
     def __enter__(self) -> _DataFile:
         check_data_path(self.path)
@@ -84,6 +145,9 @@ class _DataFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        for array in self._arrays.values():
+            if isinstance(array, _NpzMember):
+                array.close()
         if self._handle is not None:
             self._handle.close()
 
@@ -92,19 +156,9 @@ class _DataFile:
             if looks_like_zip(self.path):
                 raise DataLoadError(f"{self.path}: truncated or corrupt .npz file (zip archive).")
             raise DataLoadError(f"{self.path}: not a .npz file (a .npz file is a zip archive).")
-        self._handle = np.load(self.path, allow_pickle=False)
-        self.keys = list(self._handle.files)
-
-        def read(key: str, limit: int | None) -> np.ndarray:
-            try:
-                array = np.asarray(self._handle[key])
-            except ValueError as exc:
-                if "allow_pickle" in str(exc):
-                    raise _refuse_pickle(self.path, key) from exc
-                raise
-            return array[:limit] if limit is not None and array.ndim else array
-
-        self._read = read
+        self._handle = zipfile.ZipFile(self.path)
+        names = self._handle.namelist()
+        self.keys = [name[: -len(".npy")] for name in names if name.endswith(".npy")]
 
     def _open_npy(self) -> None:
         try:
@@ -114,11 +168,7 @@ class _DataFile:
                 raise _refuse_pickle(self.path, "x") from exc
             raise
         self.keys = ["x"]
-
-        def read(key: str, limit: int | None) -> np.ndarray:
-            return np.array(array[:limit] if limit is not None and array.ndim else array)
-
-        self._read = read
+        self._arrays["x"] = array
 
     def _open_h5(self) -> None:
         import h5py
@@ -128,34 +178,61 @@ class _DataFile:
         self._handle = h5py.File(self.path, "r")
         self.keys = [k for k, v in self._handle.items() if isinstance(v, h5py.Dataset)]
 
-        def read(key: str, limit: int | None) -> np.ndarray:
-            dataset = self._handle[key]
-            if dataset.dtype.kind == "O" or h5py.check_string_dtype(dataset.dtype):
-                raise DataLoadError(
-                    f"{self.path}: key {key!r} holds strings or objects ({dataset.dtype}); "
-                    "expected a numeric array."
-                )
-            if dataset.shape == ():
-                return np.asarray(dataset[()])
-            return np.asarray(dataset[:limit] if limit is not None else dataset[()])
+    def _array(self, key: str) -> Any:
+        """The lazily opened array of ``key``: a memory map, a dataset or a member."""
+        if key in self._arrays:
+            return self._arrays[key]
+        if key not in self.keys:
+            raise DataLoadError(f"{self.path}: no array {key!r}")
+        if self.path.suffix.lower() == ".npz":
+            array: Any = _NpzMember(self.path, self._handle, key)
+        else:
+            array = self._handle[key]
+            self._check_h5_dtype(key, array)
+        self._arrays[key] = array
+        return array
 
-        self._read = read
+    def _check_h5_dtype(self, key: str, dataset: Any) -> None:
+        import h5py
 
-    def read(self, key: str, limit: int | None) -> np.ndarray:
+        if dataset.dtype.kind == "O" or h5py.check_string_dtype(dataset.dtype):
+            raise DataLoadError(
+                f"{self.path}: key {key!r} holds strings or objects ({dataset.dtype}); "
+                "expected a numeric array."
+            )
+
+    def _guarded(self, key: str, action: Callable[[], Any]) -> Any:
         try:
-            array = self._read(key, limit)
+            return action()
         except (DataLoadError, MismatchError):
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise DataLoadError(
                 f"{self.path}: key {key!r} cannot be read: {first_line(exc)}"
             ) from exc
+
+    def rows(self, key: str) -> int | None:
+        """Rows of ``key`` (its first dimension), ``None`` for a scalar."""
+        shape = self._guarded(key, lambda: tuple(self._array(key).shape))
+        return int(shape[0]) if shape else None
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of ``key`` (a scalar whole), checked to be numeric."""
+        array: np.ndarray = self._guarded(key, lambda: self._read(key, start, stop))
         if array.dtype.kind in "OUSV":
             raise DataLoadError(
                 f"{self.path}: key {key!r} holds {array.dtype} data; expected a numeric array."
             )
-        self.rows[key] = int(array.shape[0]) if array.ndim else None
         return array
+
+    def _read(self, key: str, start: int, stop: int | None) -> np.ndarray:
+        array = self._array(key)
+        if not array.shape:
+            return np.asarray(array.rows(0, 1) if isinstance(array, _NpzMember) else array[()])
+        stop = int(array.shape[0]) if stop is None else stop
+        if isinstance(array, _NpzMember):
+            return array.rows(start, stop)
+        return np.array(array[start:stop])
 
 
 def check_data_path(path: Path) -> None:
@@ -246,36 +323,39 @@ def _check_batch_sizes(source: str, rows: Mapping[str, int | None]) -> int:
     return size
 
 
-def _read_inputs(
-    data: _DataFile, signature: ModelSignature, limit: int | None
-) -> dict[str, np.ndarray]:
-    inputs: dict[str, np.ndarray] = {}
-    for spec, (name, candidates) in zip(
-        signature.inputs, _keys_for(signature.inputs, "x"), strict=True
-    ):
+@dataclass(frozen=True)
+class _Layout:
+    """Which file key feeds which model input and output, and the rows they share."""
+
+    inputs: dict[str, str]
+    targets: dict[str, str] | None
+    weight: str | None
+    rows: int
+    keys: tuple[str, ...]
+
+
+def _input_keys(data: _DataFile, signature: ModelSignature) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for name, candidates in _keys_for(signature.inputs, "x"):
         key = _find_key(candidates, data.keys)
         if key is None:
             raise MismatchError(
                 f"{data.path}: no array for model input {name!r}; expected key "
                 f"{' or '.join(repr(c) for c in candidates)}. {received(sorted(data.keys))}"
             )
-        inputs[name] = check_input_array(str(data.path), key, data.read(key, limit), spec)
-    return inputs
+        keys[name] = key
+    return keys
 
 
-def _read_targets(
-    data: _DataFile, signature: ModelSignature, limit: int | None
-) -> dict[str, np.ndarray] | None:
-    found: dict[str, tuple[str, TensorSpec]] = {}
+def _target_keys(data: _DataFile, signature: ModelSignature) -> dict[str, str] | None:
+    found: dict[str, str] = {}
     missing: list[str] = []
-    for spec, (name, candidates) in zip(
-        signature.outputs, _keys_for(signature.outputs, "y"), strict=True
-    ):
+    for name, candidates in _keys_for(signature.outputs, "y"):
         key = _find_key(candidates, data.keys)
         if key is None:
             missing.append(name)
         else:
-            found[name] = (key, spec)
+            found[name] = key
     if not found:
         return None
     if missing:
@@ -283,25 +363,145 @@ def _read_targets(
             f"{data.path}: targets for some outputs but not for {missing}; expected a key for "
             f"every output {signature.output_names}. {received(sorted(data.keys))}"
         )
-    return {
-        name: _check_target_array(str(data.path), key, data.read(key, limit), spec)
-        for name, (key, spec) in found.items()
+    return found
+
+
+def _layout(data: _DataFile, signature: ModelSignature) -> _Layout:
+    """Match the file's keys to the model, and check they share one number of rows."""
+    inputs = _input_keys(data, signature)
+    targets = _target_keys(data, signature)
+    weight = SAMPLE_WEIGHT_KEY if SAMPLE_WEIGHT_KEY in data.keys else None
+    used = [*inputs.values(), *(targets or {}).values(), *([weight] if weight else [])]
+    rows = _check_batch_sizes(str(data.path), {key: data.rows(key) for key in used})
+    return _Layout(inputs, targets, weight, rows, tuple(sorted(data.keys)))
+
+
+def _read_batch(
+    data: _DataFile, signature: ModelSignature, layout: _Layout, start: int, stop: int
+) -> Batch:
+    """Rows ``start:stop`` as a checked :class:`Batch`."""
+    source = str(data.path)
+    specs = {spec.name: spec for spec in signature.inputs}
+    inputs = {
+        name: check_input_array(source, key, data.read(key, start, stop), specs[name])
+        for name, key in layout.inputs.items()
     }
+    targets = None
+    if layout.targets is not None:
+        outputs = {spec.name: spec for spec in signature.outputs}
+        targets = {
+            name: _check_target_array(source, key, data.read(key, start, stop), outputs[name])
+            for name, key in layout.targets.items()
+        }
+    sample_weight = None
+    if layout.weight is not None:
+        sample_weight = data.read(layout.weight, start, stop).astype(np.float32)
+    size = stop - start
+    info = BatchInfo("file", size, path=source, has_targets=targets is not None, keys=layout.keys)
+    return Batch(inputs, targets, sample_weight, info)
 
 
 def load_batch(path: str | Path, signature: ModelSignature, *, limit: int | None = None) -> Batch:
     """Read a batch from ``path`` and check it fits ``signature``; ``limit`` keeps N rows."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
-    file = Path(path)
-    with _DataFile(file) as data:
-        inputs = _read_inputs(data, signature, limit)
-        targets = _read_targets(data, signature, limit)
-        weight_key = SAMPLE_WEIGHT_KEY if SAMPLE_WEIGHT_KEY in data.keys else None
-        sample_weight = None
-        if weight_key is not None:
-            sample_weight = data.read(weight_key, limit).astype(np.float32)
-        keys = tuple(sorted(data.keys))
-    size = _check_batch_sizes(str(file), data.rows)
-    info = BatchInfo("file", size, path=str(file), has_targets=targets is not None, keys=keys)
-    return Batch(inputs, targets, sample_weight, info)
+    with _DataFile(Path(path)) as data:
+        layout = _layout(data, signature)
+        stop = layout.rows if limit is None else min(limit, layout.rows)
+        return _read_batch(data, signature, layout, 0, stop)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a data file is cut into batches: ``count`` batches of ``batch_size`` rows
+    (the last may be shorter) over the first ``rows`` rows."""
+
+    path: Path
+    rows: int
+    batch_size: int
+    count: int
+
+
+def plan_batches(
+    path: str | Path,
+    signature: ModelSignature,
+    batch_size: int,
+    *,
+    max_batches: int | None = None,
+    limit: int | None = None,
+) -> BatchPlan:
+    """Check the file against the model (headers only) and plan its batches.
+
+    ``limit`` caps the rows used, ``max_batches`` the number of batches.
+    """
+    if batch_size < 1:
+        raise UsageError(
+            f"--batch-size: expected a positive number of rows. {received(batch_size)}"
+        )
+    if max_batches is not None and max_batches < 1:
+        raise UsageError(f"--max-batches: expected a positive number. {received(max_batches)}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
+    with _DataFile(Path(path)) as data:
+        rows = _layout(data, signature).rows
+    rows = rows if limit is None else min(rows, limit)
+    count = -(-rows // batch_size)
+    if max_batches is not None and count > max_batches:
+        count, rows = max_batches, max_batches * batch_size
+    return BatchPlan(Path(path), rows, batch_size, count)
+
+
+def iter_batches(plan: BatchPlan, signature: ModelSignature) -> Iterator[Batch]:
+    """The planned batches in order, read one at a time from disk."""
+    with _DataFile(plan.path) as data:
+        layout = _layout(data, signature)
+        for start in range(0, plan.rows, plan.batch_size):
+            yield _read_batch(
+                data, signature, layout, start, min(start + plan.batch_size, plan.rows)
+            )
+
+
+@dataclass(frozen=True)
+class Batches:
+    """A data set cut into batches that are produced one at a time (streamed from disk).
+
+    ``first`` is the first batch (for the loss checks and the trace), ``iterate()``
+    yields every batch from the first, ``rows`` is their total number of rows.
+    """
+
+    first: Batch
+    iterate: Callable[[], Iterator[Batch]]
+    rows: int
+    batch_size: int
+    count: int
+    max_batches: int | None
+
+
+def split_batch(batch: Batch, batch_size: int, max_batches: int | None) -> Batches:
+    """An in-memory batch cut into batches of ``batch_size`` rows (the last may be short)."""
+    plan_rows = batch.size
+    count = -(-plan_rows // batch_size)
+    if max_batches is not None and count > max_batches:
+        count, plan_rows = max_batches, max_batches * batch_size
+
+    def piece(start: int) -> Batch:
+        stop = min(start + batch_size, plan_rows)
+
+        def rows(arrays: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+            return None if arrays is None else {k: a[start:stop] for k, a in arrays.items()}
+
+        weight = None if batch.sample_weight is None else batch.sample_weight[start:stop]
+        info = replace(batch.info, size=stop - start)
+        return Batch(rows(batch.inputs) or {}, rows(batch.targets), weight, info)
+
+    def iterate() -> Iterator[Batch]:
+        return (piece(start) for start in range(0, plan_rows, batch_size))
+
+    return Batches(piece(0), iterate, plan_rows, batch_size, count, max_batches)
+
+
+def as_batches(data: Batch | Batches) -> Batches:
+    """``data`` as :class:`Batches` (one batch is one batch of its own size)."""
+    if isinstance(data, Batches):
+        return data
+    return Batches(data, lambda: iter([data]), data.size, data.size, 1, None)

@@ -21,11 +21,15 @@ from rich.text import Text
 from gradscope.render import format_shape
 from gradscope.report import (
     ActivationRow,
+    BatchesReport,
     BatchInfo,
     HessianReport,
     InputRow,
     LossInfo,
     ModelInfo,
+    NormSpread,
+    PerSampleReport,
+    PerSampleRow,
     Report,
     TensorStats,
     VariableRow,
@@ -134,9 +138,25 @@ def run_lines(report: Report | HessianReport) -> list[tuple[str, str]]:
     ]
 
 
+def _spread(spread: NormSpread) -> str:
+    return f"{fmt_float(spread.min)} / {fmt_float(spread.median)} / {fmt_float(spread.max)}"
+
+
 def header(report: Report) -> Table:
     """The summary block above the tables: model, batch, loss, mode, global norm."""
-    return summary_grid([*run_lines(report), ("global ‖g‖", fmt_float(report.global_grad_norm))])
+    lines = [*run_lines(report), ("global ‖g‖", fmt_float(report.global_grad_norm))]
+    if report.batches is not None:
+        batches = report.batches
+        lines[2:2] = [
+            (
+                "batches",
+                f"{batches.count} of {batches.batch_size:,} rows; the rows below describe "
+                "their mean gradient",
+            ),
+            ("batch loss", f"{_spread(batches.losses)} (min / median / max)"),
+            ("batch ‖g‖", f"{_spread(batches.global_norms)} (min / median / max)"),
+        ]
+    return summary_grid(lines)
 
 
 # --- tables -----------------------------------------------------------------------------
@@ -301,11 +321,62 @@ def inputs_table(inputs: Sequence[InputRow]) -> Table:
     return make_table("Gradients by input", INPUT_COLUMNS, rows, notes)
 
 
+SPREAD_COLUMNS: tuple[Column, ...] = (
+    ("variable", "path"),
+    ("‖g‖ min", "num"),
+    ("median", "num"),
+    ("max", "num"),
+    ("E‖g−ḡ‖²", "num"),
+    ("SNR", "num"),
+)
+
+PER_SAMPLE_COLUMNS: tuple[Column, ...] = (
+    ("variable", "path"),
+    ("‖gᵢ‖ min", "num"),
+    ("median", "num"),
+    ("max", "num"),
+    ("largest (example: ‖gᵢ‖)", "text"),
+)
+
+
+def batches_table(batches: BatchesReport) -> Table:
+    """Per variable across batches: per-batch norms, spread around the mean, SNR."""
+    rows = [
+        [
+            Text(row.path),
+            *(Text(fmt_float(v)) for v in (row.norms.min, row.norms.median, row.norms.max)),
+            Text(fmt_float(row.variance)),
+            Text(fmt_float(row.snr)),
+        ]
+        for row in batches.variables
+    ]
+    title = f"Across {batches.count} batches"
+    return make_table(title, SPREAD_COLUMNS, rows, [None] * len(rows))
+
+
+def _per_sample_cells(row: PerSampleRow) -> list[Text]:
+    largest = ", ".join(f"{i}: {fmt_float(n)}" for i, n in zip(row.top, row.top_norms, strict=True))
+    spread = (row.norms.min, row.norms.median, row.norms.max)
+    return [Text(row.path), *(Text(fmt_float(v)) for v in spread), Text(largest)]
+
+
+def per_sample_table(per_sample: PerSampleReport) -> Table:
+    """Per-example gradient norms: all variables first, then each variable."""
+    rows = [_per_sample_cells(per_sample.total)]
+    rows += [_per_sample_cells(row) for row in per_sample.variables]
+    title = f"Per-example gradient norms ({per_sample.examples:,} examples)"
+    return make_table(title, PER_SAMPLE_COLUMNS, rows, [None] * len(rows))
+
+
 def renderables(report: Report) -> list[RenderableType]:
     """Header, then each non-empty table, separated by blank lines."""
     tables: list[Table] = []
     if report.variables:
         tables.append(variables_table(report.variables))
+    if report.batches is not None and report.batches.variables:
+        tables.append(batches_table(report.batches))
+    if report.per_sample is not None:
+        tables.append(per_sample_table(report.per_sample))
     if report.activations:
         tables.append(activations_table(report.activations))
     if report.inputs:
