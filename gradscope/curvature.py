@@ -32,6 +32,7 @@ from .api import (
 )
 from .engine import spectral
 from .engine.capture import walk_layers
+from .engine.graph_memory import format_bytes
 from .engine.hessian import HessianOperator, HvpMode, exact_block_bytes
 from .errors import ResourceError, UsageError, received
 from .loading.data import Batch, Batches, as_batches, split_batch
@@ -91,14 +92,6 @@ def parse_size(text: str) -> int:
             f"--max-memory: expected a size such as 512M or 2GiB. {received(repr(text))}"
         )
     return int(value)
-
-
-def _format_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def _matches(name: str, globs: str | None) -> bool:
@@ -278,8 +271,8 @@ def _plan(operator: HessianOperator, options: HessianOptions, what: str) -> _Pla
         return _Plan("lanczos")
     raise ResourceError(
         f"{what} has n={size:,} parameters; its exact Hessian needs about "
-        f"{_format_bytes(needed)} (matrix and work space), more than --max-memory "
-        f"{_format_bytes(options.max_memory)}. Use --method lanczos."
+        f"{format_bytes(needed)} (matrix and work space), more than --max-memory "
+        f"{format_bytes(options.max_memory)}. Use --method lanczos."
     )
 
 

@@ -32,6 +32,7 @@ from .. import _tf
 from ..loading.data import Batch, Batches, as_batches
 from ..loading.signature import ModelSignature
 from ..losses import LossSpec, total_loss
+from .graph_memory import items_within, split_graph_bytes
 
 EXACT_BYTES_PER_ENTRY = 20
 """Bytes per Hessian entry an exact block needs: the float32 rows (4), their float64
@@ -63,13 +64,13 @@ def exact_block_bytes(size: int) -> int:
 
 @dataclass(frozen=True)
 class WorkEstimate:
-    """Bytes of work space a pass of exact Hessian rows needs, read off the traced graph.
+    """Bytes of work space a pass of exact Hessian rows needs, read off the traced graph
+    (:mod:`gradscope.engine.graph_memory`).
 
     ``shared`` is every tensor of one Hessian-vector product that does not depend on the
     vector (the forward pass and the first gradient): it is computed once per pass.
     ``per_row`` is every tensor that does: a vectorized pass of ``r`` rows holds ``r``
-    copies.  Both sum every tensor as if all were alive at once, so they are upper
-    bounds (tensors of unknown shape are not counted).
+    copies.  Both are upper bounds.
     """
 
     shared: int
@@ -82,32 +83,7 @@ class WorkEstimate:
     def rows_within(self, budget: int, size: int) -> int:
         """The most rows per pass (at most ``size``) whose work space fits ``budget``; 0
         when not even one fits."""
-        if budget < self.pass_bytes(1):
-            return 0
-        rows = (budget - self.shared) // max(self.per_row, 1)
-        return int(min(rows, size, MAX_ROWS_PER_PASS))
-
-
-def _tensor_bytes(tensor: Any) -> int:
-    shape = tensor.shape
-    if not shape.is_fully_defined() or tensor.dtype.size == 0:
-        return 0
-    return int(shape.num_elements()) * int(tensor.dtype.size)
-
-
-def _split_graph_bytes(graph: Any, source: Any) -> WorkEstimate:
-    """Bytes of the tensors of ``graph`` that depend on ``source``, and of the others."""
-    dependent: set[str] = {source.name}
-    per_row = shared = 0
-    for op in graph.get_operations():  # topological order
-        reached = any(t.name in dependent for t in op.inputs)
-        for output in op.outputs:
-            if reached:
-                dependent.add(output.name)
-                per_row += _tensor_bytes(output)
-            elif output.name != source.name:
-                shared += _tensor_bytes(output)
-    return WorkEstimate(shared=shared, per_row=per_row)
+        return items_within(budget, self.shared, self.per_row, size, MAX_ROWS_PER_PASS)
 
 
 class HessianOperator:
@@ -289,7 +265,8 @@ class HessianOperator:
         spec = tf.TensorSpec([self.size], self._dtype)
         arguments = self._arguments(self.data.first)
         graph = self._reverse_fn.get_concrete_function(spec, arguments).graph
-        return _split_graph_bytes(graph, graph.inputs[0])
+        shared, per_row = split_graph_bytes(graph, [graph.inputs[0]])
+        return WorkEstimate(shared=shared, per_row=per_row)
 
     def exact(
         self, rows_per_pass: int = MAX_ROWS_PER_PASS, on_rows: Callable[[int], None] | None = None
