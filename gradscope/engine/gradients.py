@@ -108,6 +108,18 @@ def _dense(gradient: Any) -> Any:
     return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
+def batch_tensors(batch: Batch, with_targets: bool) -> tuple[Any, Any, Any]:
+    """A batch as the tensors a compiled step takes: inputs, targets (or ``None`` when the
+    batch has none or the loss does not use them) and sample weights (or ``None``)."""
+    tf = _tf.tensorflow()
+    inputs = {name: tf.convert_to_tensor(a) for name, a in batch.inputs.items()}
+    targets = None
+    if batch.targets is not None and with_targets:
+        targets = {name: tf.convert_to_tensor(a) for name, a in batch.targets.items()}
+    weight = None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
+    return inputs, targets, weight
+
+
 def weight_norms(variables: list[Any]) -> np.ndarray:
     """Float64 L2 norm of each variable's current value.
 
@@ -162,12 +174,7 @@ class GradientEngine:
 
     def run(self, batch: Batch) -> EngineResult:
         """Run the compiled step on ``batch`` and fetch the results as numpy."""
-        tf = _tf.tensorflow()
-        inputs = {name: tf.convert_to_tensor(a) for name, a in batch.inputs.items()}
-        targets = None
-        if batch.targets is not None and self.loss.needs_targets:
-            targets = {name: tf.convert_to_tensor(a) for name, a in batch.targets.items()}
-        weight = None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
+        inputs, targets, weight = batch_tensors(batch, self.loss.needs_targets)
         with _graph_optimizer(self.optimize_graph):
             fetched = self._step_fn(inputs, targets, weight)
         return self._to_numpy(fetched)

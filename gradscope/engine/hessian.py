@@ -32,6 +32,7 @@ from .. import _tf
 from ..loading.data import Batch, Batches, as_batches
 from ..loading.signature import ModelSignature
 from ..losses import LossSpec, total_loss
+from .gradients import batch_tensors
 from .graph_memory import items_within, split_graph_bytes
 
 EXACT_BYTES_PER_ENTRY = 20
@@ -129,13 +130,7 @@ class HessianOperator:
 
     def _arguments(self, batch: Batch) -> tuple[Any, Any, Any]:
         """The batch as the tensors the compiled functions take: inputs, targets, weight."""
-        tf = _tf.tensorflow()
-        inputs = {name: tf.convert_to_tensor(a) for name, a in batch.inputs.items()}
-        targets = None
-        if batch.targets is not None and self.loss.needs_targets:
-            targets = {name: tf.convert_to_tensor(a) for name, a in batch.targets.items()}
-        weight = None if batch.sample_weight is None else tf.convert_to_tensor(batch.sample_weight)
-        return inputs, targets, weight
+        return batch_tensors(batch, self.loss.needs_targets)
 
     def _over_batches(self, function: Callable[[tuple[Any, Any, Any]], Any]) -> Any:
         """``sum_b w_b function(batch_b)`` with ``w_b = rows_b / rows``, as numpy float64."""
