@@ -55,10 +55,12 @@ def _gradient_step(operator: HessianOperator) -> Any:
     """One compiled gradient of the same loss with respect to the same variables."""
     tf = _tf.tensorflow()
 
+    arguments = operator._arguments(operator.data.first)
+
     @tf.function
     def step() -> Any:
         with tf.GradientTape() as tape:
-            loss = operator._loss()
+            loss = operator._loss(arguments)
         return tape.gradient(loss, operator.variables)
 
     return lambda: [g.numpy() for g in step()]

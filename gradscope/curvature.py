@@ -365,6 +365,7 @@ def run_hessian(
     blocks = select_blocks(model, options)
     training = inspect_options.training
     results = []
+    loss_value = float("nan")
     with RestoredState(model, training):
         for index, block in enumerate(blocks):
             operator = HessianOperator(
@@ -382,12 +383,10 @@ def run_hessian(
             steps = _expected_steps(operator.size, plan.method, options)
             progress.block(index, len(blocks), name, steps)
             results.append(_block_result(operator, block, plan, options, progress))
+            loss_value = operator.loss_value()
         cross: tuple[CrossBlock, ...] = ()
         if options.cross:
             cross = cross_blocks(model, signature, spec, whole, blocks, options, training)
-        loss_value = HessianOperator(
-            model, signature, spec, whole, [], training=training
-        ).loss_value()
     loss = LossInfo(value=loss_value, source=spec.source, kind=spec.kind)
     return HessianReport(
         model=model_info,

@@ -125,20 +125,30 @@ class HessianOperator:
         self._forward_fn = tf.function(self._hvp_forward, autograph=False)
         self._hvp_fn = self._forward_fn if hvp_mode == "forward" else self._reverse_fn
         self._rows_fn = tf.function(self._rows, autograph=False)
-        self._loss_fn = tf.function(self._loss, autograph=False)
+        self._loss_fn = tf.function(self._loss_pair, autograph=False)
         self.hvp_calls = 0
+        self.loss_of_last_call: float | None = None
 
     def _arguments(self, batch: Batch) -> tuple[Any, Any, Any]:
         """The batch as the tensors the compiled functions take: inputs, targets, weight."""
         return batch_tensors(batch, self.loss.needs_targets)
 
     def _over_batches(self, function: Callable[[tuple[Any, Any, Any]], Any]) -> Any:
-        """``sum_b w_b function(batch_b)`` with ``w_b = rows_b / rows``, as numpy float64."""
+        """``sum_b w_b function(batch_b)`` with ``w_b = rows_b / rows``, as numpy float64.
+
+        ``function`` returns its result and the loss it computed on the way; their
+        weighted sum over the batches is kept in :attr:`loss`, so the report's loss value
+        costs no pass of its own.
+        """
         total: Any = 0.0
+        loss = 0.0
         for batch in self.data.iterate():
             self._reset_state()
-            value = np.asarray(function(self._arguments(batch)).numpy(), dtype=np.float64)
-            total = total + (batch.size / self.data.rows) * value
+            value, batch_loss = function(self._arguments(batch))
+            weight = batch.size / self.data.rows
+            total = total + weight * np.asarray(value.numpy(), dtype=np.float64)
+            loss += weight * float(batch_loss.numpy())
+        self.loss_of_last_call = loss
         return total
 
     def _reset_state(self) -> None:
@@ -186,7 +196,7 @@ class HessianOperator:
                 loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
         products = accumulator.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return self._flat(products)
+        return self._flat(products), loss
 
     def _hvp_reverse(self, vector: Any, batch: tuple[Any, Any, Any]) -> Any:
         """``H @ vector`` by back-over-back: the gradient of ``<grad, vector>``.
@@ -208,7 +218,7 @@ class HessianOperator:
         products = outer.gradient(
             projection, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        return self._flat(products)
+        return self._flat(products), loss
 
     def hvp(self, vector: np.ndarray) -> np.ndarray:
         """``H @ vector`` for a flat float64 ``vector`` over the block (float64 result).
@@ -252,7 +262,7 @@ class HessianOperator:
             )
             return self._flat(products)
 
-        return tf.vectorized_map(row, indices, fallback_to_while_loop=True)
+        return tf.vectorized_map(row, indices, fallback_to_while_loop=True), loss
 
     def work_estimate(self) -> WorkEstimate:
         """Work space of exact rows, read off the traced back-over-back product."""
@@ -305,6 +315,14 @@ class HessianOperator:
                 on_rows(1)
         return matrix
 
+    def _loss_pair(self, batch: tuple[Any, Any, Any]) -> tuple[Any, Any]:
+        loss = self._loss(batch)
+        return loss, loss
+
     def loss_value(self) -> float:
-        """The loss on the data at the current weights (one compiled forward pass a batch)."""
-        return float(self._over_batches(self._loss_fn))
+        """The loss on the data at the current weights: from the last product or exact
+        block when there was one (same weights, same batches), else one forward pass."""
+        if self.loss_of_last_call is None:
+            self._over_batches(self._loss_fn)
+        assert self.loss_of_last_call is not None
+        return self.loss_of_last_call
