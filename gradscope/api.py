@@ -22,6 +22,7 @@ from .aggregate import BatchAccumulator
 from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
 from .errors import MismatchError, UsageError, first_line, received
+from .loading.custom_objects import check_custom_objects_path
 from .loading.data import (
     Batch,
     Batches,
@@ -189,12 +190,14 @@ def batch_from_arrays(
     return Batch(inputs, targets, weight, info)
 
 
-def model_info_of(model: Any, path: str | None, fmt: str) -> ModelInfo:
+def model_info_of(model: Any, path: str | None, fmt: str, notes: Sequence[str] = ()) -> ModelInfo:
+    """What the report says about the model; ``notes`` are the loader's remarks."""
     trainable = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
     layer_count = (
         len(model._flatten_layers(include_self=False)) if hasattr(model, "_flatten_layers") else 0
     )
-    return ModelInfo(model.name, type(model).__name__, path, fmt, trainable, layer_count)
+    name, cls = model.name, type(model).__name__
+    return ModelInfo(name, cls, path, fmt, trainable, layer_count, tuple(notes))
 
 
 def _fake_predictions(signature: ModelSignature, rows: int) -> Any:
@@ -252,6 +255,8 @@ def load_for_cli(
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
     check_model_path(Path(model_path))
+    if load is not None and load.custom_objects is not None:
+        check_custom_objects_path(load.custom_objects)
     if data_path is not None:
         check_data_path(Path(data_path))
     _tf.keras().utils.set_random_seed(seed)
@@ -263,7 +268,8 @@ def load_for_cli(
         data = _file_batches(data_path, signature, options.batch_size, options.max_batches, limit)
     elif data_path is not None:
         data = load_batch(data_path, signature, limit=limit)
-    return loaded.model, signature, data, model_info_of(loaded.model, loaded.path, loaded.format)
+    info = model_info_of(loaded.model, loaded.path, loaded.format, loaded.notes)
+    return loaded.model, signature, data, info
 
 
 def _check_batching(options: InspectOptions | None) -> None:

@@ -177,6 +177,8 @@ def _finish(
     """The end every command shares: notes on stderr, the ``--save`` file, the rendering."""
     from .render import render
 
+    for note in report.model.notes:
+        _note(note, quiet)
     if report.loss.kind == "sum_of_outputs":
         _note(f"loss: {report.loss.source}", quiet)
     if save is not None:
@@ -200,7 +202,10 @@ def _version(value: bool) -> None:
 # Options shared by every command that loads a model and differentiates its loss.
 ModelArg = Annotated[
     Path,
-    typer.Argument(metavar="MODEL", help="Saved model: .keras, or legacy .h5 (Keras 3 or 2)."),
+    typer.Argument(
+        metavar="MODEL",
+        help="Saved model: .keras, legacy .h5 (Keras 3 or 2), or a SavedModel directory.",
+    ),
 ]
 DataOpt = Annotated[
     Path | None,

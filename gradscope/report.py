@@ -239,9 +239,12 @@ class ModelInfo:
     format: str
     trainable_params: int
     layers: int
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """``notes`` (what the format cannot give, e.g. a SavedModel's layer outputs)
+        appears only when there is one."""
+        out: dict[str, Any] = {
             "name": self.name,
             "class": self.class_name,
             "path": self.path,
@@ -249,6 +252,9 @@ class ModelInfo:
             "trainable_params": self.trainable_params,
             "layers": self.layers,
         }
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 @dataclass(frozen=True)

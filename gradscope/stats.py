@@ -134,8 +134,12 @@ def _matrix(tensors: list[Any]) -> Any:
 
 
 def _entry_count(tensor: Any) -> Any:
+    """Entries of ``tensor``: a Python float when its shape is static, else a tensor."""
+    tf = _tf.tensorflow()
     size = tensor.shape.num_elements()
-    return float(size) if size is not None else _tf.tensorflow().size(tensor, out_type="float64")
+    if size is not None:
+        return float(size)
+    return tf.cast(tf.size(tensor, out_type=tf.int64), tf.float64)
 
 
 def batch_stats(tensors: list[Any], *, dead_units: bool = False) -> Any:

@@ -219,6 +219,29 @@ def test_memory_guard_refuses_without_allocating(monkeypatch: pytest.MonkeyPatch
         curvature.hessian_file(SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", options=options)
 
 
+def test_unconnected_second_derivatives_are_zero_not_a_crash(keras) -> None:  # type: ignore[no-untyped-def]
+    """Sum of outputs of linear heads: the heads' biases have a constant gradient, so
+    their rows of H are zero (TensorFlow has no second-order path to them)."""
+    rng = np.random.default_rng(5)
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, activation="tanh")(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(2)(hidden), keras.layers.Dense(1)(hidden)])
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    exact = curvature.hessian(model, x, options=curvature.HessianOptions(block="model"))
+    block = exact.blocks[0]
+    assert block.method == "exact" and block.matrix is not None
+    offsets = np.cumsum([0, *(int(np.prod(v.shape)) for v in model.trainable_variables)])
+    for index, variable in enumerate(model.trainable_variables):
+        part = block.matrix[offsets[index] : offsets[index + 1]]
+        if variable.path.endswith("bias") and variable.shape[0] != 4:
+            assert not np.any(part), variable.path
+    lanczos = curvature.hessian(
+        model, x, options=curvature.HessianOptions(block="model", method="lanczos", tol=1e-6)
+    )
+    scale = max(abs(block.eigenvalues[0]), abs(block.min_eigenvalue))
+    np.testing.assert_allclose(lanczos.blocks[0].eigenvalues, block.eigenvalues, atol=1e-4 * scale)
+
+
 def test_rows_within_a_budget() -> None:
     work = WorkEstimate(shared=1000, per_row=100)
     assert work.pass_bytes(3) == 1300

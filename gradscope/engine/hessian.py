@@ -164,6 +164,16 @@ class HessianOperator:
         y_true = None if targets is None else self.signature.pack_outputs(targets)
         return total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
 
+    def _sources(self) -> list[Any]:
+        """The block's variables as TensorFlow variables.
+
+        Keras variables report their dtype as a string, which TensorFlow cannot use to
+        build the zero gradient of an unconnected source (a bias whose second
+        derivative vanishes, under a sum-of-outputs loss); the underlying
+        ``tf.Variable`` (``variable.value`` outside a layer call) can.
+        """
+        return [getattr(v, "value", v) for v in self.variables]
+
     @property
     def _dtype(self) -> Any:
         """float64 for a float64 block, float32 otherwise (float16 is widened)."""
@@ -188,15 +198,22 @@ class HessianOperator:
     def _hvp_forward(self, vector: Any, batch: tuple[Any, Any, Any]) -> Any:
         """``H @ vector`` by forward-over-back: the JVP of the gradient along ``vector``."""
         tf = _tf.tensorflow()
-        primals = [v.value for v in self.variables]
+        primals = self._sources()
         with tf.autodiff.ForwardAccumulator(primals, self._split(vector)) as accumulator:
             with tf.GradientTape() as tape:
                 loss = self._loss(batch)
-            grads = tape.gradient(
-                loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
-        products = accumulator.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return self._flat(products), loss
+            grads = tape.gradient(loss, primals)
+        connected = [g for g in grads if g is not None]
+        tangents = iter(accumulator.jvp(connected))
+        products = [None if g is None else next(tangents) for g in grads]
+        if any(g is not None and p is None for g, p in zip(grads, products, strict=True)):
+            # The tangent was lost on the way (a loaded SavedModel function, say): the
+            # product would silently read as zero.  Back-over-back does not lose it.
+            raise LookupError("forward mode lost the tangent of a connected variable")
+        filled = [
+            tf.zeros_like(v) if p is None else p for v, p in zip(primals, products, strict=True)
+        ]
+        return self._flat(filled), loss
 
     def _hvp_reverse(self, vector: Any, batch: tuple[Any, Any, Any]) -> Any:
         """``H @ vector`` by back-over-back: the gradient of ``<grad, vector>``.
@@ -206,17 +223,18 @@ class HessianOperator:
         """
         tf = _tf.tensorflow()
         tangents = self._split(vector)
+        sources = self._sources()
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
                 loss = self._loss(batch)
             grads = inner.gradient(
-                loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+                loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
             projection = tf.add_n(
                 [tf.reduce_sum(g * t) for g, t in zip(grads, tangents, strict=True)]
             )
         products = outer.gradient(
-            projection, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            projection, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         return self._flat(products), loss
 
@@ -249,16 +267,17 @@ class HessianOperator:
         """
         tf = _tf.tensorflow()
         zero = tf.UnconnectedGradients.ZERO
+        sources = self._sources()
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
                 loss = self._loss(batch)
-            grads = inner.gradient(loss, self.variables, unconnected_gradients=zero)
+            grads = inner.gradient(loss, sources, unconnected_gradients=zero)
             flat_grad = self._flat(grads)
 
         def row(index: Any) -> Any:
             unit = tf.one_hot(index, self.size, dtype=flat_grad.dtype)
             products = outer.gradient(
-                flat_grad, self.variables, output_gradients=unit, unconnected_gradients=zero
+                flat_grad, sources, output_gradients=unit, unconnected_gradients=zero
             )
             return self._flat(products)
 

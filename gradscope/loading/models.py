@@ -1,10 +1,17 @@
-"""Loading saved Keras models: ``.keras`` (Keras 3) and legacy ``.h5`` (Keras 3 or 2).
+"""Loading saved models: ``.keras`` (Keras 3), legacy ``.h5`` (Keras 3 or 2), SavedModel.
 
-Safe mode stays on: a model whose config carries Python bytecode (a ``Lambda`` layer)
-is refused by Keras, and the refusal is reported as one line.  Files are checked before
-Keras sees them (exists, is a file, is a zip / HDF5 file, has a model config), so that
-the common mistakes get a message naming the file and what was found, not a traceback
-from deep inside the loader.
+Safe mode stays on unless ``--unsafe`` is given: a model whose config carries Python
+bytecode (a ``Lambda`` layer) is refused by Keras, and the refusal is reported as one line
+that says why and how to turn safe mode off.  Pickles are never loaded.  Files are
+checked before Keras sees them (exists, is a file, is a zip / HDF5 file, has a model
+config), so that the common mistakes get a message naming the file and what was found,
+not a traceback from deep inside the loader.
+
+Custom classes come from ``--custom-objects FILE.py`` (see :mod:`.custom_objects`): the
+file is imported, and its objects are in scope while the model and its loss are rebuilt.
+A class the model needs and nobody provides is named in the error, with its registered
+``package>Name`` read from the model's config.  SavedModel directories are wrapped as a
+Keras model by :mod:`.savedmodel`.
 
 Models are loaded with ``compile=False`` and compiled again with just the saved loss and
 loss weights, read directly from the file (``compile_config`` in a ``.keras`` archive,
@@ -16,13 +23,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import _tf
 from ..errors import ModelLoadError, first_line, received
+from .custom_objects import CustomObjects, import_custom_objects
+from .savedmodel import SAVED_MODEL_FILE, load_savedmodel
 
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -43,22 +54,25 @@ class LoadOptions:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model and how it was read."""
+    """A model, how it was read, and notes for the report.
+
+    ``format`` is ``"keras"``, ``"h5"`` or ``"savedmodel"``.  ``notes`` are one-line
+    remarks about what this format cannot give (a SavedModel hides its layers).
+    """
 
     model: Any
     path: str
     format: str
+    notes: tuple[str, ...] = ()
 
 
 def check_model_path(path: Path) -> None:
-    """Fail with a :class:`ModelLoadError` unless ``path`` is a non-empty model file."""
+    """Fail with a :class:`ModelLoadError` unless ``path`` is a model file or SavedModel."""
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file; expected a .keras or .h5 model file.")
     if path.is_dir():
-        raise ModelLoadError(
-            f"{path}: is a directory; expected a .keras or .h5 model file "
-            "(TensorFlow SavedModel directories are not supported yet)."
-        )
+        _check_savedmodel_dir(path)
+        return
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: the file is empty; expected a .keras or .h5 model file.")
     if not os.access(path, os.R_OK):
@@ -69,6 +83,18 @@ def check_model_path(path: Path) -> None:
             f"{path}: unsupported model file type; expected a .keras or .h5/.hdf5 file. "
             f"{received(repr(path.suffix or '(no extension)'))}"
         )
+
+
+def _check_savedmodel_dir(path: Path) -> None:
+    """A directory is a model only as a TensorFlow SavedModel (it has ``saved_model.pb``)."""
+    graph = path / SAVED_MODEL_FILE
+    if not graph.is_file():
+        raise ModelLoadError(
+            f"{path}: is a directory without {SAVED_MODEL_FILE}; expected a .keras or .h5 "
+            "model file, or a TensorFlow SavedModel directory."
+        )
+    if not os.access(graph, os.R_OK):
+        raise ModelLoadError(f"{graph}: the file is not readable (permission denied).")
 
 
 def _magic(path: Path) -> str:
@@ -110,8 +136,17 @@ def _check_keras_archive(path: Path) -> dict[str, Any]:
     return config
 
 
-def _h5_training_config(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """The ``training_config`` attribute of a legacy HDF5 model, and its Keras version."""
+@dataclass(frozen=True)
+class _H5Configs:
+    """The JSON attributes of a legacy HDF5 model that gradscope reads itself."""
+
+    model: dict[str, Any] | None
+    training: dict[str, Any] | None
+    keras_version: str
+
+
+def _h5_configs(path: Path) -> _H5Configs:
+    """The ``model_config`` and ``training_config`` attributes of a legacy HDF5 model."""
     import h5py
 
     if not h5py.is_hdf5(path):
@@ -123,19 +158,28 @@ def _h5_training_config(path: Path) -> tuple[dict[str, Any] | None, str]:
                     f"{path}: an HDF5 file but not a saved Keras model: no 'model_config' "
                     "attribute (a weights-only file?)."
                 )
-            raw = handle.attrs.get("training_config")
+            raw_model = handle.attrs.get("model_config")
+            raw_training = handle.attrs.get("training_config")
             version = _text(handle.attrs.get("keras_version", "")) or ""
     except ModelLoadError:
         raise
     except OSError as exc:
         raise ModelLoadError(f"{path}: unreadable HDF5 file: {first_line(exc)}") from exc
+    return _H5Configs(
+        _json_attribute(path, "model_config", raw_model),
+        _json_attribute(path, "training_config", raw_training),
+        version,
+    )
+
+
+def _json_attribute(path: Path, name: str, raw: Any) -> dict[str, Any] | None:
     if raw is None:
-        return None, version
+        return None
     try:
         config = json.loads(_text(raw))
     except ValueError as exc:
-        raise ModelLoadError(f"{path}: 'training_config' is not valid JSON.") from exc
-    return (config if isinstance(config, dict) else None), version
+        raise ModelLoadError(f"{path}: {name!r} is not valid JSON.") from exc
+    return config if isinstance(config, dict) else None
 
 
 def _text(value: Any) -> str:
@@ -158,12 +202,21 @@ def _keras2_loss_config(config: Any) -> Any:
 
 
 def _deserialize_loss(config: Any) -> Any:
-    """A Keras loss object or function from a saved config leaf (string or dict)."""
+    """A Keras loss object or function from a saved config leaf (string or dict).
+
+    Runs inside the custom-object scope.  A loss saved by name (an ``.h5`` file stores a
+    function's name) is checked now: a custom one is resolved to its function, since
+    Keras would otherwise look the name up later, when the scope is gone, and an unknown
+    one fails here, where the error can name it.  Built-in names stay strings.
+    """
     keras = _tf.keras()
-    if config is None or isinstance(config, str):
+    if config is None:
         return config
+    if isinstance(config, str):
+        return _loss_by_name(config)
     if isinstance(config, dict) and "class_name" in config:
-        return keras.losses.deserialize(config)
+        loss = keras.losses.deserialize(config)  # a function it cannot find comes back a name
+        return _loss_by_name(loss) if isinstance(loss, str) else loss
     if isinstance(config, dict):
         return {key: _deserialize_loss(value) for key, value in config.items()}
     if isinstance(config, list):
@@ -171,14 +224,31 @@ def _deserialize_loss(config: Any) -> Any:
     return config
 
 
-def compile_from_config(model: Any, config: dict[str, Any], path: Path, *, keras2: bool) -> None:
+def _loss_by_name(name: str) -> Any:
+    """A custom loss's object, or a built-in loss's name once Keras has recognised it."""
+    keras = _tf.keras()
+    custom = keras.saving.get_registered_object(name)
+    if custom is not None:
+        return custom
+    keras.losses.get(name)  # an unknown name fails here, while the custom objects are known
+    return name
+
+
+def compile_from_config(
+    model: Any,
+    config: dict[str, Any],
+    path: Path,
+    *,
+    keras2: bool,
+    context: _Context | None = None,
+) -> None:
     """Compile ``model`` with the loss and loss weights of a saved compile config.
 
     Only the loss matters to gradscope, so the saved optimizer and metrics are never
     rebuilt: that is faster than Keras's own ``compile=True`` and avoids its failures on
     some configs (Keras 3.15 cannot rebuild ``loss="mse"`` from an ``.h5`` it wrote).
     ``keras2`` adapts configs written by Keras 2.  Without a saved loss, the model is
-    left uncompiled.
+    left uncompiled.  ``context`` names the custom-objects file in errors.
     """
     loss_config = config.get("loss")
     if loss_config is None:
@@ -187,10 +257,199 @@ def compile_from_config(model: Any, config: dict[str, Any], path: Path, *, keras
         loss = _deserialize_loss(_keras2_loss_config(loss_config) if keras2 else loss_config)
         model.compile(loss=loss, loss_weights=config.get("loss_weights"))
     except Exception as exc:  # the config is data from the file: anything can be wrong
+        missing = _missing_object(_full_text(exc))
+        if missing is not None:
+            needs = _describe_missing(missing, {"loss": loss_config})
+            raise ModelLoadError(
+                f"{path}: the saved loss needs {needs}, which is not available"
+                f"{_provided_by(context)}. Pass the Python file that defines it with "
+                "--custom-objects FILE.py."
+            ) from exc
         raise ModelLoadError(
             f"{path}: the saved loss cannot be rebuilt: {first_line(exc)}. "
             "Use --loss NAME to choose the loss."
         ) from exc
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a load needs besides the path: safe mode, custom objects, the saved config."""
+
+    safe_mode: bool
+    custom_objects: dict[str, Any] = field(default_factory=dict)
+    source: CustomObjects | None = None
+    model_config: dict[str, Any] | None = None
+
+
+# -- explaining failures -----------------------------------------------------------------
+
+_MISSING_PATTERNS = (
+    re.compile(r"Could not locate (class|function) '([^']+)'"),
+    re.compile(r"Unknown (layer|object|config_item|loss|metric)[^:']*: '([^']+)'"),
+    re.compile(r"Unknown (activation) function '([^']+)'"),
+    re.compile(r"Could not interpret (loss) identifier: '?([^'\s]+)'?"),
+)
+_SAFE_MODE_MARKERS = ("safe_mode=False", "enable_unsafe_deserialization")
+_REFUSED_CLASS = re.compile(r"deserialization of an? `(\w+)`")
+
+
+def _full_text(exc: BaseException) -> str:
+    """The messages of ``exc`` and of the exceptions it was raised from."""
+    texts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(texts) < 10:
+        texts.append(str(current))
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
+
+
+def _missing_object(text: str) -> tuple[str, str] | None:
+    """``(kind, name)`` of the object Keras could not find, if that is the failure."""
+    for pattern in _MISSING_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            kind = "function" if match.group(1) in ("function", "activation", "loss") else "class"
+            return kind, match.group(2)
+    return None
+
+
+def _config_nodes(config: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in a nested JSON config, depth first."""
+    if isinstance(config, dict):
+        yield config
+        for value in config.values():
+            yield from _config_nodes(value)
+    elif isinstance(config, list):
+        for item in config:
+            yield from _config_nodes(item)
+
+
+def _registered_name(name: str, config: Any) -> str:
+    """The ``package>Name`` the model's config records for class ``name``."""
+    if ">" in name:
+        return name
+    suffix = f">{name}"
+    for node in _config_nodes(config):
+        class_name = node.get("class_name")
+        registered = node.get("registered_name")
+        if class_name == name and isinstance(registered, str) and ">" in registered:
+            return registered
+        if isinstance(class_name, str) and class_name.endswith(suffix):  # Keras 2
+            return class_name
+        inner = node.get("config")
+        if class_name == "function" and isinstance(inner, str) and inner.endswith(suffix):
+            return inner
+    return name
+
+
+def _describe_missing(missing: tuple[str, str], config: Any) -> str:
+    """``class 'MyLayer' (registered as 'my_pkg>MyLayer')``, for an error message."""
+    kind, name = missing
+    registered = _registered_name(name, config)
+    short = registered.rsplit(">", 1)[-1]
+    if ">" in registered:
+        return f"{kind} {short!r} (registered as {registered!r})"
+    return f"{kind} {short!r} (saved without a package name)"
+
+
+def _provided_by(context: _Context | None) -> str:
+    source = context.source if context is not None else None
+    if source is None:
+        return ""
+    provided = ", ".join(source.names()) or "no Keras objects"
+    return f": {source.path} does not define or register it (it provides: {provided})"
+
+
+def _layer_names(config: Any, class_name: str) -> list[str]:
+    names = []
+    for node in _config_nodes(config):
+        if node.get("class_name") == class_name and isinstance(node.get("config"), dict):
+            name = node["config"].get("name")
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+    return names
+
+
+_REFUSED_LAYERS = {"Lambda": "Python bytecode", "TFSMLayer": "an external SavedModel graph"}
+
+
+def _refused_what(text: str, config: Any) -> str:
+    """What safe mode refused: ``Lambda layer 'double', which holds Python bytecode``."""
+    match = _REFUSED_CLASS.search(text)
+    class_name = match.group(1) if match else None
+    if class_name not in _REFUSED_LAYERS:
+        sentence = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
+        return f"the model ({sentence.rstrip('.')})" if sentence else "the model"
+    names = _layer_names(config, class_name)
+    content = _REFUSED_LAYERS[class_name]
+    if len(names) == 1:
+        return f"{class_name} layer {names[0]!r}, which holds {content}"
+    listed = f" {', '.join(map(repr, names))}" if names else ""
+    return f"{class_name} layers{listed}, which hold {content}"
+
+
+def _safe_mode_error(path: Path, text: str, config: Any) -> ModelLoadError:
+    """Safe mode refused code stored in the file: say why, and what ``--unsafe`` does."""
+    return ModelLoadError(
+        f"{path}: refused to load {_refused_what(text, config)}: Keras safe mode (on by "
+        "default) will not run code stored in a model file, since it could do anything. "
+        "If you trust this file, pass --unsafe to turn safe mode off."
+    )
+
+
+def _explain_load_failure(
+    path: Path, exc: BaseException, context: _Context | None = None
+) -> ModelLoadError:
+    """Turn a Keras loader exception into one line a user can act on."""
+    text = _full_text(exc)
+    config = context.model_config if context is not None else None
+    if any(marker in text for marker in _SAFE_MODE_MARKERS):
+        return _safe_mode_error(path, text, config)
+    missing = _missing_object(text)
+    if missing is not None:
+        return ModelLoadError(
+            f"{path}: the model needs {_describe_missing(missing, config)}, which is not "
+            f"available{_provided_by(context)}. Pass the Python file that defines it with "
+            "--custom-objects FILE.py."
+        )
+    return ModelLoadError(f"{path}: cannot load the model: {first_line(exc)}")
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    options: LoadOptions | None = None,
+    *,
+    custom_objects: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load a ``.keras``/``.h5`` model with its compiled loss, or a SavedModel directory.
+
+    ``options.custom_objects`` (a Python file) is imported first, and its Keras objects,
+    with ``custom_objects`` (a dict, for Python callers), are in scope during the load.
+    Safe mode is on unless ``options.unsafe``.  Raises :class:`ModelLoadError` (or
+    :class:`UsageError` for a bad custom-objects path) with a one-line message.
+    """
+    options = options or LoadOptions()
+    file = Path(path)
+    check_model_path(file)
+    source = _import_source(options)
+    objects = {**(source.objects if source else {}), **(custom_objects or {})}
+    context = _Context(not options.unsafe, objects, source)
+    if file.is_dir():
+        return _load_savedmodel(file, context)
+    with _tf.keras().saving.custom_object_scope(objects):
+        if file.suffix.lower() in KERAS_SUFFIXES:
+            return _load_keras_archive(file, context)
+        return _load_h5(file, context)
+
+
+def _import_source(options: LoadOptions) -> CustomObjects | None:
+    """The imported ``--custom-objects`` file, if one was given."""
+    if options.custom_objects is None:
+        return None
+    return import_custom_objects(options.custom_objects)
 
 
 def _keras_load(path: Path, *, compile: bool, safe_mode: bool, custom_objects: Any) -> Any:
@@ -200,58 +459,42 @@ def _keras_load(path: Path, *, compile: bool, safe_mode: bool, custom_objects: A
     )
 
 
-def _explain_load_failure(path: Path, exc: BaseException) -> ModelLoadError:
-    """Turn a Keras loader exception into one line a user can act on."""
-    text = str(exc)
-    if "Lambda" in text and ("safe_mode" in text or "arbitrary code" in text):
-        return ModelLoadError(
-            f"{path}: refused to load a Lambda layer holding Python code: Keras safe mode "
-            "is on, since loading it could run arbitrary code."
-        )
-    if "Could not locate" in text or "Unknown layer" in text or "Unknown object" in text:
-        return ModelLoadError(
-            f"{path}: the model uses a class that is not available: {first_line(exc)}"
-        )
-    return ModelLoadError(f"{path}: cannot load the model: {first_line(exc)}")
+def _load_savedmodel(path: Path, context: _Context) -> LoadedModel:
+    model, notes = load_savedmodel(path, safe_mode=context.safe_mode)
+    return LoadedModel(model, str(path), "savedmodel", notes)
 
 
-def load_model(
-    path: str | os.PathLike[str],
-    options: LoadOptions | None = None,
-    *,
-    custom_objects: dict[str, Any] | None = None,
-) -> LoadedModel:
-    """Load a ``.keras`` or ``.h5`` model with its compiled loss, safe mode on.
-
-    Raises :class:`ModelLoadError` with a one-line message for every failure.
-    """
-    options = options or LoadOptions()
-    safe_mode = not options.unsafe
-    file = Path(path)
-    check_model_path(file)
-    if file.suffix.lower() in KERAS_SUFFIXES:
-        return _load_keras_archive(file, safe_mode, custom_objects)
-    return _load_h5(file, safe_mode, custom_objects)
-
-
-def _load_keras_archive(path: Path, safe_mode: bool, custom_objects: Any) -> LoadedModel:
+def _load_keras_archive(path: Path, context: _Context) -> LoadedModel:
     config = _check_keras_archive(path)
-    model = _load_uncompiled(path, safe_mode, custom_objects)
-    compile_from_config(model, config.get("compile_config") or {}, path, keras2=False)
+    context = _with_config(context, config)
+    model = _load_uncompiled(path, context)
+    compile_from_config(
+        model, config.get("compile_config") or {}, path, keras2=False, context=context
+    )
     return LoadedModel(model, str(path), "keras")
 
 
-def _load_h5(path: Path, safe_mode: bool, custom_objects: Any) -> LoadedModel:
-    training_config, keras_version = _h5_training_config(path)
-    model = _load_uncompiled(path, safe_mode, custom_objects)
-    keras2 = keras_version.startswith("2")
-    compile_from_config(model, training_config or {}, path, keras2=keras2)
+def _load_h5(path: Path, context: _Context) -> LoadedModel:
+    configs = _h5_configs(path)
+    context = _with_config(context, configs.model)
+    model = _load_uncompiled(path, context)
+    keras2 = configs.keras_version.startswith("2")
+    compile_from_config(model, configs.training or {}, path, keras2=keras2, context=context)
     return LoadedModel(model, str(path), "h5")
 
 
-def _load_uncompiled(path: Path, safe_mode: bool, custom_objects: Any) -> Any:
+def _with_config(context: _Context, config: dict[str, Any] | None) -> _Context:
+    return _Context(context.safe_mode, context.custom_objects, context.source, config)
+
+
+def _load_uncompiled(path: Path, context: _Context) -> Any:
     """The model without Keras's own compile step (the optimizer is never needed here)."""
     try:
-        return _keras_load(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+        return _keras_load(
+            path,
+            compile=False,
+            safe_mode=context.safe_mode,
+            custom_objects=context.custom_objects or None,
+        )
     except Exception as exc:
-        raise _explain_load_failure(path, exc) from exc
+        raise _explain_load_failure(path, exc, context) from exc

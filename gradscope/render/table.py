@@ -132,6 +132,7 @@ def run_lines(report: Report | HessianReport) -> list[tuple[str, str]]:
     """The summary lines every report starts with: model, batch, loss, mode."""
     return [
         ("model", model_line(report.model)),
+        *(("note", note) for note in report.model.notes),
         ("batch", batch_line(report.batch)),
         ("loss", loss_line(report.loss)),
         ("mode", "training" if report.training else "inference"),
@@ -147,7 +148,7 @@ def header(report: Report) -> Table:
     lines = [*run_lines(report), ("global ‖g‖", fmt_float(report.global_grad_norm))]
     if report.batches is not None:
         batches = report.batches
-        lines[2:2] = [
+        lines[2 + len(report.model.notes) : 2 + len(report.model.notes)] = [
             (
                 "batches",
                 f"{batches.count} of {batches.batch_size:,} rows; the rows below describe "
