@@ -22,6 +22,7 @@ from .aggregate import BatchAccumulator
 from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
 from .errors import MismatchError, UsageError, first_line, received
+from .health import Thresholds, diagnose
 from .loading.custom_objects import check_custom_objects_path
 from .loading.data import (
     Batch,
@@ -65,6 +66,7 @@ class InspectOptions:
     batch_size: int | None = None
     max_batches: int | None = None
     per_sample: bool = False
+    thresholds: Thresholds | None = None
 
     @property
     def batching(self) -> bool:
@@ -101,6 +103,7 @@ def inspect_file(
     max_batches: int | None = None,
     per_sample: bool = False,
     progress: Progress | None = None,
+    thresholds: Thresholds | None = None,
 ) -> Report:
     """Load a saved model (and a batch file, or synthesize one) and inspect it.
 
@@ -108,12 +111,13 @@ def inspect_file(
     ``unsafe`` turns Keras's safe mode off, for a file you trust.  With ``batch_size``
     the data is streamed in batches of that many rows (at most ``max_batches``) and the
     report describes their mean gradient (see :mod:`gradscope.aggregate`).
-    ``per_sample`` adds per-example gradient norms.
+    ``per_sample`` adds per-example gradient norms.  ``thresholds`` tune the health
+    diagnoses (:mod:`gradscope.health`).
     """
     load = LoadOptions(None if custom_objects is None else Path(custom_objects), unsafe)
     options = InspectOptions(
         loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors,
-        batch_size, max_batches, per_sample,
+        batch_size, max_batches, per_sample, thresholds,
     )  # fmt: skip
     model, signature, data, info = load_for_cli(model_path, data_path, limit, seed, load, options)
     return run_inspect(model, signature, data, options, info, progress)
@@ -134,6 +138,7 @@ def inspect(
     batch_size: int | None = None,
     max_batches: int | None = None,
     per_sample: bool = False,
+    thresholds: Thresholds | None = None,
 ) -> Report:
     """Gradients of the loss for an in-memory Keras model, in one forward/backward pass.
 
@@ -142,14 +147,15 @@ def inspect(
     Keras loss name overriding the compiled loss.  ``keep_tensors=True`` keeps the raw
     gradient tensors in ``report.tensors``.  With ``batch_size`` the data is cut into
     batches (at most ``max_batches``) and the report describes their mean gradient;
-    ``per_sample`` adds per-example gradient norms.  Keras's global random state is left
-    alone.
+    ``per_sample`` adds per-example gradient norms; ``thresholds`` tune the health
+    diagnoses.  Keras's global random state is left alone.
     """
     signature = model_signature(model)
     batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
     options = InspectOptions(
-        loss, training, seed, rows, layers, keep_tensors, batch_size, max_batches, per_sample
-    )
+        loss, training, seed, rows, layers, keep_tensors,
+        batch_size, max_batches, per_sample, thresholds,
+    )  # fmt: skip
     info = model_info_of(model, None, "memory")
     return run_inspect(model, signature, batch, options, info)
 
@@ -315,6 +321,7 @@ def run_inspect(
                     model, signature, spec, batch, batches, options.training
                 ),
             )
+    report = dataclasses.replace(report, health=diagnose(report, options.thresholds))
     return filter_layers(report, options.layers) if options.layers else report
 
 
@@ -571,9 +578,23 @@ def _activation_rows(result: EngineResult) -> list[ActivationRow]:
                 grad=grad,
                 value=value,
                 note=note,
+                activation=activation_name(captured.node.layer),
             )
         )
     return rows
+
+
+def activation_name(layer: Any) -> str | None:
+    """The activation a layer applies last (``relu``, ``sigmoid``...), ``None`` for none.
+
+    ``ReLU`` layers count as ``relu``; other layers name their ``activation`` attribute
+    (Dense, Conv, Activation...).  ``linear`` is no activation.
+    """
+    if type(layer).__name__ == "ReLU":
+        return "relu"
+    function = getattr(layer, "activation", None)
+    name = getattr(function, "__name__", None)
+    return None if name in (None, "linear") or not callable(function) else str(name)
 
 
 def _tensors(result: EngineResult, variables: list[Any]) -> GradientTensors | None:

@@ -292,21 +292,56 @@ def inspect(
             "--per-sample", help="Per-example gradient norms, and the examples that dominate."
         ),
     ] = False,
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            "--fail-on",
+            help="Exit 1 when one of these diagnoses fires: "
+            "nonfinite,vanishing,exploding,dead,stalled (the report is still printed).",
+        ),
+    ] = None,
+    vanishing_ratio: Annotated[
+        float,
+        typer.Option("--vanishing-ratio", help="Vanishing: layer ‖g‖ below this × the largest."),
+    ] = 1e-4,
+    exploding_norm: Annotated[
+        float, typer.Option("--exploding-norm", help="Exploding: global ‖g‖ above this.")
+    ] = 1e3,
+    exploding_ratio: Annotated[
+        float, typer.Option("--exploding-ratio", help="Exploding: a layer's ‖g‖/‖w‖ above this.")
+    ] = 10.0,
+    dead_fraction: Annotated[
+        float,
+        typer.Option(
+            "--dead-fraction", help="Dead: ReLU units zero on the whole batch, above this fraction."
+        ),
+    ] = 0.5,
+    stalled_ratio: Annotated[
+        float, typer.Option("--stalled-ratio", help="Stalled: a layer's ‖g‖/‖w‖ below this.")
+    ] = 1e-6,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Gradients of the loss for every weight, input and layer output, in one pass."""
+    fired: list[str] = []
 
     def action() -> str:
-        from . import api
+        from . import api, health
         from ._atomic import check_writable
         from ._progress import progress_bar
         from .export import hdf5
 
         if save is not None:
             check_writable(save, hdf5.SUFFIXES, "--save")
+        try:
+            wanted = health.parse_fail_on(fail_on)
+        except ValueError as exc:
+            raise UsageError(f"--fail-on: {exc}. Received: {fail_on!r}") from None
+        thresholds = health.Thresholds(
+            vanishing_ratio, exploding_norm, exploding_ratio, dead_fraction, stalled_ratio
+        )
         with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
             report = api.inspect_file(
                 model,
@@ -323,10 +358,17 @@ def inspect(
                 max_batches=max_batches,
                 per_sample=per_sample,
                 progress=progress,
+                thresholds=thresholds,
             )
-        return _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
+        text = _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
+        assert report.health is not None
+        fired.extend(kind for kind in wanted if kind in report.health.kinds())
+        return text
 
     _emit(run_guarded(action, debug))
+    if fired:
+        _note(f"--fail-on: {', '.join(fired)} fired", quiet)
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
 @app.command()

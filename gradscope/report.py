@@ -13,9 +13,12 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .health import Health
 
 SCHEMA = "gradscope.inspect/1"
 
@@ -163,6 +166,8 @@ class ActivationRow:
     grad: TensorStats | None
     value: ValueStats | None
     note: str | None = None
+    activation: str | None = None
+    """The layer's activation function (``relu``, ...) when it has one."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -177,6 +182,8 @@ class ActivationRow:
             "grad": _stats_dict(self.grad),
             "value": _stats_dict(self.value),
         }
+        if self.activation is not None:
+            out["activation"] = self.activation
         if self.note is not None:
             out["note"] = self.note
         return out
@@ -411,6 +418,7 @@ class Report(_JsonMixin):
     schema: str = SCHEMA
     batches: BatchesReport | None = None
     per_sample: PerSampleReport | None = None
+    health: Health | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure of schema ``gradscope.inspect/1`` (see the README).
@@ -425,6 +433,8 @@ class Report(_JsonMixin):
             "inputs": [row.to_dict() for row in self.inputs],
             "activations": [row.to_dict() for row in self.activations],
         }
+        if self.health is not None:
+            out["health"] = self.health.to_dict()
         if self.batches is not None:
             out["batches"] = self.batches.to_dict()
         if self.per_sample is not None:

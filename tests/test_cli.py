@@ -53,6 +53,7 @@ TOP_LEVEL_KEYS = {
     "variables",
     "inputs",
     "activations",
+    "health",
 }
 STAT_KEYS = {"l2", "max_abs", "mean", "std", "zero_frac", "nonfinite"}
 TF_NOISE = ("absl", "oneDNN", "cudart", "I0000", "WARNING: All log messages")

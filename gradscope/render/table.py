@@ -18,6 +18,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from gradscope.health import Health
 from gradscope.render import format_shape
 from gradscope.report import (
     ActivationRow,
@@ -385,7 +386,21 @@ def renderables(report: Report) -> list[RenderableType]:
     parts: list[RenderableType] = [header(report)]
     for table in tables:
         parts.extend([Text(""), table])
+    if report.health is not None:
+        parts.extend([Text(""), health_footer(report.health)])
     return parts
+
+
+def health_footer(health: Health) -> Text:
+    """``Health: ok``, or one line per finding, its kind in bold red."""
+    if not health.findings:
+        return Text.assemble(("Health", "bold"), ": no findings")
+    text = Text.assemble(("Health", "bold"), f": {len(health.findings)} findings")
+    for finding in health.findings:
+        text.append("\n  ")
+        text.append(finding.kind, style="bold red")
+        text.append(f"  {finding.message}")
+    return text
 
 
 def make_console(file: io.StringIO, width: int | None = None, color: bool = False) -> Console:
