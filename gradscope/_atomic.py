@@ -15,8 +15,11 @@ from pathlib import Path
 from .errors import OutputError
 
 
-def check_writable(path: Path, suffixes: tuple[str, ...], option: str) -> None:
-    """Fail early, before any computation, when ``path`` cannot be written."""
+def check_writable(
+    path: Path, suffixes: tuple[str, ...], option: str, *, force: bool = False
+) -> None:
+    """Fail early, before any computation, when ``path`` cannot be written, or exists
+    and ``force`` is not given (an existing file is never overwritten by surprise)."""
     if path.suffix.lower() not in suffixes:
         raise OutputError(
             f"{option} {path}: expected a file name ending in {' or '.join(suffixes)}. "
@@ -27,6 +30,11 @@ def check_writable(path: Path, suffixes: tuple[str, ...], option: str) -> None:
         raise OutputError(f"{option} {path}: the folder {parent} does not exist.")
     if path.is_dir():
         raise OutputError(f"{option} {path}: is a directory; expected a file name.")
+    if path.exists() and not force:
+        raise OutputError(
+            f"{option} {path}: the file exists; expected a new file name. "
+            "Pass --force to overwrite it."
+        )
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{option} {path}: the folder {parent} is not writable.")
 

@@ -252,6 +252,9 @@ UnsafeOpt = Annotated[
         "--unsafe", help="Turn Keras safe mode off (Lambda layers run code): trusted files only."
     ),
 ]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="With --save: overwrite an existing file.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")]
 
@@ -321,6 +324,7 @@ def inspect(
     ] = 1e-6,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
+    force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -334,7 +338,7 @@ def inspect(
         from .export import hdf5
 
         if save is not None:
-            check_writable(save, hdf5.SUFFIXES, "--save")
+            check_writable(save, hdf5.SUFFIXES, "--save", force=force)
         try:
             wanted = health.parse_fail_on(fail_on)
         except ValueError as exc:
@@ -427,6 +431,7 @@ def hessian(
     max_batches: MaxBatchesOpt = None,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
+    force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -439,7 +444,7 @@ def hessian(
         from .export import hessian_hdf5
 
         if save is not None:
-            check_writable(save, hessian_hdf5.SUFFIXES, "--save")
+            check_writable(save, hessian_hdf5.SUFFIXES, "--save", force=force)
         for option, value in (("--top-k", top_k), ("--max-iter", max_iter), ("--tol", tol)):
             if value <= 0:
                 raise UsageError(f"{option}: expected a positive number. Received: {value}")
@@ -479,6 +484,57 @@ def hessian(
         )
 
     _emit(run_guarded(action, debug))
+
+
+@app.command()
+def diff(
+    report_a: Annotated[
+        Path,
+        typer.Argument(metavar="A.json", help="Baseline: a 'gradscope inspect -f json' report."),
+    ],
+    report_b: Annotated[
+        Path, typer.Argument(metavar="B.json", help="The inspect JSON report to compare with A.")
+    ],
+    top: Annotated[
+        int, typer.Option("--top", help="List the N largest changes (by |log10 B/A|).")
+    ] = 10,
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            "--fail-on",
+            help="Exit 1 when one of these fires: nonfinite,ratio,added,removed "
+            "(the report is still printed).",
+        ),
+    ] = None,
+    max_ratio: Annotated[
+        float,
+        typer.Option(
+            "--max-ratio", help="ratio: a variable's ‖g‖ changed by more than this factor."
+        ),
+    ] = 10.0,
+    output_format: FormatOpt = OutputFormat.TABLE,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare two saved inspect JSON reports (two checkpoints, before/after a change)."""
+    fired: list[str] = []
+
+    def action() -> str:
+        from .diff import diff_files, parse_fail_on
+        from .render import render
+
+        wanted = parse_fail_on(fail_on)
+        report = diff_files(report_a, report_b, top=top, max_ratio=max_ratio, fail_on=wanted)
+        if output_format is not OutputFormat.TABLE:  # the table shows them in its header
+            for note in report.notes:
+                _note(note, quiet)
+        fired.extend(r.condition for r in report.checks.results if r.requested and r.triggered)
+        return render(report, output_format, width=_table_width(), color=_use_color())
+
+    _emit(run_guarded(action, debug))
+    if fired:
+        _note(f"--fail-on: {', '.join(fired)} fired", quiet)
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
 def main() -> None:

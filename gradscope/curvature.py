@@ -102,6 +102,22 @@ def _matches(name: str, globs: str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(last, p) for p in patterns)
 
 
+def _no_match_message(model: Any, owners: dict[int, Any], options: HessianOptions) -> str:
+    """Which selection matched nothing, with the closest variable or layer names."""
+    import difflib
+
+    paths = [v.path for v in model.trainable_variables]
+    layers = sorted({owners[id(v)].path for v in model.trainable_variables if id(v) in owners})
+    pattern = options.variables or options.layers or ""
+    names = paths if options.variables else layers
+    close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.4)
+    hint = f"Close names: {', '.join(close)}." if close else f"Known: {', '.join(names[:8])}."
+    return (
+        f"--vars {options.variables!r} --layers {options.layers!r}: no trainable variable "
+        f"matches. {hint}"
+    )
+
+
 def select_blocks(model: Any, options: HessianOptions) -> list[_Block]:
     """The trainable variables matching ``--vars``/``--layers``, grouped into blocks."""
     owners = variable_owners(model, walk_layers(model))
@@ -112,11 +128,7 @@ def select_blocks(model: Any, options: HessianOptions) -> list[_Block]:
         if _matches(variable.path, options.variables) and _matches(layer, options.layers):
             chosen.append((variable, layer))
     if not chosen:
-        known = ", ".join(v.path for v in model.trainable_variables[:8])
-        raise UsageError(
-            f"--vars {options.variables!r} --layers {options.layers!r}: no trainable "
-            f"variable matches. Variables: {known}"
-        )
+        raise UsageError(_no_match_message(model, owners, options))
     if options.block == "model":
         layers = tuple(dict.fromkeys(layer for _, layer in chosen))
         return [_Block(tuple(v for v, _ in chosen), layers)]

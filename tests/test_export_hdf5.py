@@ -206,12 +206,16 @@ def test_synthetic_batch_attributes_and_quiet(tmp_path: Path) -> None:
         assert handle.attrs["batch_size"] == 16
 
 
-def test_save_overwrites_an_existing_file(tmp_path: Path) -> None:
+def test_save_refuses_an_existing_file_without_force(tmp_path: Path) -> None:
     out = tmp_path / "out.h5"
     out.write_bytes(b"old content")
-    result = invoke(
-        "inspect", SAMPLES / "mlp.keras", "--data", SAMPLES / "mlp.npz", "--save", out, "-q"
-    )
+    args = ("inspect", SAMPLES / "mlp.keras", "--data", SAMPLES / "mlp.npz", "--save", out, "-q")
+    refused = invoke(*args)
+    assert refused.exit_code == ExitCode.OUTPUT
+    assert "exists" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr and refused.stdout == ""
+    assert out.read_bytes() == b"old content"
+    result = invoke(*args, "--force")
     assert result.exit_code == 0, result.stderr
     assert h5py.is_hdf5(out)
     assert listing(tmp_path) == {"out.h5"}
@@ -239,7 +243,7 @@ def test_failed_run_keeps_an_existing_file(tmp_path: Path) -> None:
     bad = _bad_batch(tmp_path)
     out = tmp_path / "out.h5"
     out.write_bytes(b"previous results")
-    result = invoke("inspect", SAMPLES / "mlp.keras", "--data", bad, "--save", out)
+    result = invoke("inspect", SAMPLES / "mlp.keras", "--data", bad, "--save", out, "--force")
     one_error_line(result, ExitCode.MISMATCH)
     assert out.read_bytes() == b"previous results"
     assert listing(tmp_path) == {"bad.npz", "out.h5"}
