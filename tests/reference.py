@@ -13,6 +13,11 @@ Nothing here shares code with gradscope's engine.  Each gradient is its own eage
   (the cotangent) is computed first, then a second tape over the nested model alone
   differentiates ``sum(nested_output * cotangent)`` with respect to the inner output.
 
+Models without a usable functional graph (subclassed models, sublayers of custom layers,
+shared layers, layers returning several tensors) use :func:`probe_reference` instead:
+each layer output is reached by a one-off replacement of that one layer's ``call`` that
+adds a watched zero to that one output of that one call (see the section below).
+
 A layer output that *is* a model output (a softmax or sigmoid head) is fed to the loss
 through ``tf.identity``, which drops Keras's cached logits, so the loss is computed from
 the probabilities and depends on them.  Everything else keeps Keras's own logits path.
@@ -55,6 +60,7 @@ class ReferenceGradients:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     activations: dict[str, np.ndarray] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -256,3 +262,248 @@ def numpy_dead_frac(array: np.ndarray) -> float | None:
         return float(np.all(wide == 0))
     per_unit = np.all(wide.reshape(-1, wide.shape[-1]) == 0, axis=0)
     return float(np.mean(per_unit))
+
+
+# -- models without a functional graph: one perturbed layer call per quantity -----------
+#
+# A subclassed model, a custom layer's sublayers, a layer called twice or returning
+# several tensors have no (or no unique) node in a functional graph, so the extractor
+# models above cannot reach them.  This reference reaches them another way: for each
+# quantity, a one-off replacement of a single layer's ``call`` returns, at one call and
+# one output, ``output + delta`` with ``delta`` a watched zero tensor.  The forward pass
+# is otherwise Keras's own, run eagerly, and ``d loss / d delta`` is the gradient with
+# respect to what that call handed to the rest of the model (its consumers downstream),
+# whatever the layer computed from that tensor internally.
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One layer output to differentiate.
+
+    ``path`` is the row path gradscope should report; ``layer`` the layer object;
+    ``call`` which call of it (0 = first); ``output`` the position of the tensor among
+    the tensors that call returned (in ``tf.nest.flatten`` order).
+    """
+
+    path: str
+    layer: Any
+    call: int = 0
+    output: int = 0
+
+
+class _PerturbedCall:
+    """While active, ``probe.layer``'s call number ``probe.call`` adds a watched zero.
+
+    The replacement is an instance attribute, removed on exit, so the layer's class and
+    every other layer are untouched.  ``delta`` and ``value`` hold the zero tensor and
+    the layer's output as computed (before the zero was added).
+    """
+
+    def __init__(self, probe: Probe, tape: Any) -> None:
+        self.probe = probe
+        self.tape = tape
+        self.calls = 0
+        self.delta: Any = None
+        self.value: Any = None
+
+    def __enter__(self) -> _PerturbedCall:
+        layer = self.probe.layer
+        self._had_own = "call" in vars(layer)
+        self._previous = vars(layer).get("call")
+        original = layer.call
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            outputs = original(*args, **kwargs)
+            index = self.calls
+            self.calls += 1
+            return self._perturb(outputs) if index == self.probe.call else outputs
+
+        layer.call = call
+        return self
+
+    def _perturb(self, outputs: Any) -> Any:
+        tf = _tf.tensorflow()
+        flat = tf.nest.flatten(outputs)
+        positions = [i for i, t in enumerate(flat) if tf.is_tensor(t)]
+        position = positions[self.probe.output]
+        tensor = flat[position]
+        self.value = tensor
+        self.delta = tf.zeros_like(tensor)
+        self.tape.watch(self.delta)
+        perturbed = tensor + self.delta
+        # Keep the mask Keras attached; drop cached logits (``_keras_logits``), so that a
+        # crossentropy reads the probabilities and depends on ``delta`` (as with
+        # ``tf.identity`` in :func:`activation_gradients`).
+        if getattr(tensor, "_keras_mask", None) is not None:
+            perturbed._keras_mask = tensor._keras_mask
+        flat[position] = perturbed
+        return tf.nest.pack_sequence_as(outputs, flat)
+
+    def __exit__(self, *exc_info: object) -> None:
+        layer = self.probe.layer
+        if self._had_own:
+            layer.call = self._previous
+        else:
+            del layer.call
+
+
+class _State:
+    """The model's non-trainable variables (BatchNorm statistics, dropout seed states).
+
+    Restored before every forward pass, so that in training mode each pass sees the same
+    dropout masks as the first, and restored at the end, so the model is left unchanged.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.variables = list(model.non_trainable_variables)
+        self.saved = [np.array(v.numpy()) for v in self.variables]
+
+    def restore(self) -> None:
+        for variable, value in zip(self.variables, self.saved, strict=True):
+            variable.assign(value)
+
+
+def _leaves(x: Any) -> list[Any]:
+    tf = _tf.tensorflow()
+    return [tf.convert_to_tensor(a) for a in tf.nest.flatten(x)]
+
+
+def probe_reference(
+    model: Any,
+    x: Any,
+    y: Any,
+    probes: list[Probe],
+    *,
+    training: bool = False,
+    input_names: list[str] | None = None,
+) -> ReferenceGradients:
+    """Every gradient of ``model.compute_loss`` on ``(x, y)``, one eager tape per quantity.
+
+    ``x`` is packed the way the model is called (array, list or dict); ``input_names``
+    names its leaves in ``tf.nest.flatten`` order (dict keys sort).  Variables and float
+    inputs are differentiated directly, layer outputs through :class:`_PerturbedCall`.
+    """
+    tf = _tf.tensorflow()
+    state = _State(model)
+    names = input_names or [f"input_{i}" for i in range(len(tf.nest.flatten(x)))]
+
+    def loss_of(inputs: Any) -> Any:
+        state.restore()
+        y_pred = model(inputs, training=training)
+        return model.compute_loss(x=inputs, y=y, y_pred=y_pred, training=training)
+
+    try:
+        loss = loss_of(x)
+        regularization = float(sum(float(tf.reduce_sum(term)) for term in model.losses))
+        ref = ReferenceGradients(loss=float(loss), regularization=regularization)
+        _variable_references(model, loss_of, x, ref)
+        _input_references(x, names, loss_of, ref)
+        for probe in probes:
+            with tf.GradientTape() as tape, _PerturbedCall(probe, tape) as perturbed:
+                loss = loss_of(x)
+            if perturbed.delta is None:
+                raise AssertionError(f"{probe.path}: call {probe.call} never happened")
+            grad = tape.gradient(loss, perturbed.delta)
+            ref.values[probe.path] = _np64(perturbed.value)
+            ref.dtypes[probe.path] = perturbed.value.dtype.name
+            if grad is not None:
+                ref.activations[probe.path] = _np64(grad)
+    finally:
+        state.restore()
+    return ref
+
+
+def _variable_references(
+    model: Any, loss_of: Callable[[Any], Any], x: Any, ref: ReferenceGradients
+) -> None:
+    tf = _tf.tensorflow()
+    for variable in model.trainable_variables:
+        with tf.GradientTape() as tape:
+            loss = loss_of(x)
+        grad = tape.gradient(loss, variable)
+        if grad is None:
+            continue
+        if isinstance(grad, tf.IndexedSlices):
+            ref.rows_touched[variable.path] = int(np.unique(grad.indices.numpy()).size)
+        ref.variables[variable.path] = _np64(grad)
+        ref.weights[variable.path] = np.asarray(variable.numpy(), dtype=np.float64)
+
+
+def _input_references(
+    x: Any, names: list[str], loss_of: Callable[[Any], Any], ref: ReferenceGradients
+) -> None:
+    tf = _tf.tensorflow()
+    leaves = _leaves(x)
+    for index, name in enumerate(names):
+        if not leaves[index].dtype.is_floating:
+            continue
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(leaves[index])
+            loss = loss_of(tf.nest.pack_sequence_as(x, leaves))
+        grad = tape.gradient(loss, leaves[index])
+        if grad is not None:
+            ref.inputs[name] = _np64(grad)
+
+
+def find_layer(model: Any, path: str) -> Any:
+    """The layer at slash-joined ``path`` below ``model``, by the names of direct children."""
+    layer = model
+    for name in path.split("/"):
+        children = list(layer._flatten_layers(include_self=False, recursive=False))
+        matches = [child for child in children if child.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{path}: {len(matches)} children named {name!r} in {layer.name}")
+        layer = matches[0]
+    return layer
+
+
+def probes_for(model: Any, rows: list[str]) -> list[Probe]:
+    """Probes for row paths written as gradscope writes them: ``a/b``, ``a@1``, ``a:0``."""
+    probes = []
+    for row in rows:
+        path, output = row.rsplit(":", 1) if ":" in row else (row, "0")
+        path, call = path.rsplit("@", 1) if "@" in path else (path, "0")
+        probes.append(Probe(row, find_layer(model, path), int(call), int(output)))
+    return probes
+
+
+def compare(actual: Any, expected: np.ndarray, rtol: float, what: str) -> None:
+    """``actual`` equals ``expected`` within ``rtol`` of ``max|expected|`` (finite entries);
+    non-finite entries must be the same non-finite value at the same positions."""
+    actual = np.asarray(actual, np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isfinite(actual), finite, err_msg=f"{what}: non-finite")
+    np.testing.assert_array_equal(actual[~finite], expected[~finite], err_msg=what)
+    if not finite.any():
+        return
+    scale = float(np.max(np.abs(expected[finite])))
+    np.testing.assert_allclose(
+        actual[finite], expected[finite], rtol=rtol, atol=rtol * scale, err_msg=what
+    )
+
+
+def assert_stats(got: Any, array: np.ndarray, rtol: float, what: str) -> None:
+    """Report statistics ``got`` describe ``array``: numpy float64 within ``rtol``.
+
+    Counts (exact zeros, non-finite entries) must be equal.  A statistic that numpy finds
+    non-finite (an overflowed tensor) must be the same NaN or infinity in ``got``: a
+    non-finite value is reported, never hidden.  ``mean`` and ``std`` may be near 0, so
+    they also get an absolute tolerance of ``rtol * max|x|``.
+    """
+    assert got is not None, f"{what}: no statistics"
+    want = numpy_stats(array)
+    assert got.zero_frac == want["zero_frac"], f"{what}: zero_frac"
+    assert got.nonfinite == want["nonfinite"], f"{what}: nonfinite"
+    scale = want["max_abs"] if np.isfinite(want["max_abs"]) else 0.0
+    for name in ("l2", "max_abs", "mean", "std"):
+        value, expected = float(getattr(got, name)), want[name]
+        if not np.isfinite(expected):
+            assert value == expected or (np.isnan(value) and np.isnan(expected)), (
+                f"{what}: {name} {value} != {expected}"
+            )
+            continue
+        absolute = 0.0 if name in ("l2", "max_abs") else rtol * scale
+        assert abs(value - expected) <= rtol * abs(expected) + absolute, (
+            f"{what}: {name} {value} != {expected}"
+        )

@@ -8,6 +8,14 @@ the recorded tensors are the very tensors the rest of the model consumes, so the
 pass is bit-for-bit the one Keras runs.  The gradient engine then differentiates the
 loss with respect to those intermediate tensors directly: no probe is added to the graph.
 
+A layer output's gradient is the gradient with respect to what the layer handed to the
+rest of the model.  When the returned tensor is also read elsewhere (a layer returning
+its input unchanged, like Dropout in inference; a second output computed from the
+first, like MultiHeadAttention's scores; the same tensor returned twice), the gradient
+with respect to that tensor object would be the total over every reader.  Such an
+output is returned as a ``tf.identity`` of itself (same value, same Keras mask and
+cached logits), so that its gradient counts only the layer's own consumers.
+
 This is generic: no per-class code.  Shared layers get one record per call.  Calls made
 inside a control-flow body (an RNN cell inside ``tf.while_loop``) belong to another
 graph and cannot be differentiated from outside; they are recorded with a note.
@@ -147,20 +155,78 @@ class LayerCapture:
     ) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             outputs = original(*args, **kwargs)
-            _record(outputs, node, recording, tape, graph)
-            return outputs
+            return _record(outputs, (args, kwargs), node, recording, tape, graph)
 
         return call
 
 
-def _record(outputs: Any, node: LayerNode, recording: Recording, tape: Any, graph: Any) -> None:
-    """Append one :class:`CapturedOutput` per tensor of ``outputs``; watch float ones."""
+# Attributes Keras attaches to tensors and reads downstream: the mask, and the logits a
+# crossentropy uses instead of softmax/sigmoid probabilities.
+_KERAS_TENSOR_ATTRIBUTES = ("_keras_mask", "_keras_logits")
+
+
+def _read_elsewhere(tensor: Any, earlier: list[Any], call_inputs: set[int]) -> bool:
+    """Whether ``tensor`` has readers other than the layer's consumers downstream.
+
+    True when it is one of the call's inputs (handed on unchanged), was already returned
+    by this call, or already has consumers in the graph when the call returns (read
+    inside the layer, or elsewhere before).
+    """
+    if id(tensor) in call_inputs or any(tensor is t for t in earlier):
+        return True
+    consumers = getattr(tensor, "consumers", None)
+    return bool(consumers()) if callable(consumers) else False
+
+
+def _separate(tensor: Any) -> Any:
+    """``tf.identity(tensor)``, carrying over the Keras attributes the loss and masks read."""
+    tf = _tf.tensorflow()
+    separated = tf.identity(tensor)
+    for attribute in _KERAS_TENSOR_ATTRIBUTES:
+        value = getattr(tensor, attribute, None)
+        if value is not None:
+            setattr(separated, attribute, value)
+    return separated
+
+
+def identity_chain(tensor: Any) -> list[Any]:
+    """``tensor`` and the tensors it is an identity of, following ``Identity`` ops back.
+
+    A model output with cached logits gets its probability-path gradient from a probe
+    (see :mod:`gradscope.engine.gradients`); when the output is a :func:`_separate` copy,
+    the layer outputs it copies carry that gradient too.
+    """
+    chain = [tensor]
+    op = getattr(tensor, "op", None)
+    while op is not None and op.type == "Identity" and len(op.inputs) == 1:
+        chain.append(op.inputs[0])
+        op = getattr(chain[-1], "op", None)
+    return chain
+
+
+def _record(
+    outputs: Any,
+    call_args: Any,
+    node: LayerNode,
+    recording: Recording,
+    tape: Any,
+    graph: Any,
+) -> Any:
+    """Append one :class:`CapturedOutput` per tensor of ``outputs``; watch float ones.
+
+    Returns ``outputs``, with each float tensor that is also read elsewhere replaced by
+    its :func:`_separate` copy (see the module docstring).
+    """
     tf = _tf.tensorflow()
     call_index = recording.calls_per_layer.get(id(node.layer), 0)
     recording.calls_per_layer[id(node.layer)] = call_index + 1
-    tensors = [t for t in tf.nest.flatten(outputs) if tf.is_tensor(t)]
+    flat = tf.nest.flatten(outputs)
+    positions = [i for i, t in enumerate(flat) if tf.is_tensor(t)]
     in_other_graph = tf.compat.v1.get_default_graph() is not graph
-    for index, tensor in enumerate(tensors):
+    call_inputs = {id(t) for t in tf.nest.flatten(call_args) if tf.is_tensor(t)}
+    replaced = False
+    for index, position in enumerate(positions):
+        tensor = flat[position]
         note = None
         differentiable = False
         if in_other_graph:
@@ -170,10 +236,21 @@ def _record(outputs: Any, node: LayerNode, recording: Recording, tape: Any, grap
         elif not _is_float(tensor):
             note = f"{tensor.dtype.name} output: no gradient"
         else:
+            if _read_elsewhere(tensor, [flat[p] for p in positions[:index]], call_inputs):
+                tensor = flat[position] = _separate(tensor)
+                replaced = True
             tape.watch(tensor)
             differentiable = True
         recording.outputs.append(
             CapturedOutput(
-                node, call_index, index, len(tensors), tensor, differentiable, note, in_other_graph
+                node,
+                call_index,
+                index,
+                len(positions),
+                tensor,
+                differentiable,
+                note,
+                in_other_graph,
             )
         )
+    return tf.nest.pack_sequence_as(outputs, flat) if replaced else outputs

@@ -22,7 +22,7 @@ from .. import _tf, stats
 from ..loading.data import Batch
 from ..loading.signature import ModelSignature
 from ..losses import LossSpec, has_cached_logits, probability_path_loss, regularization, total_loss
-from .capture import CapturedOutput, LayerCapture, LayerNode
+from .capture import CapturedOutput, LayerCapture, LayerNode, identity_chain
 
 
 @dataclass
@@ -260,15 +260,17 @@ class GradientEngine:
         probes: list[tuple[int, Any]],
         y_pred: Any,
     ) -> list[Any]:
-        """Add each probe's gradient to the captured output that is that model output."""
+        """Add each probe's gradient to the captured outputs that are that model output
+        (itself, or a tensor it is an identity of: see :func:`capture.identity_chain`)."""
         tf = _tf.tensorflow()
         activation_grads = [_dense(g) for g in grads["activations"]]
         flat = tf.nest.flatten(y_pred)
         for (index, _), probe_grad in zip(probes, grads["probes"], strict=True):
             if probe_grad is None:
                 continue
+            same_value = identity_chain(flat[index])
             for position, captured in enumerate(differentiable):
-                if captured.tensor is flat[index]:
+                if any(captured.tensor is tensor for tensor in same_value):
                     current = activation_grads[position]
                     activation_grads[position] = (
                         probe_grad if current is None else current + probe_grad

@@ -18,10 +18,9 @@ import numpy as np
 from ..errors import MismatchError
 from ..report import BatchInfo
 from .data import Batch
-from .signature import ModelSignature, TensorSpec
+from .signature import ModelSignature, TensorSpec, vocabulary_of
 
 DEFAULT_ROWS = 16
-_VOCAB_ATTRIBUTES = ("input_dim", "num_tokens", "vocabulary_size")
 
 
 def _concrete_shape(spec: TensorSpec, rows: int, what: str) -> tuple[int, ...]:
@@ -32,14 +31,6 @@ def _concrete_shape(spec: TensorSpec, rows: int, what: str) -> tuple[int, ...]:
             "a synthetic batch needs fixed sizes. Give a batch with --data."
         )
     return (rows, *(int(d) for d in spec.shape[1:] if d is not None))
-
-
-def _vocabulary_of(layer: Any) -> int | None:
-    for attribute in _VOCAB_ATTRIBUTES:
-        value = getattr(layer, attribute, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _consumers(model: Any, tensor: Any) -> list[Any]:
@@ -54,14 +45,14 @@ def _consumers(model: Any, tensor: Any) -> list[Any]:
 
 def _all_vocabularies(model: Any) -> list[int]:
     layers = model._flatten_layers(include_self=False) if hasattr(model, "_flatten_layers") else []
-    return [v for v in (_vocabulary_of(layer) for layer in layers) if v is not None]
+    return [v for v in (vocabulary_of(layer) for layer in layers) if v is not None]
 
 
 def integer_input_bound(model: Any, index: int) -> int:
     """Exclusive upper bound for ids fed to integer input number ``index``."""
     inputs = list(getattr(model, "inputs", None) or [])
     if index < len(inputs):
-        direct = [_vocabulary_of(layer) for layer in _consumers(model, inputs[index])]
+        direct = [vocabulary_of(layer) for layer in _consumers(model, inputs[index])]
         known = [v for v in direct if v is not None]
         if known:
             return min(known)
