@@ -101,7 +101,7 @@ class Health:
 
 
 @dataclass(frozen=True)
-class _Layer:
+class LayerNorm:
     """A layer's variables, folded: gradient and weight norms over all of them."""
 
     path: str
@@ -128,14 +128,14 @@ def _quadrature(values: Iterable[float]) -> float:
     return math.sqrt(sum(v * v for v in values))
 
 
-def _layers(variables: Sequence[VariableRow]) -> list[_Layer]:
+def layer_norms(variables: Sequence[VariableRow]) -> list[LayerNorm]:
     """Per layer, in forward order: norms over its variables with a finite gradient."""
     grouped: dict[str, list[VariableRow]] = {}
     for row in variables:
         if row.grad is not None and math.isfinite(row.grad.l2):
             grouped.setdefault(row.layer, []).append(row)
     return [
-        _Layer(
+        LayerNorm(
             path,
             _quadrature(r.grad.l2 for r in rows if r.grad is not None),
             _quadrature(r.weight_l2 for r in rows if math.isfinite(r.weight_l2)),
@@ -205,7 +205,7 @@ def _nonfinite_gradients(report: Report) -> list[Finding]:
     ]
 
 
-def _vanishing(layers: Sequence[_Layer], limit: float) -> list[Finding]:
+def _vanishing(layers: Sequence[LayerNorm], limit: float) -> list[Finding]:
     largest = max((layer.grad_l2 for layer in layers), default=0.0)
     if largest <= 0:
         return []
@@ -226,7 +226,7 @@ def _vanishing(layers: Sequence[_Layer], limit: float) -> list[Finding]:
     ]
 
 
-def _exploding(report: Report, layers: Sequence[_Layer], t: Thresholds) -> list[Finding]:
+def _exploding(report: Report, layers: Sequence[LayerNorm], t: Thresholds) -> list[Finding]:
     findings = []
     norm = report.global_grad_norm
     if math.isfinite(norm) and norm > t.exploding_norm:
@@ -278,7 +278,7 @@ def _dead(report: Report, limit: float) -> list[Finding]:
     ]
 
 
-def _stalled(layers: Sequence[_Layer], limit: float) -> list[Finding]:
+def _stalled(layers: Sequence[LayerNorm], limit: float) -> list[Finding]:
     slow = [layer for layer in layers if layer.ratio is not None and layer.ratio < limit]
     if not slow:
         return []
@@ -304,7 +304,7 @@ def _listing(paths: Iterable[str], most: int = 4) -> str:
 def diagnose(report: Report, thresholds: Thresholds | None = None) -> Health:
     """Every diagnosis of ``report`` under ``thresholds`` (the defaults when ``None``)."""
     t = thresholds or Thresholds()
-    layers = _layers(report.variables)
+    layers = layer_norms(report.variables)
     findings = [
         *_nonfinite_findings(report),
         *_vanishing(layers, t.vanishing_ratio),

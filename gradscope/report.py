@@ -9,6 +9,7 @@ JSON stays valid, and the ``nonfinite`` counts say why a value is missing.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Mapping
@@ -400,6 +401,32 @@ class _JsonMixin:
     def to_json(self, indent: int | None = 2) -> str:
         """The report as JSON text: valid JSON even when values are NaN or infinite."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    # -- display: the CLI's table in a terminal or a notebook -------------------------
+
+    def _table(self, width: int | None, color: bool) -> str:
+        from .render import OutputFormat, render
+
+        return render(self, OutputFormat.TABLE, width=width, color=color)  # type: ignore[arg-type]
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        """``rich.print(report)``: the table, at the console's width, in colour."""
+        from rich.text import Text
+
+        yield Text.from_ansi(self._table(options.max_width, color=True))
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's terminal display: the plain table."""
+        printer.text("..." if cycle else self._table(None, color=False))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: the coloured table as HTML (rich's export)."""
+        from rich.console import Console
+        from rich.text import Text
+
+        console = Console(record=True, width=140, file=io.StringIO(), force_jupyter=False)
+        console.print(Text.from_ansi(self._table(140, color=True)))
+        return console.export_html(inline_styles=True, code_format="<pre>{code}</pre>")
 
 
 @dataclass(frozen=True)

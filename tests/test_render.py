@@ -499,11 +499,36 @@ def test_table_variables() -> None:
 def test_table_activations_without_notes_has_no_note_column() -> None:
     assert render_plain(table_render.activations_table(make_report().activations)) == (
         "Gradients by layer output\n"
-        "path    class   shape         ‖g‖     max|g|        ‖a‖   dead  zeros  non-finite\n"
-        "─────────────────────────────────────────────────────────────────────────────────\n"
-        "dense   Dense   8x4     1.235e+00  5.000e-01  7.000e+00  25.0%  12.5%           0\n"
-        "head@1  Lambda  scalar        nan        inf        nan      —   0.0%           3\n"
+        "path    class   shape         ‖g‖  log ‖g‖      max|g|        ‖a‖   dead  zeros"
+        "  non-finite\n"
+        f"{RULE * 91}\n"
+        "dense   Dense   8x4     1.235e+00  ████████  5.000e-01  7.000e+00  25.0%  12.5%"
+        "           0\n"
+        "head@1  Lambda  scalar        nan  ×               inf        nan      —   0.0%"
+        "           3\n"
     )
+
+
+def test_sparkline_and_bars_follow_log10() -> None:
+    # 1e-6 .. 1e0: seven decades on eight levels; zero and NaN get their own marks.
+    assert table_render.sparkline([1e-6, 1e-3, 1.0, 0.0, float("nan")]) == "▁▅█·×"
+    assert table_render.sparkline([2.0, 2.0]) == "██"
+    scale = (-6.0, 0.0)
+    bars = [table_render.log_bar(v, scale) for v in (1e-6, 1e-3, 1.0)]
+    assert [len(b.rstrip()) for b in bars] == [1, 5, 8]
+    assert bars[2] == "████████" and bars[0].startswith("▍")
+    assert table_render.log_bar(None, scale) == "" and table_render.log_bar(0.0, scale) == "·"
+
+
+def test_header_shows_the_gradient_profile_by_layer() -> None:
+    from gradscope import api
+
+    sample = Path(__file__).resolve().parent.parent / "sample_models"
+    report = api.inspect_file(sample / "deep_sigmoid.keras", sample / "deep_sigmoid.npz")
+    line = next(
+        ln for ln in table_render.format_report(report).splitlines() if "‖g‖ by layer" in ln
+    )
+    assert "▁▂▃▃▄▅▅▆▇▇█" in line and "(input → output)" in line
 
 
 def test_full_table_plain_text() -> None:
@@ -621,3 +646,26 @@ def test_table_loss_six_significant_digits() -> None:
     assert "loss        123.457 (override: mse)\n" in text
     nan_loss = make_report(loss=LossInfo(value=NAN, source="override: mse", kind="override"))
     assert "loss        nan (override: mse)\n" in table_render.format_report(nan_loss)
+
+
+def test_reports_display_in_rich_ipython_and_jupyter() -> None:
+    from rich.console import Console
+
+    report = make_report()
+    console = Console(file=io.StringIO(), width=100, force_terminal=True, color_system="standard")
+    console.print(report)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", console.file.getvalue())  # type: ignore[attr-defined]
+    lines = [line.rstrip() for line in shown.rstrip("\n").split("\n")]
+    assert lines == table_render.format_report(report, width=100).rstrip("\n").split("\n")
+
+    class Printer:
+        text_out = ""
+
+        def text(self, value: str) -> None:
+            self.text_out += value
+
+    printer = Printer()
+    report._repr_pretty_(printer, False)
+    assert printer.text_out == table_render.format_report(report)
+    html = report._repr_html_()
+    assert html.startswith("<pre>") and "dense/kernel" in html and "font-weight: bold" in html

@@ -18,7 +18,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.health import Health
+from gradscope.health import Health, layer_norms
 from gradscope.render import format_shape
 from gradscope.report import (
     ActivationRow,
@@ -140,6 +140,60 @@ def run_lines(report: Report | HessianReport) -> list[tuple[str, str]]:
     ]
 
 
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+BAR_EIGHTHS = " ▏▎▍▌▋▊▉█"
+BAR_WIDTH = 8
+
+
+def _log_scale(values: Sequence[float]) -> tuple[float, float] | None:
+    """The range of log10 over the finite positive ``values``, or ``None``."""
+    logs = [math.log10(v) for v in values if math.isfinite(v) and v > 0]
+    return (min(logs), max(logs)) if logs else None
+
+
+def _fraction(value: float, scale: tuple[float, float]) -> float:
+    low, high = scale
+    return 1.0 if high == low else (math.log10(value) - low) / (high - low)
+
+
+def sparkline(values: Sequence[float]) -> str:
+    """One character per value, its height by log10: ``·`` for zero, ``×`` for NaN/Inf."""
+    scale = _log_scale(values)
+    chars = []
+    for value in values:
+        if not math.isfinite(value):
+            chars.append("×")
+        elif value <= 0 or scale is None:
+            chars.append("·")
+        else:
+            level = round(_fraction(value, scale) * (len(SPARK_LEVELS) - 1))
+            chars.append(SPARK_LEVELS[level])
+    return "".join(chars)
+
+
+def log_bar(value: float | None, scale: tuple[float, float] | None) -> str:
+    """A bar of :data:`BAR_WIDTH` cells whose length is ``value`` on the log ``scale``."""
+    if value is None or scale is None:
+        return ""
+    if not math.isfinite(value):
+        return "×"
+    if value <= 0:
+        return "·"
+    eighths = round((0.05 + 0.95 * _fraction(value, scale)) * BAR_WIDTH * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (BAR_EIGHTHS[part] if part else "")).ljust(BAR_WIDTH)
+
+
+def gradient_profile(report: Report) -> str | None:
+    """``▁▂▄█  1.2e-07 … 6.2e-01 (input → output)``: log10 of each layer's gradient norm,
+    layers in forward order, so vanishing or exploding gradients show at a glance."""
+    norms = [layer.grad_l2 for layer in layer_norms(report.variables)]
+    scale = _log_scale(norms)
+    if len(norms) < 2 or scale is None:
+        return None
+    return f"{sparkline(norms)}  {10**scale[0]:.1e} … {10**scale[1]:.1e} (input → output)"
+
+
 def _spread(spread: NormSpread) -> str:
     return f"{fmt_float(spread.min)} / {fmt_float(spread.median)} / {fmt_float(spread.max)}"
 
@@ -147,6 +201,9 @@ def _spread(spread: NormSpread) -> str:
 def header(report: Report) -> Table:
     """The summary block above the tables: model, batch, loss, mode, global norm."""
     lines = [*run_lines(report), ("global ‖g‖", fmt_float(report.global_grad_norm))]
+    profile = gradient_profile(report)
+    if profile is not None:
+        lines.append(("‖g‖ by layer", profile))
     if report.batches is not None:
         batches = report.batches
         lines[2 + len(report.model.notes) : 2 + len(report.model.notes)] = [
@@ -188,6 +245,7 @@ ACTIVATION_COLUMNS: tuple[Column, ...] = (
     ("class", "text"),
     ("shape", "text"),
     ("‖g‖", "num"),
+    ("log ‖g‖", "text"),
     ("max|g|", "num"),
     ("‖a‖", "num"),
     ("dead", "num"),
@@ -239,14 +297,20 @@ def variable_cells(row: VariableRow) -> list[Text]:
     ]
 
 
-def activation_cells(row: ActivationRow) -> list[Text]:
-    """Cells of one row of the layer-output table, in :data:`ACTIVATION_COLUMNS` order."""
+def activation_cells(
+    row: ActivationRow, scale: tuple[float, float] | None = None
+) -> list[Text]:
+    """Cells of one row of the layer-output table, in :data:`ACTIVATION_COLUMNS` order;
+    ``scale`` is the log10 range of the gradient norms the bars share."""
     value = row.value
+    norm, largest = _grad_cells(row.grad)
     return [
         Text(row.path),
         Text(row.layer_class),
         Text(format_shape(row.shape)),
-        *_grad_cells(row.grad),
+        norm,
+        Text(log_bar(None if row.grad is None else row.grad.l2, scale), style="cyan"),
+        largest,
         Text(fmt_float(None if value is None else value.l2)),
         Text(fmt_percent(None if value is None else value.dead_frac)),
         _zeros_cell(row.grad),
@@ -311,7 +375,8 @@ def variables_table(variables: Sequence[VariableRow]) -> Table:
 
 def activations_table(activations: Sequence[ActivationRow]) -> Table:
     """Gradient per layer output, with the output's own norm and dead-unit fraction."""
-    rows = [activation_cells(row) for row in activations]
+    scale = _log_scale([r.grad.l2 for r in activations if r.grad is not None])
+    rows = [activation_cells(row, scale) for row in activations]
     notes = [row.note for row in activations]
     return make_table("Gradients by layer output", ACTIVATION_COLUMNS, rows, notes)
 
