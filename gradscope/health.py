@@ -239,19 +239,7 @@ def _exploding(report: Report, layers: Sequence[LayerNorm], t: Thresholds) -> li
                 t.exploding_norm,
             )
         )
-    steep = [layer for layer in layers if (layer.ratio or 0.0) > t.exploding_ratio]
-    if steep:
-        worst = max(steep, key=lambda layer: layer.ratio or 0.0)
-        findings.append(
-            Finding(
-                "exploding",
-                f"{len(steep)} layers have ||g||/||w|| above {t.exploding_ratio:g}; the "
-                f"largest: {worst.path} ({worst.ratio:.3e})",
-                tuple(layer.path for layer in steep),
-                {"largest_ratio": worst.ratio, "layers": len(steep)},
-                t.exploding_ratio,
-            )
-        )
+    findings.extend(_ratio_outliers("exploding", layers, t.exploding_ratio, above=True))
     return findings
 
 
@@ -278,18 +266,27 @@ def _dead(report: Report, limit: float) -> list[Finding]:
     ]
 
 
-def _stalled(layers: Sequence[LayerNorm], limit: float) -> list[Finding]:
-    slow = [layer for layer in layers if layer.ratio is not None and layer.ratio < limit]
-    if not slow:
+def _ratio_outliers(
+    kind: Kind, layers: Sequence[LayerNorm], limit: float, *, above: bool
+) -> list[Finding]:
+    """Layers whose ``||g|| / ||w||`` is above (or below) ``limit``, as one finding."""
+    hit = [
+        layer
+        for layer in layers
+        if layer.ratio is not None and (layer.ratio > limit if above else layer.ratio < limit)
+    ]
+    if not hit:
         return []
-    worst = min(slow, key=lambda layer: layer.ratio or 0.0)
+    extreme = "largest" if above else "lowest"
+    worst = (max if above else min)(hit, key=lambda layer: layer.ratio or 0.0)
     return [
         Finding(
-            "stalled",
-            f"{len(slow)} layers have ||g||/||w|| below {limit:g}: {_listing(s.path for s in slow)}"
-            f"; the lowest: {worst.path} ({worst.ratio:.3e})",
-            tuple(layer.path for layer in slow),
-            {"lowest_ratio": worst.ratio, "layers": len(slow)},
+            kind,
+            f"{len(hit)} layers have ||g||/||w|| {'above' if above else 'below'} {limit:g}: "
+            f"{_listing(layer.path for layer in hit)}; the {extreme}: {worst.path} "
+            f"({worst.ratio:.3e})",
+            tuple(layer.path for layer in hit),
+            {f"{extreme}_ratio": worst.ratio, "layers": len(hit)},
             limit,
         )
     ]
@@ -310,6 +307,6 @@ def diagnose(report: Report, thresholds: Thresholds | None = None) -> Health:
         *_vanishing(layers, t.vanishing_ratio),
         *_exploding(report, layers, t),
         *_dead(report, t.dead_fraction),
-        *_stalled(layers, t.stalled_ratio),
+        *_ratio_outliers("stalled", layers, t.stalled_ratio, above=False),
     ]
     return Health(tuple(findings), t)
