@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import error_line, invoke
 
 import gradscope
-from gradscope.cli import app
 from gradscope.errors import ExitCode, ModelLoadError, UsageError
 from gradscope.loading.custom_objects import CustomObjects, import_custom_objects
 from gradscope.loading.models import LoadOptions, load_model
@@ -34,25 +33,6 @@ KERAS2_LAMBDA = FIXTURES / "keras2_lambda.h5"
 # reductions differs (eager per-op vs. one optimized graph), which is a few ulps on
 # values of order 1 here.
 RTOL, ATOL = 1e-5, 1e-6
-
-
-def invoke(*args: object) -> Any:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}\nstderr: {result.stderr}")
-    return result
-
-
-def error_line(args: list[object], code: int) -> str:
-    """Run a failing command; check exit code, empty stdout, one line; return its message."""
-    result = invoke(*args)
-    assert result.exit_code == code, f"exit {result.exit_code}; stderr: {result.stderr!r}"
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line: {result.stderr!r}"
-    assert lines[0].startswith("gradscope: error: "), lines[0]
-    return lines[0][len("gradscope: error: ") :]
 
 
 # -- the reference -------------------------------------------------------------------------

@@ -18,22 +18,14 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import invoke
 
 import gradscope
-from gradscope.cli import app
 from gradscope.errors import ExitCode
 from gradscope.export import hdf5
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 KINDS = {"variables": "variable", "inputs": "input", "activations": "activation"}
-
-
-def invoke(*args: object) -> Any:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}\nstderr: {result.stderr}")
-    return result
 
 
 def one_error_line(result: Any, code: int) -> str:

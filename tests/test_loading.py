@@ -19,10 +19,9 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import invoke
 
 import gradscope
-from gradscope.cli import app
 from gradscope.errors import (
     DataLoadError,
     ExitCode,
@@ -34,13 +33,6 @@ from gradscope.errors import (
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MLP = SAMPLES / "mlp.keras"
 TEXT = SAMPLES / "text_lstm.keras"
-
-
-def invoke(*args: object) -> Any:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}\nstderr: {result.stderr}")
-    return result
 
 
 def run_json(*args: object) -> dict[str, Any]:

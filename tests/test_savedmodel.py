@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import error_line, invoke
 
 import gradscope
-from gradscope.cli import app
 from gradscope.errors import ExitCode, ModelLoadError
 from gradscope.loading.models import load_model
 from gradscope.loading.savedmodel import LAYER_OUTPUTS_NOTE, NO_VARIABLES_NOTE
@@ -29,24 +28,6 @@ from gradscope.loading.savedmodel import LAYER_OUTPUTS_NOTE, NO_VARIABLES_NOTE
 # reference may sum in a different order: a few ulps on values of order 1.
 RTOL, ATOL = 1e-5, 1e-6
 ROWS = 6
-
-
-def invoke(*args: object) -> Any:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}\nstderr: {result.stderr}")
-    return result
-
-
-def error_line(args: list[object], code: int) -> str:
-    """Run a failing command; check exit code, empty stdout, one line; return its message."""
-    result = invoke(*args)
-    assert result.exit_code == code, f"exit {result.exit_code}; stderr: {result.stderr!r}"
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line: {result.stderr!r}"
-    return lines[0].removeprefix("gradscope: error: ")
 
 
 def arrays(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
@@ -199,7 +180,11 @@ def test_hessian_of_a_savedmodel_matches_the_original(
     model, folder = exported
     inputs = arrays({"a": (ROWS, 3), "b": (ROWS, 2)}, seed=4)
     options = gradscope.HessianOptions(
-        block="model", method="lanczos", top_k=2, tol=1e-6, hvp=mode  # type: ignore[arg-type]
+        block="model",
+        method="lanczos",
+        top_k=2,
+        tol=1e-6,
+        hvp=mode,  # type: ignore[arg-type]
     )
     saved = gradscope.hessian(load_model(folder).model, inputs, options=options)
     exact = gradscope.HessianOptions(block="model", method="exact", top_k=2)
