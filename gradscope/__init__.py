@@ -2,8 +2,10 @@
 
 The public API is :func:`inspect` (an in-memory model and arrays) and
 :func:`inspect_file` (a saved model and a batch file), returning a plain-data
-:class:`Report`, and :func:`hessian` / :func:`hessian_file`, returning a
-:class:`HessianReport`.  TensorFlow is imported on first use, not when this package is imported.
+:class:`Report`; :func:`hessian` / :func:`hessian_file`, returning a
+:class:`HessianReport`; :func:`check` / :func:`check_file` (finite-difference gradient
+check), returning a :class:`CheckReport`; and :func:`diff_files`, comparing two saved
+reports.  TensorFlow is imported on first use, not when this package is imported.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationRow",
     "BatchInfo",
+    "CheckReport",
     "CrossBlock",
     "GradientTensors",
     "HessianBlock",
@@ -44,6 +47,9 @@ __all__ = [
     "ValueStats",
     "VariableRow",
     "__version__",
+    "check",
+    "check_file",
+    "diff_files",
     "hessian",
     "hessian_file",
     "inspect",
@@ -52,17 +58,28 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .api import inspect, inspect_file
+    from .check_report import CheckReport
     from .curvature import HessianOptions, hessian, hessian_file
+    from .diff import diff_files
+    from .gradcheck import check, check_file
+
+_LAZY = {
+    "inspect": "api",
+    "inspect_file": "api",
+    "hessian": "curvature",
+    "hessian_file": "curvature",
+    "HessianOptions": "curvature",
+    "check": "gradcheck",
+    "check_file": "gradcheck",
+    "CheckReport": "check_report",
+    "diff_files": "diff",
+}
 
 
 def __getattr__(name: str) -> Any:
     """Import the API lazily, so ``import gradscope`` stays light."""
-    if name in ("inspect", "inspect_file"):
-        from . import api
+    if name in _LAZY:
+        import importlib
 
-        return getattr(api, name)
-    if name in ("hessian", "hessian_file", "HessianOptions"):
-        from . import curvature
-
-        return getattr(curvature, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'gradscope' has no attribute {name!r}")

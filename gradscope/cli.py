@@ -487,6 +487,89 @@ def hessian(
 
 
 @app.command()
+def check(
+    model: ModelArg,
+    data: DataOpt = None,
+    limit: LimitOpt = None,
+    loss: LossOpt = None,
+    training: Annotated[
+        bool,
+        typer.Option(
+            "--training",
+            help="Training mode; every evaluation reuses the same dropout mask and state.",
+        ),
+    ] = False,
+    seed: SeedOpt = 0,
+    variables: Annotated[
+        str | None,
+        typer.Option("--vars", help="Only variables matching these globs (path, name or layer)."),
+    ] = None,
+    inputs: Annotated[
+        bool, typer.Option("--inputs/--no-inputs", help="Also check the float model inputs.")
+    ] = True,
+    samples: Annotated[
+        int,
+        typer.Option("--samples", help="Random entries per tensor, besides the 4 largest |g|."),
+    ] = 16,
+    tol: Annotated[
+        float | None,
+        typer.Option(
+            "--tol", help="Largest relative error that passes [default: 1e-5; float32: 1e-2]."
+        ),
+    ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="auto (float64 copy, float32 if it cannot be cast), float64 or float32.",
+        ),
+    ] = "auto",
+    output_format: FormatOpt = OutputFormat.TABLE,
+    custom_objects: CustomObjectsOpt = None,
+    unsafe: UnsafeOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check the autodiff gradient against central finite differences (in float64).
+
+    Exit 1 when a relative error exceeds --tol (after printing the whole report).
+    """
+    outcome: list[Any] = []
+
+    def action() -> str:
+        from . import gradcheck
+
+        report = gradcheck.check_file(
+            model,
+            data,
+            limit=limit,
+            loss=loss,
+            training=training,
+            seed=seed,
+            variables=variables,
+            inputs=inputs,
+            samples=samples,
+            tol=tol,
+            precision=precision.lower(),  # type: ignore[arg-type]  # checked by the library
+            custom_objects=custom_objects,
+            unsafe=unsafe,
+        )
+        if report.precision.note is not None:
+            _note(report.precision.note, quiet)
+        outcome.append(report)
+        return _finish(report, output_format, None, lambda *_: None, "", quiet)
+
+    _emit(run_guarded(action, debug))
+    report = outcome[0]
+    if not report.passed:
+        failed = ", ".join(row.path for row in report.failed)
+        _note(
+            f"check failed: relative error above --tol {report.precision.tol:g} in {failed}", quiet
+        )
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+@app.command()
 def diff(
     report_a: Annotated[
         Path,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 
+from gradscope.check_report import CheckReport
+from gradscope.diff import DiffReport
 from gradscope.report import HessianReport, Report
 
 __all__ = ["OutputFormat", "format_shape", "render"]
@@ -32,7 +34,7 @@ def format_shape(shape: tuple[int, ...]) -> str:
 
 
 def render(
-    report: Report | HessianReport,
+    report: Report | HessianReport | DiffReport | CheckReport,
     fmt: OutputFormat,
     *,
     width: int | None = None,
@@ -45,6 +47,12 @@ def render(
     (``"json"``), which is what a CLI option hands over.
     """
     fmt = OutputFormat(fmt)
+    if isinstance(report, DiffReport):
+        return _render_diff(report, fmt, width=width, color=color)
+    if isinstance(report, CheckReport):
+        from gradscope.render import check
+
+        return check.format_report(report, fmt, width=width, color=color)
     if fmt is OutputFormat.JSON:
         from gradscope.render import json
 
@@ -62,3 +70,14 @@ def render(
     from gradscope.render import csv
 
     return csv.format_report(report)
+
+
+def _render_diff(report: DiffReport, fmt: OutputFormat, *, width: int | None, color: bool) -> str:
+    """A ``gradscope diff`` report (schema ``gradscope.diff/1``) in format ``fmt``."""
+    from gradscope.render import diff
+
+    if fmt is OutputFormat.TABLE:
+        return diff.format_table(report, width=width, color=color)
+    if fmt is OutputFormat.JSON:
+        return diff.format_json(report)
+    return diff.format_csv(report)

@@ -1,0 +1,940 @@
+"""Compare two saved ``inspect`` reports: what changed between two checkpoints or runs.
+
+``gradscope diff A.json B.json`` reads two JSON reports of schema ``gradscope.inspect/1``
+(``gradscope inspect --format json``) and says, per variable and per layer output
+(matched by ``path``), by which factor the gradient norms moved from A to B, which
+tensors appeared or disappeared, and which became non-finite (or recovered).  It only
+reads JSON: nothing here imports TensorFlow, so a CI job can diff reports cheaply.
+
+Every ratio is ``B / A`` of two non-negative norms.  When it does not exist (a zero or a
+missing/non-finite norm) the JSON holds ``null`` and a ``reason`` code (see
+:data:`REASONS`), never NaN or Infinity, so the output stays valid JSON.
+:meth:`DiffReport.to_dict` is the structure of schema ``gradscope.diff/1``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from gradscope.errors import DataLoadError, UsageError, received
+from gradscope.report import SCHEMA as INSPECT_SCHEMA
+from gradscope.report import finite_or_none
+
+__all__ = [
+    "DIFF_SCHEMA",
+    "FAIL_CONDITIONS",
+    "REASONS",
+    "ActivationDiff",
+    "Change",
+    "CheckResult",
+    "Checks",
+    "DiffReport",
+    "LossChange",
+    "NonfiniteChange",
+    "Presence",
+    "ReportSide",
+    "TopChange",
+    "VariableDiff",
+    "change",
+    "diff_files",
+    "diff_reports",
+    "load_report",
+    "parse_fail_on",
+]
+
+DIFF_SCHEMA = "gradscope.diff/1"
+
+TensorKind = Literal["variable", "activation", "input"]
+
+FAIL_CONDITIONS: tuple[str, ...] = ("nonfinite", "ratio", "added", "removed")
+"""What ``--fail-on`` can name: a tensor newly non-finite in B; a variable whose gradient
+norm moved by more than ``max_ratio`` either way; a tensor only in B; a tensor only in A."""
+
+REASONS: dict[str, str] = {
+    "nonfinite_a": "non-finite in A",
+    "nonfinite_b": "non-finite in B",
+    "nonfinite_both": "non-finite in A and B",
+    "missing_a": "no value in A",
+    "missing_b": "no value in B",
+    "missing_both": "no value in A or B",
+    "zero_a": "0 in A: infinite ratio",
+    "zero_b": "0 in B: ratio 0",
+    "zero_both": "0 in A and B: ratio undefined",
+    "overflow": "ratio beyond the float range",
+}
+"""Why a ratio (or its log10) is ``null``: the code in the JSON and its meaning."""
+
+INFINITE_REASONS = frozenset({"zero_a", "zero_b", "overflow"})
+"""Reasons of a change by an infinite factor (``|log10 ratio|`` is infinite)."""
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """One norm in A and in B, the factor ``ratio = b / a`` and ``log10_ratio``.
+
+    ``reason`` (a :data:`REASONS` code) is set whenever ``ratio`` or ``log10_ratio`` is
+    ``None``: a zero or a missing value on either side.  With ``zero_b`` the ratio is 0
+    and only its log10 is missing; with ``overflow`` only the ratio is.
+    """
+
+    a: float | None
+    b: float | None
+    ratio: float | None
+    log10_ratio: float | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": finite_or_none(self.a),
+            "b": finite_or_none(self.b),
+            "ratio": finite_or_none(self.ratio),
+            "log10_ratio": finite_or_none(self.log10_ratio),
+            "reason": self.reason,
+        }
+
+    @property
+    def magnitude(self) -> float:
+        """``|log10 ratio|``: infinite for a change from or to zero, 0 when undefined."""
+        if self.log10_ratio is not None:
+            return abs(self.log10_ratio)
+        return math.inf if self.reason in INFINITE_REASONS else 0.0
+
+    def beyond(self, factor: float) -> bool:
+        """Whether the value moved by more than ``factor`` (>= 1) up or down."""
+        if self.reason in INFINITE_REASONS:
+            return True
+        if self.ratio is None:
+            return False
+        return self.ratio > factor or self.ratio * factor < 1.0
+
+
+@dataclass(frozen=True)
+class LossChange:
+    """The loss in A and in B and ``delta = b - a`` (a loss may be negative: no ratio)."""
+
+    a: float | None
+    b: float | None
+    delta: float | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": finite_or_none(self.a),
+            "b": finite_or_none(self.b),
+            "delta": finite_or_none(self.delta),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class ReportSide:
+    """What one of the two reports describes: its file, model, batch, loss and mode."""
+
+    file: str | None
+    model: str
+    model_path: str | None
+    batch_source: str
+    batch_path: str | None
+    batch_size: int | None
+    batch_seed: int | None
+    loss_source: str
+    training: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "model": self.model,
+            "model_path": self.model_path,
+            "batch_source": self.batch_source,
+            "batch_path": self.batch_path,
+            "batch_size": self.batch_size,
+            "batch_seed": self.batch_seed,
+            "loss_source": self.loss_source,
+            "training": self.training,
+        }
+
+
+@dataclass(frozen=True)
+class VariableDiff:
+    """One trainable variable present in both reports (``path`` as in the inspect JSON).
+
+    ``shape`` is B's; ``note`` says when A's differs.
+    """
+
+    path: str
+    layer: str
+    layer_class: str
+    shape: tuple[int, ...]
+    grad_l2: Change
+    weight_l2: Change
+    grad_weight_ratio: Change
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "layer": self.layer,
+            "class": self.layer_class,
+            "shape": list(self.shape),
+            "grad_l2": self.grad_l2.to_dict(),
+            "weight_l2": self.weight_l2.to_dict(),
+            "grad_weight_ratio": self.grad_weight_ratio.to_dict(),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class ActivationDiff:
+    """One layer output present in both reports: its gradient norm and its own norm."""
+
+    path: str
+    layer_class: str
+    shape: tuple[int, ...]
+    grad_l2: Change
+    value_l2: Change
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "class": self.layer_class,
+            "shape": list(self.shape),
+            "grad_l2": self.grad_l2.to_dict(),
+            "value_l2": self.value_l2.to_dict(),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A tensor found in only one of the reports (``added``: only in B)."""
+
+    kind: TensorKind
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path}
+
+
+@dataclass(frozen=True)
+class NonfiniteChange:
+    """A tensor whose non-finite count went from 0 to more (or back): the two counts.
+
+    ``a`` is ``None`` for a tensor only in B, or without a gradient in A.
+    """
+
+    kind: TensorKind
+    path: str
+    quantity: Literal["grad", "value"]
+    a: int | None
+    b: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "quantity": self.quantity,
+            "a": self.a,
+            "b": self.b,
+        }
+
+
+@dataclass(frozen=True)
+class TopChange:
+    """One of the largest changes by ``|log10 ratio|``, across variables and layers."""
+
+    kind: TensorKind
+    path: str
+    quantity: str
+    change: Change
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "quantity": self.quantity,
+            **self.change.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One ``--fail-on`` condition: asked for or not, whether it fired, and on what."""
+
+    condition: str
+    requested: bool
+    triggered: bool
+    paths: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "condition": self.condition,
+            "requested": self.requested,
+            "triggered": self.triggered,
+            "paths": list(self.paths),
+        }
+
+
+@dataclass(frozen=True)
+class Checks:
+    """All conditions, evaluated whether requested or not; ``failed`` if a requested one
+    fired (the CLI then exits with code 1)."""
+
+    fail_on: tuple[str, ...]
+    max_ratio: float
+    results: tuple[CheckResult, ...]
+
+    @property
+    def failed(self) -> bool:
+        return any(r.requested and r.triggered for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fail_on": list(self.fail_on),
+            "max_ratio": finite_or_none(self.max_ratio),
+            "failed": self.failed,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """Everything ``gradscope diff`` found, as plain data (schema ``gradscope.diff/1``)."""
+
+    a: ReportSide
+    b: ReportSide
+    notes: tuple[str, ...]
+    global_grad_norm: Change
+    loss: LossChange
+    variables: tuple[VariableDiff, ...]
+    activations: tuple[ActivationDiff, ...]
+    added: tuple[Presence, ...]
+    removed: tuple[Presence, ...]
+    nonfinite_new: tuple[NonfiniteChange, ...]
+    nonfinite_recovered: tuple[NonfiniteChange, ...]
+    top: tuple[TopChange, ...]
+    checks: Checks
+    schema: str = DIFF_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON structure of schema ``gradscope.diff/1`` (see the README)."""
+        return {
+            "schema": self.schema,
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+            "notes": list(self.notes),
+            "global_grad_norm": self.global_grad_norm.to_dict(),
+            "loss": self.loss.to_dict(),
+            "variables": [row.to_dict() for row in self.variables],
+            "activations": [row.to_dict() for row in self.activations],
+            "added": [row.to_dict() for row in self.added],
+            "removed": [row.to_dict() for row in self.removed],
+            "nonfinite": {
+                "new": [row.to_dict() for row in self.nonfinite_new],
+                "recovered": [row.to_dict() for row in self.nonfinite_recovered],
+            },
+            "top": [row.to_dict() for row in self.top],
+            "checks": self.checks.to_dict(),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text; ``allow_nan=False`` guarantees valid JSON."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+# --- ratios -----------------------------------------------------------------------------
+
+
+def _state(value: float | None, nonfinite: bool) -> str:
+    """``nonfinite``, ``missing``, ``zero`` or ``ok`` for one side of a ratio."""
+    if value is None:
+        return "nonfinite" if nonfinite else "missing"
+    return "zero" if value == 0 else "ok"
+
+
+def _reason(state_a: str, state_b: str) -> str | None:
+    """The reason code of a pair of states; the worst problem wins (non-finite first)."""
+    for state in ("nonfinite", "missing", "zero"):
+        if state_a == state and state_b == state:
+            return f"{state}_both"
+        if state_a == state:
+            return f"{state}_a"
+        if state_b == state:
+            return f"{state}_b"
+    return None
+
+
+def change(
+    a: float | None, b: float | None, *, a_nonfinite: bool = False, b_nonfinite: bool = False
+) -> Change:
+    """The change of a non-negative norm from ``a`` to ``b``.
+
+    ``None`` is a missing value; ``*_nonfinite`` says it is missing because the tensor
+    held NaN/Inf (the inspect JSON writes those as ``null``).  ``log10_ratio`` is
+    ``log10(b) - log10(a)``, which cannot overflow even when ``b / a`` does.
+    """
+    reason = _reason(_state(a, a_nonfinite), _state(b, b_nonfinite))
+    if reason is not None:
+        return Change(a, b, 0.0 if reason == "zero_b" else None, None, reason)
+    assert a is not None and b is not None
+    log10_ratio = math.log10(b) - math.log10(a)
+    ratio = b / a
+    if not math.isfinite(ratio):
+        return Change(a, b, None, log10_ratio, "overflow")
+    return Change(a, b, ratio, log10_ratio)
+
+
+def _loss_change(a: float | None, b: float | None) -> LossChange:
+    """Loss values are always computed, so a ``null`` loss means a non-finite one."""
+    reason = _reason(_state(a, True), _state(b, True))
+    if a is None or b is None:
+        return LossChange(a, b, None, reason)
+    delta = b - a
+    return LossChange(a, b, delta, None if math.isfinite(delta) else "overflow")
+
+
+# --- reading and validating an inspect report -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """The two numbers of a statistics object the diff uses."""
+
+    l2: float | None
+    nonfinite: int
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """One row of an inspect report, reduced to what the diff compares."""
+
+    kind: TensorKind
+    path: str
+    layer: str
+    layer_class: str
+    shape: tuple[int, ...]
+    grad: _Stats | None
+    value: _Stats | None = None
+    weight_l2: float | None = None
+    ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A validated inspect report."""
+
+    side: ReportSide
+    loss: float | None
+    global_grad_norm: float | None
+    variables: dict[str, _Tensor]
+    activations: dict[str, _Tensor]
+    inputs: dict[str, _Tensor]
+
+
+_ABSENT = object()
+"""Marks a key that is not there at all (as opposed to ``null``)."""
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What was found, already in words (``a JSON list``), for an error message."""
+
+    text: str
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a found value, cut to one short line for an error message."""
+    text = "missing" if value is _ABSENT else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Reader:
+    """Reads one inspect report; every problem is a :class:`DataLoadError` naming it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fail(self, where: str, expected: str, found: Any) -> NoReturn:
+        """Raise the one-line error; ``found`` is a value (shown by ``repr``) or a
+        :class:`_Found` description."""
+        location = f"{self.name}: {where}" if where else self.name
+        shown = found.text if isinstance(found, _Found) else _short(found)
+        raise DataLoadError(f"{location}: expected {expected}. {received(shown)}")
+
+    @staticmethod
+    def get(obj: Mapping[str, Any], key: str) -> Any:
+        """``obj[key]``, or :data:`_ABSENT` (shown as ``missing``) when there is no such key."""
+        return obj.get(key, _ABSENT)
+
+    def mapping(self, obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+        value = self.get(obj, key)
+        if not isinstance(value, dict):
+            self.fail(f"{where}{key}", "an object", value)
+        return value
+
+    def items(self, obj: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+        value = self.get(obj, key)
+        if not isinstance(value, list):
+            self.fail(key, "a list", value)
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                self.fail(f"{key}[{i}]", "an object", item)
+        return value
+
+    def text(self, obj: Mapping[str, Any], key: str, where: str) -> str:
+        value = self.get(obj, key)
+        if not isinstance(value, str):
+            self.fail(f"{where}{key}", "a string", value)
+        return value
+
+    def number(self, obj: Mapping[str, Any], key: str, where: str, *, norm: bool) -> float | None:
+        """A finite number or ``null``; a norm must also be non-negative."""
+        value = self.get(obj, key)
+        if value is None:
+            return None
+        what = "a non-negative number or null" if norm else "a number or null"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(f"{where}{key}", what, value)
+        if not math.isfinite(value) or (norm and value < 0):
+            self.fail(f"{where}{key}", what, value)
+        return float(value)
+
+    def count(self, obj: Mapping[str, Any], key: str, where: str) -> int:
+        value = self.get(obj, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(f"{where}{key}", "a non-negative integer", value)
+        return value
+
+    def stats(self, obj: Mapping[str, Any], key: str, where: str) -> _Stats | None:
+        value = self.get(obj, key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.fail(f"{where}{key}", "a statistics object or null", value)
+        inner = f"{where}{key}."
+        return _Stats(
+            self.number(value, "l2", inner, norm=True), self.count(value, "nonfinite", inner)
+        )
+
+    @staticmethod
+    def optional_text(obj: Mapping[str, Any], key: str) -> str:
+        """A descriptive string (layer, class): ``""`` when absent, never an error."""
+        return _optional_str(obj.get(key)) or ""
+
+    @staticmethod
+    def shape(obj: Mapping[str, Any]) -> tuple[int, ...]:
+        """A row's shape, descriptive only: ``()`` when absent or malformed."""
+        value = obj.get("shape")
+        if isinstance(value, list) and all(_optional_int(d) is not None for d in value):
+            return tuple(value)
+        return ()
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _section(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A descriptive sub-object (``model``, ``batch``, ``loss``); ``{}`` when malformed."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _side(doc: Mapping[str, Any], file: str | None) -> ReportSide:
+    """The descriptive part of a report: lenient (``?`` when absent), since only the
+    numbers are compared and those are validated strictly."""
+    model, batch, loss = _section(doc, "model"), _section(doc, "batch"), _section(doc, "loss")
+    return ReportSide(
+        file=file,
+        model=_optional_str(model.get("name")) or "?",
+        model_path=_optional_str(model.get("path")),
+        batch_source=_optional_str(batch.get("source")) or "?",
+        batch_path=_optional_str(batch.get("path")),
+        batch_size=_optional_int(batch.get("size")),
+        batch_seed=_optional_int(batch.get("seed")),
+        loss_source=_optional_str(loss.get("source")) or "?",
+        training=doc.get("training") is True,
+    )
+
+
+def _variable(reader: _Reader, row: Mapping[str, Any], where: str) -> _Tensor:
+    return _Tensor(
+        kind="variable",
+        path=reader.text(row, "path", where),
+        layer=reader.optional_text(row, "layer"),
+        layer_class=reader.optional_text(row, "class"),
+        shape=reader.shape(row),
+        grad=reader.stats(row, "grad", where),
+        weight_l2=reader.number(row, "weight_l2", where, norm=True),
+        ratio=reader.number(row, "ratio", where, norm=True),
+    )
+
+
+def _activation(reader: _Reader, row: Mapping[str, Any], where: str) -> _Tensor:
+    path = reader.text(row, "path", where)
+    return _Tensor(
+        kind="activation",
+        path=path,
+        layer=path,
+        layer_class=reader.optional_text(row, "class"),
+        shape=reader.shape(row),
+        grad=reader.stats(row, "grad", where),
+        value=reader.stats(row, "value", where),
+    )
+
+
+def _input(reader: _Reader, row: Mapping[str, Any], where: str) -> _Tensor:
+    name = reader.text(row, "name", where)
+    return _Tensor("input", name, "", "", reader.shape(row), reader.stats(row, "grad", where))
+
+
+def _rows(
+    reader: _Reader,
+    doc: Mapping[str, Any],
+    key: str,
+    read: Callable[[_Reader, Mapping[str, Any], str], _Tensor],
+) -> dict[str, _Tensor]:
+    """Rows keyed by path, in report order; a repeated path gets ``#2``, ``#3``, ... ."""
+    out: dict[str, _Tensor] = {}
+    for i, row in enumerate(reader.items(doc, key)):
+        tensor = read(reader, row, f"{key}[{i}].")
+        name, n = tensor.path, 1
+        while name in out:
+            n += 1
+            name = f"{tensor.path}#{n}"
+        out[name] = tensor
+    return out
+
+
+def _check_schema(reader: _Reader, doc: Any) -> dict[str, Any]:
+    """The document as a mapping of schema ``gradscope.inspect/1``, or a one-line error."""
+    expected = f"a gradscope inspect report (JSON object with schema '{INSPECT_SCHEMA}')"
+    if not isinstance(doc, dict):
+        reader.fail("", expected, _Found(f"a JSON {type(doc).__name__}"))
+    schema = doc.get("schema", _ABSENT)
+    if schema != INSPECT_SCHEMA:
+        found = "an object without a 'schema' key" if schema is _ABSENT else f"schema {schema!r}"
+        reader.fail("", expected, _Found(found))
+    return doc
+
+
+def _parse(doc: Any, name: str, file: str | None) -> _Parsed:
+    """Validate ``doc`` as an inspect report and keep what the diff compares."""
+    reader = _Reader(name)
+    doc = _check_schema(reader, doc)
+    loss = reader.mapping(doc, "loss", "")
+    return _Parsed(
+        side=_side(doc, file),
+        loss=reader.number(loss, "value", "loss.", norm=False),
+        global_grad_norm=reader.number(doc, "global_grad_norm", "", norm=True),
+        variables=_rows(reader, doc, "variables", _variable),
+        activations=_rows(reader, doc, "activations", _activation),
+        inputs=_rows(reader, doc, "inputs", _input),
+    )
+
+
+def _reject_constant(token: str) -> NoReturn:
+    raise ValueError(f"{token} is not a JSON value")
+
+
+def load_report(path: str | Path) -> Any:
+    """The parsed JSON of ``path``; a missing, unreadable or invalid file is a
+    :class:`DataLoadError` (exit code 4) naming it.  NaN/Infinity literals are refused:
+    gradscope never writes them, so they mean the file was made by something else."""
+    expected = f"a JSON report of schema '{INSPECT_SCHEMA}' (gradscope inspect --format json)"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataLoadError(f"{path}: no such file; expected {expected}.") from None
+    except IsADirectoryError:
+        raise DataLoadError(f"{path}: is a directory; expected {expected}.") from None
+    except UnicodeDecodeError:
+        raise DataLoadError(f"{path}: not text (not UTF-8); expected {expected}.") from None
+    except OSError as exc:
+        raise DataLoadError(f"{path}: cannot be read ({exc.strerror}).") from None
+    if not text.strip():
+        raise DataLoadError(f"{path}: empty file; expected {expected}.")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise DataLoadError(f"{path}: not valid JSON ({where}); expected {expected}.") from None
+    except ValueError as exc:
+        raise DataLoadError(f"{path}: not valid JSON ({exc}); expected {expected}.") from None
+
+
+# --- comparing --------------------------------------------------------------------------
+
+
+def _grad_change(a: _Tensor, b: _Tensor) -> Change:
+    return _stats_change(a.grad, b.grad)
+
+
+def _stats_change(a: _Stats | None, b: _Stats | None) -> Change:
+    return change(
+        None if a is None else a.l2,
+        None if b is None else b.l2,
+        a_nonfinite=a is not None and a.nonfinite > 0,
+        b_nonfinite=b is not None and b.nonfinite > 0,
+    )
+
+
+def _shape_note(a: _Tensor, b: _Tensor, *, batched: bool = False) -> str | None:
+    """A note when the shapes differ; ``batched`` ignores the first (batch) dimension,
+    whose change the notes already report once as a different batch size."""
+    skip = 1 if batched else 0
+    if a.shape[skip:] == b.shape[skip:]:
+        return None
+    return f"shape changed: {_shape_text(a.shape)} -> {_shape_text(b.shape)}"
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """``20x64`` (``scalar`` for rank 0), as the inspect table writes shapes."""
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _ratio_nonfinite(t: _Tensor) -> bool:
+    """Whether a ``null`` ‖g‖/‖w‖ comes from NaN/Inf (rather than from ‖w‖ = 0)."""
+    return t.weight_l2 is None or (t.grad is not None and t.grad.nonfinite > 0)
+
+
+def _variable_diff(path: str, a: _Tensor, b: _Tensor) -> VariableDiff:
+    """Gradient norm, weight norm and ‖g‖/‖w‖ of a variable in both reports.
+
+    A ``null`` weight norm is a non-finite one (inspect always computes it); a ``null``
+    ‖g‖/‖w‖ is non-finite when the gradient or the weights are, missing otherwise (‖w‖=0).
+    """
+    return VariableDiff(
+        path=path,
+        layer=b.layer,
+        layer_class=b.layer_class,
+        shape=b.shape,
+        grad_l2=_grad_change(a, b),
+        weight_l2=change(a.weight_l2, b.weight_l2, a_nonfinite=True, b_nonfinite=True),
+        grad_weight_ratio=change(
+            a.ratio, b.ratio, a_nonfinite=_ratio_nonfinite(a), b_nonfinite=_ratio_nonfinite(b)
+        ),
+        note=_shape_note(a, b),
+    )
+
+
+def _activation_diff(path: str, a: _Tensor, b: _Tensor) -> ActivationDiff:
+    return ActivationDiff(
+        path=path,
+        layer_class=b.layer_class,
+        shape=b.shape,
+        grad_l2=_grad_change(a, b),
+        value_l2=_stats_change(a.value, b.value),
+        note=_shape_note(a, b, batched=True),
+    )
+
+
+def _matched(
+    a: Mapping[str, _Tensor], b: Mapping[str, _Tensor]
+) -> list[tuple[str, _Tensor, _Tensor]]:
+    """The paths in both, in A's order."""
+    return [(path, row, b[path]) for path, row in a.items() if path in b]
+
+
+def _presence(only_in: Mapping[str, _Tensor], other: Mapping[str, _Tensor]) -> list[Presence]:
+    return [Presence(t.kind, path) for path, t in only_in.items() if path not in other]
+
+
+def _nonfinite_count(stats: _Stats | None) -> int:
+    return 0 if stats is None else stats.nonfinite
+
+
+def _transitions(
+    a: Mapping[str, _Tensor], b: Mapping[str, _Tensor]
+) -> tuple[list[NonfiniteChange], list[NonfiniteChange]]:
+    """Tensors newly non-finite in B (count 0 or absent in A, > 0 in B), and recovered
+    ones (> 0 in A, 0 in B), for gradients and layer-output values."""
+    new: list[NonfiniteChange] = []
+    recovered: list[NonfiniteChange] = []
+    for path, tb in b.items():
+        ta = a.get(path)
+        for quantity in ("grad", "value"):
+            sa = None if ta is None else getattr(ta, quantity)
+            sb = getattr(tb, quantity)
+            count_a = None if sa is None else sa.nonfinite
+            count_b = None if sb is None else sb.nonfinite
+            if _nonfinite_count(sa) == 0 and _nonfinite_count(sb) > 0:
+                new.append(NonfiniteChange(tb.kind, path, quantity, count_a, count_b))
+            elif _nonfinite_count(sa) > 0 and sb is not None and sb.nonfinite == 0:
+                recovered.append(NonfiniteChange(tb.kind, path, quantity, count_a, count_b))
+    return new, recovered
+
+
+def _top(
+    variables: Sequence[VariableDiff], activations: Sequence[ActivationDiff], n: int
+) -> list[TopChange]:
+    """The ``n`` largest non-zero ``|log10 ratio|`` of gradient, weight and activation
+    norms; changes from or to zero rank first; ties keep report order."""
+    candidates: list[TopChange] = []
+    for v in variables:
+        candidates.append(TopChange("variable", v.path, "grad_l2", v.grad_l2))
+        candidates.append(TopChange("variable", v.path, "weight_l2", v.weight_l2))
+    for act in activations:
+        candidates.append(TopChange("activation", act.path, "grad_l2", act.grad_l2))
+        candidates.append(TopChange("activation", act.path, "value_l2", act.value_l2))
+    ranked = sorted(
+        (c for c in candidates if c.change.magnitude > 0), key=lambda c: -c.change.magnitude
+    )
+    return ranked[:n]
+
+
+def _unique(paths: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(paths))
+
+
+def _checks(
+    fail_on: tuple[str, ...],
+    max_ratio: float,
+    variables: Sequence[VariableDiff],
+    fired: Mapping[str, Iterable[str]],
+) -> Checks:
+    """Every condition of :data:`FAIL_CONDITIONS`, with the paths that make it fire."""
+    by_condition = {**fired, "ratio": (v.path for v in variables if v.grad_l2.beyond(max_ratio))}
+    results = []
+    for condition in FAIL_CONDITIONS:
+        paths = _unique(by_condition[condition])
+        results.append(CheckResult(condition, condition in fail_on, bool(paths), paths))
+    return Checks(fail_on, max_ratio, tuple(results))
+
+
+def _notes(a: ReportSide, b: ReportSide) -> list[str]:
+    """How the two runs differ besides their numbers (model, batch, loss, mode)."""
+    fields = (
+        ("model", a.model, b.model),
+        ("loss", a.loss_source, b.loss_source),
+        ("batch source", a.batch_source, b.batch_source),
+        ("batch file", a.batch_path, b.batch_path),
+        ("batch size", a.batch_size, b.batch_size),
+        ("batch seed", a.batch_seed, b.batch_seed),
+        ("mode", _mode(a), _mode(b)),
+    )
+    return [f"{what} differs: A {va} vs B {vb}" for what, va, vb in fields if va != vb]
+
+
+def _mode(side: ReportSide) -> str:
+    return "training" if side.training else "inference"
+
+
+def parse_fail_on(text: str | None) -> tuple[str, ...]:
+    """``--fail-on``'s comma-separated list, validated (case-insensitive, duplicates dropped)."""
+    if text is None:
+        return ()
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in FAIL_CONDITIONS]
+    if unknown or not names:
+        raise UsageError(
+            f"--fail-on: expected a comma-separated list of {', '.join(FAIL_CONDITIONS)}. "
+            f"{received(repr(text))}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _check_options(top: int, max_ratio: float, fail_on: Sequence[str]) -> None:
+    if top < 0:
+        raise UsageError(f"--top: expected a number >= 0. {received(top)}")
+    if math.isnan(max_ratio) or max_ratio < 1:
+        raise UsageError(f"--max-ratio: expected a factor >= 1. {received(max_ratio)}")
+    unknown = [name for name in fail_on if name not in FAIL_CONDITIONS]
+    if unknown:
+        raise UsageError(
+            f"--fail-on: expected some of {', '.join(FAIL_CONDITIONS)}. {received(unknown)}"
+        )
+
+
+def diff_reports(
+    a: Any,
+    b: Any,
+    *,
+    top: int = 10,
+    max_ratio: float = 10.0,
+    fail_on: Sequence[str] = (),
+    sources: tuple[str | None, str | None] = (None, None),
+) -> DiffReport:
+    """Compare two inspect reports given as parsed JSON (``Report.to_dict()`` output).
+
+    ``top`` is how many of the largest changes to list; ``max_ratio`` the factor beyond
+    which a variable's gradient norm change fires the ``ratio`` check; ``fail_on`` the
+    checks that make :attr:`Checks.failed` true; ``sources`` the files the reports came
+    from (named in errors and in the report).  A report that is not a valid
+    ``gradscope.inspect/1`` document raises :class:`DataLoadError`.
+    """
+    _check_options(top, max_ratio, fail_on)
+    pa = _parse(a, sources[0] or "A", sources[0])
+    pb = _parse(b, sources[1] or "B", sources[1])
+    variables = [_variable_diff(p, ta, tb) for p, ta, tb in _matched(pa.variables, pb.variables)]
+    activations = [
+        _activation_diff(p, ta, tb) for p, ta, tb in _matched(pa.activations, pb.activations)
+    ]
+    groups = (
+        (pa.variables, pb.variables),
+        (pa.activations, pb.activations),
+        (pa.inputs, pb.inputs),
+    )
+    added = [p for ga, gb in groups for p in _presence(gb, ga)]
+    removed = [p for ga, gb in groups for p in _presence(ga, gb)]
+    new: list[NonfiniteChange] = []
+    recovered: list[NonfiniteChange] = []
+    for ga, gb in groups:
+        group_new, group_recovered = _transitions(ga, gb)
+        new += group_new
+        recovered += group_recovered
+    fired = {
+        "nonfinite": (c.path for c in new),
+        "added": (p.path for p in added),
+        "removed": (p.path for p in removed),
+    }
+    return DiffReport(
+        a=pa.side,
+        b=pb.side,
+        notes=tuple(_notes(pa.side, pb.side)),
+        global_grad_norm=change(
+            pa.global_grad_norm, pb.global_grad_norm, a_nonfinite=True, b_nonfinite=True
+        ),
+        loss=_loss_change(pa.loss, pb.loss),
+        variables=tuple(variables),
+        activations=tuple(activations),
+        added=tuple(added),
+        removed=tuple(removed),
+        nonfinite_new=tuple(new),
+        nonfinite_recovered=tuple(recovered),
+        top=tuple(_top(variables, activations, top)),
+        checks=_checks(tuple(dict.fromkeys(fail_on)), max_ratio, variables, fired),
+    )
+
+
+def diff_files(
+    path_a: str | Path,
+    path_b: str | Path,
+    *,
+    top: int = 10,
+    max_ratio: float = 10.0,
+    fail_on: Sequence[str] = (),
+) -> DiffReport:
+    """Compare two saved inspect JSON reports (what ``gradscope diff`` calls).
+
+    Options are checked before the files are read, so a bad option is a usage error
+    (exit 2) even when a file is bad too.
+    """
+    _check_options(top, max_ratio, fail_on)
+    doc_a, doc_b = load_report(path_a), load_report(path_b)
+    sources = (str(path_a), str(path_b))
+    return diff_reports(
+        doc_a, doc_b, top=top, max_ratio=max_ratio, fail_on=fail_on, sources=sources
+    )
