@@ -39,6 +39,13 @@ def check_writable(
         raise OutputError(f"{option} {path}: the folder {parent} is not writable.")
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; rename it to ``path`` on success."""
@@ -47,6 +54,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     )
     os.close(handle)
     temp_path = Path(temporary)
+    # mkstemp makes the file private (0600); the result should have the mode any new
+    # file gets here (0666 less the umask), as if it had been opened directly.
+    os.chmod(temp_path, 0o666 & ~_umask())
     try:
         yield temp_path
         os.replace(temp_path, path)

@@ -164,34 +164,50 @@ def regularization(model: Any) -> tuple[Any, int]:
     Call it after the forward pass, inside the same trace, as Keras's trainer does.
     """
     tf = _tf.tensorflow()
-    terms = [tf.cast(tf.reduce_sum(loss), tf.float32) for loss in model.losses]
+    terms = [tf.reduce_sum(loss) for loss in model.losses]
     if not terms:
         return tf.zeros([], tf.float32), 0
-    return tf.add_n(terms), len(terms)
+    return _sum_wide(terms), len(terms)
+
+
+def _sum_wide(terms: list[Any]) -> Any:
+    """The sum of scalar ``terms`` in float64 when one of them is float64, else float32.
+
+    Float16 terms are widened; a float64 model keeps its float64 loss (finite
+    differences and Hessians of float64 models need every digit).
+    """
+    tf = _tf.tensorflow()
+    dtype = tf.float64 if any(t.dtype == tf.float64 for t in terms) else tf.float32
+    return tf.add_n([tf.cast(t, dtype) for t in terms])
 
 
 def _sum_of_outputs(y_pred: Any) -> Any:
     tf = _tf.tensorflow()
-    leaves = [tf.cast(tf.reduce_sum(t), tf.float32) for t in tf.nest.flatten(y_pred)]
-    return tf.add_n(leaves)
+    return _sum_wide([tf.reduce_sum(t) for t in tf.nest.flatten(y_pred)])
 
 
-def _loss_object(fn: LossFn) -> Any:
-    """Wrap a loss function the way ``compile`` does, so it reduces exactly like Keras."""
+def _loss_object(fn: LossFn, dtype: str | None = None) -> Any:
+    """Wrap a loss function the way ``compile`` does, so it reduces exactly like Keras.
+
+    ``dtype`` is the dtype the loss computes in (Keras's ``floatx`` when ``None``).
+    """
     _tf.keras()  # quiet import first
     # Not exported by Keras 3's public API, but present and stable since Keras 3.0.
     from keras.src.losses.losses import LossFunctionWrapper
 
-    return LossFunctionWrapper(fn, name=getattr(fn, "__name__", None))
+    return LossFunctionWrapper(fn, name=getattr(fn, "__name__", None), dtype=dtype)
 
 
 def _override_data_loss(fn: LossFn, y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
     """``fn`` on each (target, output) pair, mean-reduced like Keras, then summed."""
     tf = _tf.tensorflow()
     keras = _tf.keras()
-    loss_object = fn if isinstance(fn, keras.losses.Loss) else _loss_object(fn)
+    wide = any(t.dtype == tf.float64 for t in tf.nest.flatten(y_pred))
+    loss_object = (
+        fn if isinstance(fn, keras.losses.Loss) else _loss_object(fn, "float64" if wide else None)
+    )
     pairs = zip(tf.nest.flatten(y_true), tf.nest.flatten(y_pred), strict=True)
-    return tf.add_n([tf.cast(loss_object(t, p, sample_weight), tf.float32) for t, p in pairs])
+    return _sum_wide([loss_object(t, p, sample_weight) for t, p in pairs])
 
 
 def total_loss(
@@ -203,7 +219,8 @@ def total_loss(
     if spec.kind == "override":
         assert spec.override is not None
         reg, _ = regularization(model)
-        return _override_data_loss(spec.override, y_true, y_pred, sample_weight) + reg
+        data = _override_data_loss(spec.override, y_true, y_pred, sample_weight)
+        return _sum_wide([data, reg])
     compute = getattr(model, "_compute_loss", None) or model.compute_loss
     return compute(x=x, y=y_true, y_pred=y_pred, sample_weight=sample_weight, training=training)
 

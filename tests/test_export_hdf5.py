@@ -307,3 +307,17 @@ def test_bad_save_target(
     assert debug.exit_code == ExitCode.OUTPUT
     assert "Traceback" in debug.stderr
     assert listing(tmp_path) == before
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path: Path) -> None:
+    """Written through a private temporary file, the result still gets 0666 & ~umask."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        out = tmp_path / "g.h5"
+        result = invoke("inspect", SAMPLES / "mlp.keras", "--save", out, "-q")
+        assert result.exit_code == 0, result.stderr
+        assert out.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)

@@ -19,6 +19,8 @@ test runs a float64 model, where central differences with h=1e-6 are accurate to
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -574,3 +576,26 @@ def test_loss_override_multi_output_sums_outputs_plus_regularization(keras) -> N
     assert_close(tensors.inputs["x"], delta_a @ wa.T + delta_b @ wb.T, what="dL/dx")
     assert_close(tensors.activations["a"], delta_a)
     assert_close(tensors.activations["b"], delta_b)
+
+
+@pytest.mark.parametrize("loss", ["mse", None])
+def test_float64_models_keep_float64_losses(keras: Any, loss: str | None) -> None:
+    """A ``--loss`` override and the sum of outputs stay float64 on a float64 model:
+    rounding them to float32 would cost eight digits (caught at 1e-12 here)."""
+    import tensorflow as tf
+
+    from gradscope import api
+
+    rng = np.random.default_rng(4)
+    inputs = keras.Input((3,), dtype="float64")
+    model = keras.Model(inputs, keras.layers.Dense(2, dtype="float64")(inputs))
+    x, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    report = api.inspect(model, x, y if loss else None, loss=loss)
+    with tf.GradientTape() as tape:
+        out = model(x)
+        value = tf.reduce_mean((out - y) ** 2) if loss else tf.reduce_sum(out)
+    grads = tape.gradient(value, model.trainable_variables)
+    assert report.loss.value == pytest.approx(float(value), rel=1e-12)
+    for row, grad in zip(report.variables, grads, strict=True):
+        assert row.grad is not None
+        assert row.grad.l2 == pytest.approx(float(tf.norm(grad)), rel=1e-12)
