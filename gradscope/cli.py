@@ -187,6 +187,15 @@ def _finish(
     return render(report, output_format, width=_table_width(), color=_use_color())
 
 
+def _check_plot_target(path: Path, force: bool) -> None:
+    """Before any work: matplotlib is there and ``--plot`` can be written."""
+    from ._atomic import check_writable
+    from .plot import OPTION, SUFFIXES, ensure_available
+
+    ensure_available()
+    check_writable(path, SUFFIXES, OPTION, force=force)
+
+
 def _emit(text: str) -> None:
     """The requested output, and only it, on stdout."""
     sys.stdout.write(text)
@@ -252,9 +261,11 @@ UnsafeOpt = Annotated[
         "--unsafe", help="Turn Keras safe mode off (Lambda layers run code): trusted files only."
     ),
 ]
-ForceOpt = Annotated[
-    bool, typer.Option("--force", help="With --save: overwrite an existing file.")
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Also draw a PNG (needs the 'plot' extra: matplotlib)."),
 ]
+ForceOpt = Annotated[bool, typer.Option("--force", help="With --save: overwrite an existing file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")]
 
@@ -322,6 +333,7 @@ def inspect(
     stalled_ratio: Annotated[
         float, typer.Option("--stalled-ratio", help="Stalled: a layer's ‖g‖/‖w‖ below this.")
     ] = 1e-6,
+    plot: PlotOpt = None,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
     force: ForceOpt = False,
@@ -339,6 +351,8 @@ def inspect(
 
         if save is not None:
             check_writable(save, hdf5.SUFFIXES, "--save", force=force)
+        if plot is not None:
+            _check_plot_target(plot, force)
         try:
             wanted = health.parse_fail_on(fail_on)
         except ValueError as exc:
@@ -365,6 +379,11 @@ def inspect(
                 thresholds=thresholds,
             )
         text = _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
+        if plot is not None:
+            from .plot import plot_inspect
+
+            plot_inspect(report, plot, force=force)
+            _note(f"wrote the plot to {plot}", quiet)
         assert report.health is not None
         fired.extend(kind for kind in wanted if kind in report.health.kinds())
         return text
@@ -429,6 +448,7 @@ def hessian(
     output_format: FormatOpt = OutputFormat.TABLE,
     batch_size: BatchSizeOpt = None,
     max_batches: MaxBatchesOpt = None,
+    plot: PlotOpt = None,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
     force: ForceOpt = False,
@@ -445,6 +465,8 @@ def hessian(
 
         if save is not None:
             check_writable(save, hessian_hdf5.SUFFIXES, "--save", force=force)
+        if plot is not None:
+            _check_plot_target(plot, force)
         for option, value in (("--top-k", top_k), ("--max-iter", max_iter), ("--tol", tol)):
             if value <= 0:
                 raise UsageError(f"{option}: expected a positive number. Received: {value}")
@@ -457,7 +479,7 @@ def hessian(
             tol=tol,
             max_iter=max_iter,
             trace=trace,
-            density=density,
+            density=density or plot is not None,
             cross=cross,
             eigenvectors=eigenvectors,
             max_memory=curvature.parse_size(max_memory),
@@ -479,9 +501,15 @@ def hessian(
                 batch_size=batch_size,
                 max_batches=max_batches,
             )
-        return _finish(
+        text = _finish(
             report, output_format, save, hessian_hdf5.write_blocks, "Hessian blocks", quiet
         )
+        if plot is not None:
+            from .plot import plot_density
+
+            plot_density(report, plot, force=force)
+            _note(f"wrote the plot to {plot}", quiet)
+        return text
 
     _emit(run_guarded(action, debug))
 
