@@ -358,7 +358,7 @@ def _inspect_one(
     engine = GradientEngine(
         model, signature, spec, training=options.training, keep_tensors=options.keep_tensors
     )
-    result = _run_engine(engine, batch)
+    result = run_engine(engine, batch)
     return build_report(
         model, signature, spec, batch, result, engine.layer_nodes, options.training, model_info
     )
@@ -383,7 +383,7 @@ def _inspect_batches(
     accumulator = BatchAccumulator(data.rows)
     progress.block(0, 1, f"{data.count} batches", data.count)
     for batch in data.iterate():
-        accumulator.add(_run_engine(engine, batch), batch)
+        accumulator.add(run_engine(engine, batch), batch)
         progress.step()
     merged = accumulator.merged()
     info = dataclasses.replace(data.first.info, size=accumulator.rows_seen)
@@ -420,7 +420,7 @@ def _all_rows(shape: tuple[int, ...], batch_rows: int, rows: int) -> tuple[int, 
     return shape
 
 
-def _run_engine(engine: GradientEngine, batch: Batch) -> EngineResult:
+def run_engine(engine: GradientEngine, batch: Batch) -> EngineResult:
     """Run the engine; an error raised by the model on this batch is a mismatch."""
     tf = _tf.tensorflow()
     try:

@@ -196,6 +196,13 @@ def _check_plot_target(path: Path, force: bool) -> None:
     check_writable(path, SUFFIXES, OPTION, force=force)
 
 
+def _check_tensorboard_target(path: Path) -> None:
+    """Before any work: ``--tensorboard`` is, or can become, a writable folder."""
+    from .export.tensorboard import check_logdir_target
+
+    check_logdir_target(path)
+
+
 def _emit(text: str) -> None:
     """The requested output, and only it, on stdout."""
     sys.stdout.write(text)
@@ -260,6 +267,10 @@ UnsafeOpt = Annotated[
     typer.Option(
         "--unsafe", help="Turn Keras safe mode off (Lambda layers run code): trusted files only."
     ),
+]
+TensorBoardOpt = Annotated[
+    Path | None,
+    typer.Option("--tensorboard", help="Also write TensorBoard summaries to this log folder."),
 ]
 PlotOpt = Annotated[
     Path | None,
@@ -334,6 +345,7 @@ def inspect(
         float, typer.Option("--stalled-ratio", help="Stalled: a layer's ‖g‖/‖w‖ below this.")
     ] = 1e-6,
     plot: PlotOpt = None,
+    tensorboard: TensorBoardOpt = None,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
     force: ForceOpt = False,
@@ -353,6 +365,8 @@ def inspect(
             check_writable(save, hdf5.SUFFIXES, "--save", force=force)
         if plot is not None:
             _check_plot_target(plot, force)
+        if tensorboard is not None:
+            _check_tensorboard_target(tensorboard)
         try:
             wanted = health.parse_fail_on(fail_on)
         except ValueError as exc:
@@ -369,7 +383,7 @@ def inspect(
                 training=training,
                 seed=seed,
                 layers=layers,
-                keep_tensors=save is not None,
+                keep_tensors=save is not None or tensorboard is not None,
                 custom_objects=custom_objects,
                 unsafe=unsafe,
                 batch_size=batch_size,
@@ -384,6 +398,10 @@ def inspect(
 
             plot_inspect(report, plot, force=force)
             _note(f"wrote the plot to {plot}", quiet)
+        if tensorboard is not None:
+            from .export.tensorboard import write_inspect
+
+            _note(f"wrote {write_inspect(report, tensorboard)}", quiet)
         assert report.health is not None
         fired.extend(kind for kind in wanted if kind in report.health.kinds())
         return text
@@ -449,6 +467,7 @@ def hessian(
     batch_size: BatchSizeOpt = None,
     max_batches: MaxBatchesOpt = None,
     plot: PlotOpt = None,
+    tensorboard: TensorBoardOpt = None,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
     force: ForceOpt = False,
@@ -467,6 +486,8 @@ def hessian(
             check_writable(save, hessian_hdf5.SUFFIXES, "--save", force=force)
         if plot is not None:
             _check_plot_target(plot, force)
+        if tensorboard is not None:
+            _check_tensorboard_target(tensorboard)
         for option, value in (("--top-k", top_k), ("--max-iter", max_iter), ("--tol", tol)):
             if value <= 0:
                 raise UsageError(f"{option}: expected a positive number. Received: {value}")
@@ -509,6 +530,10 @@ def hessian(
 
             plot_density(report, plot, force=force)
             _note(f"wrote the plot to {plot}", quiet)
+        if tensorboard is not None:
+            from .export.tensorboard import write_hessian
+
+            _note(f"wrote {write_hessian(report, tensorboard)}", quiet)
         return text
 
     _emit(run_guarded(action, debug))

@@ -1,0 +1,416 @@
+"""``GradientMonitor``: gradscope's inspect report, recorded during ``model.fit``.
+
+::
+
+    from gradscope.keras import GradientMonitor
+
+    monitor = GradientMonitor((x_probe, y_probe), every_n_batches=50,
+                              jsonl="grads.jsonl", tensorboard="logs/gradients",
+                              stop_on=("nonfinite",))
+    model.fit(x, y, epochs=5, callbacks=[monitor])
+
+Importing this module imports TensorFlow and Keras (the callback subclasses
+``keras.callbacks.Callback``); ``import gradscope`` does not import this module.
+
+**The batch.**  Keras 3 passes no data to callbacks (``on_train_batch_end`` receives the
+batch index and the logs only), so the monitor differentiates the loss on a fixed *probe*
+batch that you give: ``(x, y)``, ``(x, y, sample_weight)``, or a ``tf.data.Dataset`` whose
+first element is taken (a tuple as above, or ``x`` alone).  Any other value is ``x``
+alone, for a model whose loss needs no targets.  A fixed batch also makes the records
+comparable with each other: only the weights change between them.  With ``probe=None``
+the monitor uses the seeded synthetic batch that ``gradscope.inspect(model)`` uses (and
+says so on stderr): enough to catch NaN weights, not a view of your data.
+
+**The numbers** are those of ``gradscope.inspect(model, x, y)`` at the same weights: the
+report is built by the same functions (:func:`gradscope.api.prepare_loss_and_batch`,
+:class:`~gradscope.engine.gradients.GradientEngine`, :func:`gradscope.api.build_report`,
+:func:`gradscope.health.diagnose`).  The gradient step is compiled once, with TensorFlow's
+graph optimizer on, on the first record, and reused by every later record and every later
+``fit`` of the same model; it is rebuilt only when the model or its list of trainable
+variables changes.  Between records the callback costs nothing but a counter.
+
+**When.**  ``every_n_batches=N`` records after every N-th optimizer step (counted by
+``model.optimizer.iterations``, so across epochs and successive ``fit`` calls);
+``every_n_epochs=M`` records at the end of every M-th epoch (after validation).  Both may
+be given.  A record at the end of an epoch that coincides with a batch record reuses
+that report.  With ``steps_per_execution=k`` Keras calls the callback once every ``k``
+steps, so batch records fall on the first call at or past each multiple of N.
+
+**Outputs.**  ``jsonl=PATH``: one JSON object per record, ``Report.to_dict()`` (schema
+``gradscope.inspect/1``) with one more key first, ``fit``: ``epoch`` (from 0, as Keras
+counts), ``batch`` (the batch index within the epoch, ``null`` at an epoch end), ``step``
+(optimizer steps so far) and ``trigger`` (``"batch"`` or ``"epoch"``).  They sit under
+``fit`` because the report already has a ``batch`` key (where the batch came from).
+Each line is written with one ``write`` call on an unbuffered file, so a reader never
+sees half a line; the file is truncated by the monitor's first ``fit`` unless
+``append=True``, and appended to by later ones.  ``tensorboard=LOGDIR``: the summaries of
+:mod:`gradscope.export.tensorboard` at ``step``, gradient histograms included unless
+``histograms=False`` (they need the raw gradient tensors: more memory per record).
+
+**Stopping.**  ``stop_on=("nonfinite",)`` (any health kinds) sets
+``model.stop_training = True`` when a record has a finding of one of those kinds, and
+writes the finding on stderr; ``monitor.stop_finding`` keeps it.  Keras then stops after
+the current batch.  The probe is what is differentiated, not the training batch: a NaN in
+a training batch is seen at the first record after it has reached the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _tf
+from .api import (
+    InspectOptions,
+    RestoredState,
+    batch_from_arrays,
+    build_report,
+    filter_layers,
+    model_info_of,
+    prepare_loss_and_batch,
+    run_engine,
+)
+from .engine.gradients import GradientEngine
+from .errors import OutputError, UsageError, first_line, received
+from .export.tensorboard import DEFAULT_BUCKETS, check_logdir, open_writer, write_report_summaries
+from .health import Finding, Kind, Thresholds, diagnose, parse_fail_on
+from .loading.data import Batch
+from .loading.signature import ModelSignature, model_signature
+from .loading.synthetic import DEFAULT_ROWS
+from .losses import LossSpec
+from .report import ModelInfo, Report
+
+keras: Any = _tf.keras()
+_Callback: Any = keras.callbacks.Callback
+
+__all__ = ["GradientMonitor"]
+
+
+@dataclass
+class _Compiled:
+    """What one model needs for a record, built once: loss, batch, the compiled step."""
+
+    model: Any
+    variable_ids: tuple[int, ...]
+    signature: ModelSignature
+    spec: LossSpec
+    batch: Batch
+    engine: GradientEngine
+    info: ModelInfo
+    per_sample: Any = None
+
+
+def _positive(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"GradientMonitor {name}: expected a positive integer. {received(value)}")
+    return value
+
+
+def _kinds(stop_on: str | Iterable[str] | None) -> tuple[Kind, ...]:
+    text = stop_on if isinstance(stop_on, str) or stop_on is None else ",".join(stop_on)
+    try:
+        return parse_fail_on(text)
+    except ValueError as exc:
+        raise UsageError(f"GradientMonitor stop_on: {exc}. {received(stop_on)}") from exc
+
+
+def _check_jsonl(path: str | Path | None) -> Path | None:
+    """Fail at construction, not after an epoch of training, on an unwritable path."""
+    if path is None:
+        return None
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise OutputError(f"GradientMonitor jsonl {target}: is a folder; expected a file name.")
+    if not parent.is_dir():
+        raise OutputError(f"GradientMonitor jsonl {target}: the folder {parent} does not exist.")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise OutputError(f"GradientMonitor jsonl {target}: not writable.")
+    return target
+
+
+def _probe_parts(probe: Any) -> tuple[Any, Any, Any]:
+    """``(x, y, sample_weight)`` of a probe (see the module doc)."""
+    tf = _tf.tensorflow()
+    if isinstance(probe, tf.data.Dataset):
+        element = next(iter(probe.take(1)), None)
+        if element is None:
+            raise UsageError("GradientMonitor probe: the dataset is empty.")
+        probe = tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, element)
+    if isinstance(probe, tuple):
+        if len(probe) not in (2, 3):
+            raise UsageError(
+                "GradientMonitor probe: expected (x, y) or (x, y, sample_weight). "
+                f"{received(f'a tuple of {len(probe)}')}"
+            )
+        return probe[0], probe[1], probe[2] if len(probe) == 3 else None
+    return probe, None, None
+
+
+def _write_line(handle: Any, line: bytes) -> None:
+    """All of ``line`` through an unbuffered append-mode file, normally in one write."""
+    view = memoryview(line)
+    while view:
+        written = handle.write(view)
+        view = view[written:]
+
+
+class GradientMonitor(_Callback):  # type: ignore[misc]
+    """Record gradscope's inspect report while a Keras model trains (see the module doc).
+
+    ``probe``: the batch to differentiate the loss on; ``every_n_batches`` /
+    ``every_n_epochs``: when; ``jsonl`` / ``tensorboard``: where; ``stop_on``: health
+    kinds that stop training.  ``thresholds``, ``loss``, ``training``, ``layers`` and
+    ``per_sample`` mean what they mean for :func:`gradscope.inspect`; ``seed`` and ``rows``
+    shape the synthetic batch when ``probe`` is ``None``.  ``verbose=False`` silences the
+    notes on stderr (the stop message stays).
+
+    After each record, ``last_report`` holds its :class:`~gradscope.report.Report` and
+    ``records`` counts them; ``record_seconds`` has the time each one took.
+    """
+
+    def __init__(
+        self,
+        probe: Any = None,
+        *,
+        every_n_batches: int | None = None,
+        every_n_epochs: int | None = 1,
+        jsonl: str | Path | None = None,
+        tensorboard: str | Path | None = None,
+        stop_on: str | Iterable[str] | None = (),
+        thresholds: Thresholds | None = None,
+        loss: str | None = None,
+        training: bool = False,
+        layers: str | None = None,
+        per_sample: bool = False,
+        histograms: bool = True,
+        buckets: int = DEFAULT_BUCKETS,
+        append: bool = False,
+        seed: int = 0,
+        rows: int = DEFAULT_ROWS,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        self.every_n_batches = _positive("every_n_batches", every_n_batches)
+        self.every_n_epochs = _positive("every_n_epochs", every_n_epochs)
+        if self.every_n_batches is None and self.every_n_epochs is None:
+            raise UsageError(
+                "GradientMonitor: expected every_n_batches or every_n_epochs (or both). "
+                "Received: neither"
+            )
+        self.stop_on = _kinds(stop_on)
+        self.jsonl = _check_jsonl(jsonl)
+        self.tensorboard = (
+            None
+            if tensorboard is None
+            else check_logdir(tensorboard, "GradientMonitor tensorboard")
+        )
+        self.histograms = histograms and self.tensorboard is not None
+        self.buckets = _positive("buckets", buckets) or DEFAULT_BUCKETS
+        self.probe = probe
+        self.options = InspectOptions(
+            loss=loss,
+            training=training,
+            seed=seed,
+            rows=rows,
+            layers=layers,
+            keep_tensors=self.histograms,
+            per_sample=per_sample,
+            thresholds=thresholds,
+        )
+        self.append = append
+        self.verbose = verbose
+        self.records = 0
+        self.last_report: Report | None = None
+        self.stop_finding: Finding | None = None
+        self.record_seconds: list[float] = []
+        self._compiled: _Compiled | None = None
+        self._retired_traces = 0
+        self._file: Any = None
+        self._opened_once = False
+        self._writer: Any = None
+        self._last: tuple[int, Report] | None = None
+        self._last_batch_step = 0
+        self._calls = 0
+        self._epoch = 0
+
+    # -- the compiled step, built once per model -------------------------------------
+
+    @property
+    def engine(self) -> GradientEngine | None:
+        """The cached gradient engine (``None`` before the first record)."""
+        return None if self._compiled is None else self._compiled.engine
+
+    @property
+    def traces(self) -> int:
+        """How many times this monitor traced a gradient step, over every engine it built
+        (1 after any number of records on one model)."""
+        return self._retired_traces + self._engine_traces()
+
+    def _engine_traces(self) -> int:
+        if self._compiled is None:
+            return 0
+        return int(self._compiled.engine.tracing_count)
+
+    def _batch(self, signature: ModelSignature) -> Batch | None:
+        if self.probe is None:
+            return None
+        x, y, weight = _probe_parts(self.probe)
+        return batch_from_arrays(signature, x, y, weight)
+
+    def _ready(self) -> _Compiled:
+        model = self.model
+        variable_ids = tuple(id(v) for v in model.trainable_variables)
+        cached = self._compiled
+        if cached is not None and cached.model is model and cached.variable_ids == variable_ids:
+            return cached
+        self._retired_traces += self._engine_traces()
+        signature = model_signature(model)
+        spec, batch = prepare_loss_and_batch(model, signature, self._batch(signature), self.options)
+        if self.probe is None and self.verbose:
+            sys.stderr.write(
+                f"gradscope: GradientMonitor has no probe batch; recording on a seeded synthetic "
+                f"batch of {batch.size} rows. Pass probe=(x, y) to record on your data.\n"
+            )
+        engine = GradientEngine(
+            model,
+            signature,
+            spec,
+            training=self.options.training,
+            keep_tensors=self.options.keep_tensors,
+            optimize_graph=True,
+        )
+        per_sample = None
+        if self.options.per_sample:
+            from .engine.per_sample import PerSampleEngine
+
+            per_sample = PerSampleEngine(model, signature, spec, training=self.options.training)
+        info = model_info_of(model, None, "memory")
+        self._compiled = _Compiled(
+            model, variable_ids, signature, spec, batch, engine, info, per_sample
+        )
+        return self._compiled
+
+    def inspect_now(self) -> Report:
+        """The report at the current weights, through the cached compiled step."""
+        compiled = self._ready()
+        model, options = compiled.model, self.options
+        with RestoredState(model, options.training):
+            result = run_engine(compiled.engine, compiled.batch)
+            report = build_report(
+                model,
+                compiled.signature,
+                compiled.spec,
+                compiled.batch,
+                result,
+                compiled.engine.layer_nodes,
+                options.training,
+                compiled.info,
+            )
+            if compiled.per_sample is not None:
+                summary = compiled.per_sample.run(compiled.batch).summary()
+                report = dataclasses.replace(report, per_sample=summary)
+        report = dataclasses.replace(report, health=diagnose(report, options.thresholds))
+        return filter_layers(report, options.layers) if options.layers else report
+
+    # -- Keras hooks -------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.jsonl is not None and self._file is None:
+            mode = "ab" if self.append or self._opened_once else "wb"
+            try:
+                self._file = open(self.jsonl, mode, buffering=0)  # noqa: SIM115
+            except OSError as exc:
+                raise OutputError(
+                    f"GradientMonitor jsonl {self.jsonl}: cannot open: {first_line(exc)}"
+                ) from exc
+            self._opened_once = True
+        if self.tensorboard is not None and self._writer is None:
+            self._writer = open_writer(self.tensorboard, "GradientMonitor tensorboard")
+        step = self._step()
+        self._last_batch_step = step - step % (self.every_n_batches or 1)
+        self._last = None
+        self.stop_finding = None
+        if getattr(self.model, "built", False):
+            self._ready()  # a probe that does not fit the model fails before training
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the JSON Lines file and the TensorBoard writer (``fit`` does it at the end)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._calls += 1
+        if self.every_n_batches is None:
+            return
+        step = self._step()
+        if step - self._last_batch_step >= self.every_n_batches:
+            self._last_batch_step = step - step % self.every_n_batches
+            self._record(epoch=self._epoch, batch=batch, step=step, trigger="batch")
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
+            self._record(epoch=epoch, batch=None, step=self._step(), trigger="epoch")
+
+    # -- one record --------------------------------------------------------------------
+
+    def _step(self) -> int:
+        """Optimizer steps so far (this monitor's batch-hook calls without an optimizer)."""
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        if iterations is None:
+            return self._calls
+        return int(keras.ops.convert_to_numpy(iterations))
+
+    def _record(self, *, epoch: int, batch: int | None, step: int, trigger: str) -> None:
+        started = time.perf_counter()
+        repeated = self._last is not None and self._last[0] == step
+        report = self._last[1] if self._last is not None and repeated else self.inspect_now()
+        self._last = (step, report)
+        self.last_report = report
+        self.records += 1
+        if self._file is not None:
+            fit = {"epoch": epoch, "batch": batch, "step": step, "trigger": trigger}
+            line = json.dumps({"fit": fit, **report.to_dict()}, allow_nan=False) + "\n"
+            try:
+                _write_line(self._file, line.encode("utf-8"))
+            except OSError as exc:
+                raise OutputError(
+                    f"GradientMonitor jsonl {self.jsonl}: cannot write: {first_line(exc)}"
+                ) from exc
+        if self._writer is not None and not repeated:
+            write_report_summaries(self._writer, report, step, buckets=self.buckets)
+        self.record_seconds.append(time.perf_counter() - started)
+        self._check_stop(report, epoch, batch, step)
+
+    def _check_stop(self, report: Report, epoch: int, batch: int | None, step: int) -> None:
+        if not self.stop_on or report.health is None or self.stop_finding is not None:
+            return
+        finding = next((f for f in report.health.findings if f.kind in self.stop_on), None)
+        if finding is None:
+            return
+        self.stop_finding = finding
+        self.model.stop_training = True
+        where = f"epoch {epoch}" + ("" if batch is None else f", batch {batch}")
+        sys.stderr.write(
+            f"gradscope: stopping training at {where} (step {step}): "
+            f"{finding.kind}: {finding.message}\n"
+        )
