@@ -674,5 +674,25 @@ def diff(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Once the command is done and its output flushed, the process ends without Python's
+    interpreter teardown when TensorFlow was loaded: TensorFlow's shutdown takes a
+    second or more and does nothing a finished command needs (every output file is
+    already closed and renamed into place).
+    """
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if not isinstance(code, int):
+        if code is not None:
+            sys.stderr.write(f"{code}\n")
+        code = 0 if code is None else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "tensorflow" in sys.modules:
+        os._exit(code)
+    raise SystemExit(code)

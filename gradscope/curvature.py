@@ -10,9 +10,10 @@ are the same as ``inspect``'s (:mod:`gradscope.api`).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -204,6 +205,21 @@ def _density(
     return Density(tuple(map(float, estimate.grid)), tuple(map(float, estimate.density)))
 
 
+@contextlib.contextmanager
+def _quiet_blas() -> Iterator[None]:
+    """One BLAS thread while matrix-free work alternates numpy and TensorFlow.
+
+    OpenBLAS's idle worker threads keep spinning for a while after each call (the
+    Lanczos reorthogonalization), and on a small machine they take the cores the next
+    Hessian-vector product needs: a product in the loop then costs twice what it costs
+    alone.  The numpy work per step is small, so one thread loses nothing.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def _lanczos_block(
     operator: HessianOperator,
     options: HessianOptions,
@@ -212,6 +228,16 @@ def _lanczos_block(
     rows_per_pass: int = 0,
 ) -> dict[str, Any]:
     """Matrix-free statistics: Lanczos extremes, optional trace and density."""
+    with _quiet_blas():
+        return _matrix_free(operator, options, rng, progress)
+
+
+def _matrix_free(
+    operator: HessianOperator,
+    options: HessianOptions,
+    rng: np.random.Generator,
+    progress: Progress,
+) -> dict[str, Any]:
     result = spectral.lanczos(
         operator.hvp,
         operator.size,
