@@ -190,7 +190,7 @@ def _finish(
 def _check_plot_target(path: Path, force: bool) -> None:
     """Before any work: matplotlib is there and ``--plot`` can be written."""
     from ._atomic import check_writable
-    from .plot import OPTION, SUFFIXES, ensure_available
+    from .export.plot import OPTION, SUFFIXES, ensure_available
 
     ensure_available()
     check_writable(path, SUFFIXES, OPTION, force=force)
@@ -394,7 +394,7 @@ def inspect(
             )
         text = _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
         if plot is not None:
-            from .plot import plot_inspect
+            from .export.plot import plot_inspect
 
             plot_inspect(report, plot, force=force)
             _note(f"wrote the plot to {plot}", quiet)
@@ -526,7 +526,7 @@ def hessian(
             report, output_format, save, hessian_hdf5.write_blocks, "Hessian blocks", quiet
         )
         if plot is not None:
-            from .plot import plot_density
+            from .export.plot import plot_density
 
             plot_density(report, plot, force=force)
             _note(f"wrote the plot to {plot}", quiet)

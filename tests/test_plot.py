@@ -1,4 +1,4 @@
-"""``gradscope.plot``: PNG files of inspect and hessian reports (optional matplotlib)."""
+"""``gradscope.export.plot``: PNG files of inspect and hessian reports (optional matplotlib)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from conftest import REPO, SAMPLE_MODELS
 
 from gradscope.errors import OutputError, UsageError
+from gradscope.export.plot import MAX_PANELS, _short, plot_density, plot_inspect
 from gradscope.health import diagnose
-from gradscope.plot import MAX_PANELS, _short, plot_density, plot_inspect
 from gradscope.report import HessianReport, Report
 
 needs_matplotlib = pytest.mark.skipif(
@@ -341,7 +341,7 @@ def test_a_failed_write_leaves_no_file(
 
 def test_importing_the_module_imports_neither_tensorflow_nor_matplotlib() -> None:
     code = (
-        "import sys, gradscope.plot; "
+        "import sys, gradscope.export.plot; "
         "print([m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules])"
     )
     result = subprocess.run(

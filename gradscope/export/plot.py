@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._atomic import atomic_path, check_writable
-from .errors import OutputError, UsageError, first_line
-from .health import Thresholds, diagnose
-from .report import HessianBlock, HessianReport, Report
+from .._atomic import atomic_path, check_writable
+from ..errors import OutputError, UsageError, first_line
+from ..health import Thresholds, diagnose
+from ..report import HessianBlock, HessianReport, Report
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
