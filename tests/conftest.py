@@ -12,6 +12,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_MODELS = REPO / "sample_models"
 
+# (model file, data file) of every shipped sample.
+SAMPLE_PAIRS = {
+    "mlp": ("mlp.keras", "mlp.npz"),
+    "cnn": ("cnn.keras", "cnn.npz"),
+    "text_lstm": ("text_lstm.keras", "text_lstm.npz"),
+    "multi_io": ("multi_io.keras", "multi_io.npz"),
+    "nested": ("nested.keras", "nested.npz"),
+    "deep_sigmoid": ("deep_sigmoid.keras", "deep_sigmoid.npz"),
+    "legacy_keras2": ("legacy_keras2.h5", "legacy_keras2.npz"),
+    "regression_keras3": ("regression_keras3.h5", "regression_keras3.npz"),
+}
+
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:

@@ -30,48 +30,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import error_line, invoke
+from conftest import SAMPLE_PAIRS
 
 import gradscope
 from gradscope import gradcheck
 from gradscope.check_report import CheckReport
-from gradscope.cli import app
 from gradscope.errors import ExitCode, UsageError
 from gradscope.loading.custom_objects import import_custom_objects
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MLP, MLP_DATA = SAMPLES / "mlp.keras", SAMPLES / "mlp.npz"
-SAMPLE_PAIRS = {
-    "mlp": ("mlp.keras", "mlp.npz"),
-    "cnn": ("cnn.keras", "cnn.npz"),
-    "text_lstm": ("text_lstm.keras", "text_lstm.npz"),
-    "multi_io": ("multi_io.keras", "multi_io.npz"),
-    "nested": ("nested.keras", "nested.npz"),
-    "deep_sigmoid": ("deep_sigmoid.keras", "deep_sigmoid.npz"),
-    "legacy_keras2": ("legacy_keras2.h5", "legacy_keras2.npz"),
-    "regression_keras3": ("regression_keras3.h5", "regression_keras3.npz"),
-}
 FD_RTOL = 1e-6
 F32_RTOL = 1e-4
-
-
-def invoke(*args: object) -> Any:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}\nstderr: {result.stderr}")
-    return result
-
-
-def error_line(args: list[object], code: int) -> str:
-    """Run a failing command; check exit code, empty stdout, one line; return its message."""
-    result = invoke(*args)
-    assert result.exit_code == code, f"exit {result.exit_code}; stderr: {result.stderr!r}"
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line: {result.stderr!r}"
-    assert lines[0].startswith("gradscope: error: "), lines[0]
-    return lines[0][len("gradscope: error: ") :]
 
 
 def close_to(actual: float, expected: np.ndarray, index: tuple[int, ...], rtol: float) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SAMPLE_PAIRS
 from typer.testing import CliRunner
 
 import gradscope
@@ -31,17 +32,6 @@ from gradscope.errors import ExitCode
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 REPO = SAMPLES.parent
 
-# (model file, data file) of every shipped sample.
-SAMPLE_PAIRS = {
-    "mlp": ("mlp.keras", "mlp.npz"),
-    "cnn": ("cnn.keras", "cnn.npz"),
-    "text_lstm": ("text_lstm.keras", "text_lstm.npz"),
-    "multi_io": ("multi_io.keras", "multi_io.npz"),
-    "nested": ("nested.keras", "nested.npz"),
-    "deep_sigmoid": ("deep_sigmoid.keras", "deep_sigmoid.npz"),
-    "legacy_keras2": ("legacy_keras2.h5", "legacy_keras2.npz"),
-    "regression_keras3": ("regression_keras3.h5", "regression_keras3.npz"),
-}
 
 TOP_LEVEL_KEYS = {
     "schema",
