@@ -114,7 +114,7 @@ def inspect_file(
     ``per_sample`` adds per-example gradient norms.  ``thresholds`` tune the health
     diagnoses (:mod:`gradscope.health`).
     """
-    load = LoadOptions(None if custom_objects is None else Path(custom_objects), unsafe)
+    load = LoadOptions.of(custom_objects, unsafe, loss)
     options = InspectOptions(
         loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors,
         batch_size, max_batches, per_sample, thresholds,

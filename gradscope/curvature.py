@@ -491,7 +491,7 @@ def hessian_file(
     :func:`gradscope.inspect_file`: with ``batch_size`` the file is streamed and every
     Hessian-vector product averages over the batches.
     """
-    load = LoadOptions(None if custom_objects is None else Path(custom_objects), unsafe)
+    load = LoadOptions.of(custom_objects, unsafe, loss)
     inspect_options = InspectOptions(
         loss, training, seed, limit or DEFAULT_ROWS, batch_size=batch_size, max_batches=max_batches
     )

@@ -186,7 +186,7 @@ def check_file(
     """
     options = CheckOptions(variables, inputs, samples, tol, precision, seed)
     options.validate()
-    load = LoadOptions(None if custom_objects is None else Path(custom_objects), unsafe)
+    load = LoadOptions.of(custom_objects, unsafe, loss)
     inspect_options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS)
     model, signature, data, info = load_for_cli(
         model_path, data_path, limit, seed, load, inspect_options

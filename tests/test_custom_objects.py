@@ -238,6 +238,10 @@ def test_unregistered_loss_function(custom: CustomObjects, keras: Any, tmp_path:
         assert "--custom-objects FILE.py" in message
         report = gradscope.inspect_file(path, data, custom_objects=CUSTOM, keep_tensors=True)
         check_report(report, one_tape_reference(model, x, y, mse(0.5)), "x")
+        # --loss replaces the saved loss, which is then not read at all
+        override = gradscope.inspect_file(path, data, loss="mse", keep_tensors=True)
+        assert override.loss.kind == "override"
+        check_report(override, one_tape_reference(model, x, y, mse(1.0)), "x")
 
 
 # -- a registered class nobody provides ----------------------------------------------------

@@ -46,10 +46,21 @@ class LoadOptions:
     ``custom_objects`` is a Python file to import before loading, for the custom
     layers, models, losses and functions the model needs.  ``unsafe`` turns Keras's
     safe mode off (Lambda layers holding Python bytecode), for files the user trusts.
+    ``saved_loss`` rebuilds the loss saved in the file; it is off when ``--loss``
+    replaces it, so a saved loss that cannot be rebuilt does not stop the run.
     """
 
     custom_objects: Path | None = None
     unsafe: bool = False
+    saved_loss: bool = True
+
+    @classmethod
+    def of(
+        cls, custom_objects: str | Path | None, unsafe: bool, loss: str | None = None
+    ) -> LoadOptions:
+        """The options of a command: its ``--custom-objects``, ``--unsafe``, ``--loss``."""
+        path = None if custom_objects is None else Path(custom_objects)
+        return cls(path, unsafe, saved_loss=loss is None)
 
 
 @dataclass(frozen=True)
@@ -267,7 +278,7 @@ def compile_from_config(
             ) from exc
         raise ModelLoadError(
             f"{path}: the saved loss cannot be rebuilt: {first_line(exc)}. "
-            "Use --loss NAME to choose the loss."
+            "Use --loss NAME to choose the loss instead (the saved one is then not read)."
         ) from exc
 
 
@@ -441,8 +452,8 @@ def load_model(
         return _load_savedmodel(file, context)
     with _tf.keras().saving.custom_object_scope(objects):
         if file.suffix.lower() in KERAS_SUFFIXES:
-            return _load_keras_archive(file, context)
-        return _load_h5(file, context)
+            return _load_keras_archive(file, context, options.saved_loss)
+        return _load_h5(file, context, options.saved_loss)
 
 
 def _import_source(options: LoadOptions) -> CustomObjects | None:
@@ -464,22 +475,24 @@ def _load_savedmodel(path: Path, context: _Context) -> LoadedModel:
     return LoadedModel(model, str(path), "savedmodel", notes)
 
 
-def _load_keras_archive(path: Path, context: _Context) -> LoadedModel:
+def _load_keras_archive(path: Path, context: _Context, saved_loss: bool) -> LoadedModel:
     config = _check_keras_archive(path)
     context = _with_config(context, config)
     model = _load_uncompiled(path, context)
-    compile_from_config(
-        model, config.get("compile_config") or {}, path, keras2=False, context=context
-    )
+    if saved_loss:
+        compile_from_config(
+            model, config.get("compile_config") or {}, path, keras2=False, context=context
+        )
     return LoadedModel(model, str(path), "keras")
 
 
-def _load_h5(path: Path, context: _Context) -> LoadedModel:
+def _load_h5(path: Path, context: _Context, saved_loss: bool) -> LoadedModel:
     configs = _h5_configs(path)
     context = _with_config(context, configs.model)
     model = _load_uncompiled(path, context)
     keras2 = configs.keras_version.startswith("2")
-    compile_from_config(model, configs.training or {}, path, keras2=keras2, context=context)
+    if saved_loss:
+        compile_from_config(model, configs.training or {}, path, keras2=keras2, context=context)
     return LoadedModel(model, str(path), "h5")
 
 
