@@ -28,6 +28,10 @@ KINDS: tuple[Kind, ...] = ("nonfinite", "vanishing", "exploding", "dead", "stall
 RELU_FAMILY = frozenset({"relu", "relu6", "ReLU"})
 """Activations whose units can die: exactly zero for every input below a threshold."""
 
+NEAR_ZERO_RMS = 1e-4
+"""Weights whose root-mean-square is below this are near zero by initialization (no usual
+initializer goes this low): they are left out of the ``exploding`` ratio check."""
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -107,10 +111,17 @@ class LayerNorm:
     path: str
     grad_l2: float
     weight_l2: float
+    size: int = 1
 
     @property
     def ratio(self) -> float | None:
         return self.grad_l2 / self.weight_l2 if self.weight_l2 > 0 else None
+
+    @property
+    def near_zero(self) -> bool:
+        """Weights near zero by design (LayerScale's 1e-6, zero-initialized gates): their
+        ``||g|| / ||w||`` is huge without saying anything about the gradient."""
+        return self.weight_l2 / math.sqrt(max(self.size, 1)) < NEAR_ZERO_RMS
 
 
 def parse_fail_on(text: str | None) -> tuple[Kind, ...]:
@@ -139,6 +150,7 @@ def layer_norms(variables: Sequence[VariableRow]) -> list[LayerNorm]:
             path,
             _quadrature(r.grad.l2 for r in rows if r.grad is not None),
             _quadrature(r.weight_l2 for r in rows if math.isfinite(r.weight_l2)),
+            sum(math.prod(r.shape) for r in rows),
         )
         for path, rows in grouped.items()
     ]
@@ -239,7 +251,8 @@ def _exploding(report: Report, layers: Sequence[LayerNorm], t: Thresholds) -> li
                 t.exploding_norm,
             )
         )
-    findings.extend(_ratio_outliers("exploding", layers, t.exploding_ratio, above=True))
+    sized = [layer for layer in layers if not layer.near_zero]
+    findings.extend(_ratio_outliers("exploding", sized, t.exploding_ratio, above=True))
     return findings
 
 

@@ -158,3 +158,27 @@ def test_fail_on_exit_codes_and_json() -> None:
     assert healthy.exit_code == 0 and "Health: no findings" in healthy.stdout
     unknown = _invoke(*deep, "--fail-on", "vanish")
     assert unknown.exit_code == ExitCode.USAGE and "--fail-on" in unknown.stderr
+
+
+def test_near_zero_weights_are_not_exploding(keras: Any) -> None:
+    """LayerScale-style weights initialized at 1e-6 have a huge ||g||/||w|| by design."""
+
+    class Scale(keras.layers.Layer):
+        def build(self, shape: Any) -> None:
+            self.gamma = self.add_weight(shape=(shape[-1],), initializer="zeros")
+            self.gamma.assign(np.full((shape[-1],), 1e-6, np.float32))
+
+        def call(self, x: Any) -> Any:
+            return x * self.gamma
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(4, name="dense")(inputs)
+    out = keras.layers.Dense(1, name="out")(inputs + Scale(name="scale")(hidden))
+    model = keras.Model(inputs, out)
+    model.compile(loss="mse")
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((16, 4)).astype("f4"), rng.standard_normal((16, 1)).astype("f4")
+    report = api.inspect(model, x, y)
+    scale = next(r for r in report.variables if r.layer == "scale")
+    assert scale.ratio is not None and scale.ratio > 10  # the ratio alone would fire
+    assert "exploding" not in _kinds(report)
