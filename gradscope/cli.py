@@ -187,20 +187,28 @@ def _finish(
     return render(report, output_format, width=_table_width(), color=_use_color())
 
 
-def _check_plot_target(path: Path, force: bool) -> None:
-    """Before any work: matplotlib is there and ``--plot`` can be written."""
+def _check_output_targets(
+    save: Path | None,
+    save_suffixes: tuple[str, ...],
+    plot: Path | None,
+    tensorboard: Path | None,
+    force: bool,
+) -> None:
+    """Before any work: every requested output (``--save``, ``--plot``, ``--tensorboard``)
+    can be written, so a typo or a missing extra fails at once and leaves nothing."""
     from ._atomic import check_writable
-    from .export.plot import OPTION, SUFFIXES, ensure_available
 
-    ensure_available()
-    check_writable(path, SUFFIXES, OPTION, force=force)
+    if save is not None:
+        check_writable(save, save_suffixes, "--save", force=force)
+    if plot is not None:
+        from .export.plot import OPTION, SUFFIXES, ensure_available
 
+        ensure_available()
+        check_writable(plot, SUFFIXES, OPTION, force=force)
+    if tensorboard is not None:
+        from .export.tensorboard import check_logdir_target
 
-def _check_tensorboard_target(path: Path) -> None:
-    """Before any work: ``--tensorboard`` is, or can become, a writable folder."""
-    from .export.tensorboard import check_logdir_target
-
-    check_logdir_target(path)
+        check_logdir_target(tensorboard)
 
 
 def _emit(text: str) -> None:
@@ -357,16 +365,10 @@ def inspect(
 
     def action() -> str:
         from . import api, health
-        from ._atomic import check_writable
         from ._progress import progress_bar
         from .export import hdf5
 
-        if save is not None:
-            check_writable(save, hdf5.SUFFIXES, "--save", force=force)
-        if plot is not None:
-            _check_plot_target(plot, force)
-        if tensorboard is not None:
-            _check_tensorboard_target(tensorboard)
+        _check_output_targets(save, hdf5.SUFFIXES, plot, tensorboard, force)
         try:
             wanted = health.parse_fail_on(fail_on)
         except ValueError as exc:
@@ -478,16 +480,10 @@ def hessian(
 
     def action() -> str:
         from . import curvature
-        from ._atomic import check_writable
         from ._progress import progress_bar
         from .export import hessian_hdf5
 
-        if save is not None:
-            check_writable(save, hessian_hdf5.SUFFIXES, "--save", force=force)
-        if plot is not None:
-            _check_plot_target(plot, force)
-        if tensorboard is not None:
-            _check_tensorboard_target(tensorboard)
+        _check_output_targets(save, hessian_hdf5.SUFFIXES, plot, tensorboard, force)
         for option, value in (("--top-k", top_k), ("--max-iter", max_iter), ("--tol", tol)):
             if value <= 0:
                 raise UsageError(f"{option}: expected a positive number. Received: {value}")

@@ -945,6 +945,32 @@ def _row_verdict(coordinates: Sequence[CheckedCoordinate], tol: float) -> dict[s
     }
 
 
+def _checked_row(
+    kind: Any,
+    path: str,
+    layer: str | None,
+    layer_class: str | None,
+    shape: tuple[int, ...],
+    dtype: str,
+    coordinates: Sequence[CheckedCoordinate],
+    tol: float,
+) -> CheckRow:
+    """The row of one checked variable or input, its verdict summarized from its
+    coordinates."""
+    fields = _row_verdict(coordinates, tol)
+    return CheckRow(
+        kind=kind,
+        path=path,
+        layer=layer,
+        layer_class=layer_class,
+        shape=shape,
+        dtype=dtype,
+        coordinates=tuple(coordinates),
+        note=_note_of(fields),
+        **fields,
+    )
+
+
 def _note_of(fields: Mapping[str, Any]) -> str | None:
     if fields["checked"] == 0 and fields["nonsmooth"]:
         return "every sampled entry is within one step of a kink of the loss"
@@ -994,18 +1020,17 @@ def _report(
         path = chosen.variable.path
         entries = sample_entries(grad, options.samples, _rng(options.seed, path, "variable"))
         coordinates = _check_variable(function, variable, grad, entries, rule, f0)
-        fields = _row_verdict(coordinates, tol)
+        shape = tuple(int(d) for d in chosen.variable.shape)
         variable_rows.append(
-            CheckRow(
-                kind="variable",
-                path=path,
-                layer=chosen.layer,
-                layer_class=chosen.layer_class,
-                shape=tuple(int(d) for d in chosen.variable.shape),
-                dtype=str(chosen.variable.dtype),
-                coordinates=tuple(coordinates),
-                note=_note_of(fields),
-                **fields,
+            _checked_row(
+                "variable",
+                path,
+                chosen.layer,
+                chosen.layer_class,
+                shape,
+                str(chosen.variable.dtype),
+                coordinates,
+                tol,
             )
         )
     input_rows = (
@@ -1067,19 +1092,8 @@ def _input_rows(
         grad = input_grads[spec.name]
         entries = sample_entries(grad, options.samples, _rng(options.seed, spec.name, "input"))
         coordinates = _check_input(function, spec.name, grad, entries, rule, f0)
-        fields = _row_verdict(coordinates, rule.tol)
         rows.append(
-            CheckRow(
-                kind="input",
-                path=spec.name,
-                layer=None,
-                layer_class=None,
-                shape=shape,
-                dtype=spec.dtype,
-                coordinates=tuple(coordinates),
-                note=_note_of(fields),
-                **fields,
-            )
+            _checked_row("input", spec.name, None, None, shape, spec.dtype, coordinates, rule.tol)
         )
     return rows
 
