@@ -206,13 +206,27 @@ def model_info_of(model: Any, path: str | None, fmt: str, notes: Sequence[str] =
     return ModelInfo(name, cls, path, fmt, trainable, layer_count, tuple(notes))
 
 
-def _fake_predictions(signature: ModelSignature, rows: int) -> Any:
-    """Outputs-shaped arrays, enough for Keras to check targets against the loss."""
-    arrays = {}
-    for spec in signature.outputs:
-        shape = tuple(rows if i == 0 else (d or 1) for i, d in enumerate(spec.shape))
-        arrays[spec.name] = np.full(shape, 0.5, dtype=np.float32)
-    return signature.pack_outputs(arrays)
+def _has_static_outputs(signature: ModelSignature) -> bool:
+    """Whether every output dimension but the batch axis is known from the model alone."""
+    return all(d is not None for spec in signature.outputs for d in spec.shape[1:])
+
+
+def _sample_predictions(model: Any, signature: ModelSignature, batch: Batch, rows: int) -> Any:
+    """Outputs for the first ``rows`` examples, shaped as the model really returns them.
+
+    When every output dimension is static, constant arrays of that shape suffice for
+    Keras to check targets against the loss, and cost nothing.  A sequence model's output
+    length (or any unknown dimension) depends on its input, so it is never invented: the
+    model is run, in inference mode, on those rows of the real batch.
+    """
+    if _has_static_outputs(signature):
+        arrays = {
+            spec.name: np.full((rows, *spec.shape[1:]), 0.5, dtype=np.float32)
+            for spec in signature.outputs
+        }
+        return signature.pack_outputs(arrays)
+    inputs = {name: array[:rows] for name, array in batch.inputs.items()}
+    return model(signature.pack_inputs(inputs), training=False)
 
 
 def _preflight(spec: LossSpec, model: Any, signature: ModelSignature, batch: Batch) -> None:
@@ -220,7 +234,8 @@ def _preflight(spec: LossSpec, model: Any, signature: ModelSignature, batch: Bat
         return
     rows = min(batch.size, 2)
     sample = {name: array[:rows] for name, array in batch.targets.items()}
-    check_loss_runs(spec, model, signature.pack_outputs(sample), _fake_predictions(signature, rows))
+    predictions = _sample_predictions(model, signature, batch, rows)
+    check_loss_runs(spec, model, signature.pack_outputs(sample), predictions)
 
 
 def prepare_loss_and_batch(
