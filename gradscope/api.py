@@ -221,7 +221,7 @@ def _sample_predictions(model: Any, signature: ModelSignature, batch: Batch, row
     """
     if _has_static_outputs(signature):
         arrays = {
-            spec.name: np.full((rows, *spec.shape[1:]), 0.5, dtype=np.float32)
+            spec.name: np.full((rows, *(int(d or 1) for d in spec.shape[1:])), 0.5, np.float32)
             for spec in signature.outputs
         }
         return signature.pack_outputs(arrays)

@@ -191,7 +191,7 @@ def gradient_profile(report: Report) -> str | None:
     scale = _log_scale(norms)
     if len(norms) < 2 or scale is None:
         return None
-    return f"{sparkline(norms)}  {10**scale[0]:.1e} … {10**scale[1]:.1e} (input → output)"
+    return f"{sparkline(norms)}  {10 ** scale[0]:.1e} … {10 ** scale[1]:.1e} (input → output)"
 
 
 def _spread(spread: NormSpread) -> str:
@@ -297,9 +297,7 @@ def variable_cells(row: VariableRow) -> list[Text]:
     ]
 
 
-def activation_cells(
-    row: ActivationRow, scale: tuple[float, float] | None = None
-) -> list[Text]:
+def activation_cells(row: ActivationRow, scale: tuple[float, float] | None = None) -> list[Text]:
     """Cells of one row of the layer-output table, in :data:`ACTIVATION_COLUMNS` order;
     ``scale`` is the log10 range of the gradient norms the bars share."""
     value = row.value
