@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import error_line, invoke
 
 import gradscope
 from gradscope.errors import DataLoadError, ExitCode, MismatchError, ResourceError, UsageError
 from gradscope.loading import pipelines
 from gradscope.loading.pipelines import PipelineSpec, parse_pipeline_spec
 from gradscope.loading.signature import model_signature
-
-from cli_helpers import error_line, invoke
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
@@ -69,9 +68,10 @@ def reference(model: Any, x: Any, y: Any, weight: Any = None) -> tuple[float, di
     with tf.GradientTape() as tape:
         predictions = model(x, training=False)
         loss = model.compute_loss(x=x, y=y, y_pred=predictions, sample_weight=weight)
-    grads = tape.gradient(loss, model.trainable_variables)
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
     return float(loss), {
-        v.path: np.asarray(g, np.float64) for v, g in zip(model.trainable_variables, grads)
+        v.path: np.asarray(g, np.float64) for v, g in zip(variables, grads, strict=True)
     }
 
 
@@ -172,9 +172,8 @@ def test_one_batch_is_the_same_as_its_arrays(tf: Any, mlp: Any, mlp_data: Any) -
     assert_mean_gradient(report, *reference(mlp, x, y))
 
 
-def test_hessian_exact_block_and_lanczos_over_a_pipeline(
-    tf: Any, mlp: Any, mlp_data: Any
-) -> None:
+@pytest.mark.slow
+def test_hessian_exact_block_and_lanczos_over_a_pipeline(tf: Any, mlp: Any, mlp_data: Any) -> None:
     x, y, _ = mlp_data
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(32, seed=1).batch(10)
     variable = next(v for v in mlp.trainable_variables if v.path == "hidden_2/bias")
@@ -312,7 +311,7 @@ def test_cli_pipeline_equals_the_npz_route(tmp_path: Path) -> None:
         _numbers(hessians[1]["blocks"][0]["eigenvalues"]), rel=1e-6
     )
     checks = [
-        _json("check", MLP, "--data", data, "--vars", "probs/*", *extra)
+        _json("check", MLP, "--data", data, "--vars", "probs/*", "--no-inputs", *extra)
         for data, extra in ((spec, ()), (npz, ("--limit", 10)))
     ]
     assert checks[0]["batch"]["size"] == 10
@@ -415,7 +414,6 @@ CLI_ERRORS = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CLI_ERRORS))
 def test_cli_errors_in_the_pipeline_file(tmp_path: Path, case: str) -> None:
     body, code, pattern = CLI_ERRORS[case]
@@ -486,7 +484,7 @@ def test_the_readme_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kera
     expected_loss, expected = reference(keras.saving.load_model(MLP), x, y)
 
     scope: dict[str, Any] = {}
-    exec(compile(api_code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    exec(compile(api_code, "README.md", "exec"), scope)  # our own README
     report = scope["report"]
     assert report.batches.count == 3 and report.batch.size == 70  # 32, 32, 6
     assert_mean_gradient(report, expected_loss, expected)
