@@ -374,6 +374,12 @@ CLI_ERRORS = {
         ExitCode.DATA,
         r"batch 0: holds a RaggedTensor; expected dense arrays",
     ),
+    "arrays of unequal rows": (
+        "import numpy as np\ndef batches():\n"
+        "    yield [np.zeros((4, 20)), np.zeros((3, 20))], np.zeros((4, 3))\n",
+        ExitCode.DATA,
+        r"batch 0: not an array: .*inhomogeneous",
+    ),
     "raises while read": (
         f"import numpy as np\ndef batches():\n    yield {GOOD_ROWS}\n"
         "    raise ValueError('corrupt record 17')\n",

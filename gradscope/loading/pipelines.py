@@ -317,6 +317,8 @@ def _to_batch(element: Any, signature: ModelSignature, where: str, path: str | N
         batch = batch_from_arrays(signature, x, y, weight)
     except MismatchError as exc:
         raise MismatchError(f"{where}: {exc.message}") from exc
+    except (ValueError, TypeError) as exc:  # arrays numpy cannot stack, e.g. ragged lists
+        raise DataLoadError(f"{where}: not an array: {first_line(exc)}") from exc
     if batch.size == 0:
         raise DataLoadError(f"{where}: the batch is empty (0 rows).")
     weight = batch.sample_weight
