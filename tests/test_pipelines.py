@@ -111,6 +111,7 @@ def test_tf_data_short_last_batch_and_sample_weight(tf: Any, mlp: Any, mlp_data:
     assert_mean_gradient(report, *reference(mlp, x, y, weight))
 
 
+@pytest.mark.slow
 def test_tf_data_dict_inputs_of_a_multi_input_model(tf: Any, multi_io: Any) -> None:
     with np.load(SAMPLES / "multi_io.npz") as data:
         x = {name: data[name] for name in ("image_features", "metadata")}
