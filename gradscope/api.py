@@ -35,6 +35,13 @@ from .loading.data import (
     split_batch,
 )
 from .loading.models import LoadOptions, check_model_path, load_model
+from .loading.pipelines import (
+    check_cli_options,
+    check_pipeline_spec,
+    cli_data,
+    data_argument,
+    parse_pipeline_spec,
+)
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS, synthetic_batch
 from .losses import LossSpec, check_loss_runs, resolve_loss
@@ -149,15 +156,24 @@ def inspect(
     batches (at most ``max_batches``) and the report describes their mean gradient;
     ``per_sample`` adds per-example gradient norms; ``thresholds`` tune the health
     diagnoses.  Keras's global random state is left alone.
+
+    ``x`` may instead be a pipeline: a ``tf.data.Dataset``, a ``keras.utils.PyDataset``
+    or an iterable (generator) yielding ``x``, ``(x, y)`` or ``(x, y, sample_weight)``
+    batches, as ``model.fit`` takes; ``y`` and ``sample_weight`` are then ``None`` and
+    ``batch_size`` is not used.  Its batches (at most ``max_batches``) are aggregated as
+    with ``batch_size``; one batch is the same as its arrays (see
+    :mod:`gradscope.loading.pipelines`).
     """
     signature = model_signature(model)
-    batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
+    data = data_argument(
+        signature, x, y, sample_weight, batch_size=batch_size, max_batches=max_batches
+    )
     options = InspectOptions(
         loss, training, seed, rows, layers, keep_tensors,
         batch_size, max_batches, per_sample, thresholds,
     )  # fmt: skip
     info = model_info_of(model, None, "memory")
-    return run_inspect(model, signature, batch, options, info)
+    return run_inspect(model, signature, data, options, info)
 
 
 def _named(specs_names: Sequence[str], value: ArrayLike, what: str) -> dict[str, np.ndarray]:
@@ -278,14 +294,21 @@ def load_for_cli(
     check_model_path(Path(model_path))
     if load is not None and load.custom_objects is not None:
         check_custom_objects_path(load.custom_objects)
-    if data_path is not None:
+    pipeline = parse_pipeline_spec(data_path)  # --data FILE.py:NAME
+    if pipeline is not None:
+        check_pipeline_spec(pipeline)
+        check_cli_options(pipeline, limit, options.batch_size if options else None)
+    elif data_path is not None:
         check_data_path(Path(data_path))
     _tf.keras().utils.set_random_seed(seed)
-    _check_batching(options)
+    if pipeline is None:
+        _check_batching(options)
     loaded = load_model(model_path, load)
     signature = model_signature(loaded.model)
     data: Batch | Batches | None = None
-    if data_path is not None and options is not None and options.batch_size is not None:
+    if pipeline is not None:
+        data = cli_data(pipeline, signature, options.max_batches if options else None)
+    elif data_path is not None and options is not None and options.batch_size is not None:
         data = _file_batches(data_path, signature, options.batch_size, options.max_batches, limit)
     elif data_path is not None:
         data = load_batch(data_path, signature, limit=limit)

@@ -234,7 +234,10 @@ ModelArg = Annotated[
 DataOpt = Annotated[
     Path | None,
     typer.Option(
-        "--data", "-d", help="Batch: .npz, .npy (inputs only) or .h5. Default: synthetic."
+        "--data",
+        "-d",
+        help="Batch: .npz, .npy (inputs only) or .h5; or FILE.py:NAME, a function returning "
+        "a tf.data.Dataset, PyDataset or generator of batches. Default: synthetic.",
     ),
 ]
 LimitOpt = Annotated[
@@ -261,7 +264,8 @@ BatchSizeOpt = Annotated[
     ),
 ]
 MaxBatchesOpt = Annotated[
-    int | None, typer.Option("--max-batches", help="With --batch-size: at most M batches.")
+    int | None,
+    typer.Option("--max-batches", help="With --batch-size or FILE.py:NAME: at most M batches."),
 ]
 CustomObjectsOpt = Annotated[
     Path | None,

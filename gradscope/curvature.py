@@ -25,7 +25,6 @@ from .api import (
     ArrayLike,
     InspectOptions,
     RestoredState,
-    batch_from_arrays,
     load_for_cli,
     model_info_of,
     prepare_loss_and_batch,
@@ -38,6 +37,7 @@ from .engine.hessian import HessianOperator, HvpMode, exact_block_bytes
 from .errors import ResourceError, UsageError, received
 from .loading.data import Batch, Batches, as_batches, split_batch
 from .loading.models import LoadOptions
+from .loading.pipelines import data_argument
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS
 from .report import CrossBlock, Density, HessianBlock, HessianReport, LossInfo, ModelInfo
@@ -453,17 +453,21 @@ def hessian(
     """Curvature of the loss of an in-memory Keras model (see :class:`HessianOptions`).
 
     With ``batch_size`` the data is cut into batches (at most ``max_batches``) and the
-    curvature is that of their row-weighted mean loss.
+    curvature is that of their row-weighted mean loss.  ``x`` may be a pipeline, as in
+    :func:`gradscope.inspect`: every product then averages over its batches, which are
+    read once and kept, so every product sees the same rows.
     """
     signature = model_signature(model)
-    batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
+    data = data_argument(
+        signature, x, y, sample_weight, batch_size=batch_size, max_batches=max_batches
+    )
     inspect_options = InspectOptions(
         loss, training, seed, rows, batch_size=batch_size, max_batches=max_batches
     )
     return run_hessian(
         model,
         signature,
-        batch,
+        data,
         inspect_options,
         options or HessianOptions(seed=seed),
         model_info_of(model, None, "memory"),

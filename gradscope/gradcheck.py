@@ -59,7 +59,6 @@ from .api import (
     ArrayLike,
     InspectOptions,
     RestoredState,
-    batch_from_arrays,
     load_for_cli,
     model_info_of,
     prepare_loss_and_batch,
@@ -70,6 +69,7 @@ from .engine.capture import walk_layers
 from .errors import LossError, MismatchError, UsageError, first_line, received
 from .loading.data import Batch
 from .loading.models import LoadOptions
+from .loading.pipelines import data_argument, parse_pipeline_spec
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS
 from .losses import LossSpec, total_loss
@@ -154,10 +154,13 @@ def check(
 
     ``x``/``y`` and ``loss``, ``training``, ``seed``, ``rows`` are as in
     :func:`gradscope.inspect`; the other arguments are those of :class:`CheckOptions`.
-    The model's weights and state are left as they were.
+    The model's weights and state are left as they were.  With a pipeline as ``x``
+    (a ``tf.data.Dataset``, ``PyDataset`` or generator) only its first batch is read
+    and checked: a finite-difference check is of one loss function, on one batch.
     """
     signature = model_signature(model)
-    batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
+    batch = data_argument(signature, x, y, sample_weight, max_batches=1)
+    assert batch is None or isinstance(batch, Batch)  # a pipeline: its first batch only
     inspect_options = InspectOptions(loss, training, seed, rows)
     options = CheckOptions(variables, inputs, samples, tol, precision, seed)
     info = model_info_of(model, None, "memory")
@@ -187,7 +190,10 @@ def check_file(
     options = CheckOptions(variables, inputs, samples, tol, precision, seed)
     options.validate()
     load = LoadOptions.of(custom_objects, unsafe, loss)
-    inspect_options = InspectOptions(loss, training, seed, limit or DEFAULT_ROWS)
+    first_only = 1 if parse_pipeline_spec(data_path) else None  # a pipeline: its first batch
+    inspect_options = InspectOptions(
+        loss, training, seed, limit or DEFAULT_ROWS, max_batches=first_only
+    )
     model, signature, data, info = load_for_cli(
         model_path, data_path, limit, seed, load, inspect_options
     )

@@ -31,7 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import _tf
-from ..errors import ModelLoadError, UsageError, first_line, received
+from ..errors import GradscopeError, ModelLoadError, UsageError, first_line, received
 
 OPTION = "--custom-objects"
 _LIBRARY_ROOTS = frozenset({"keras", "tensorflow", "tf_keras"})
@@ -87,10 +87,10 @@ def import_custom_objects(path: str | Path) -> CustomObjects:
     return _cache[key]
 
 
-def _module_name(path: Path) -> str:
-    """A module name no real module has: ``_gradscope_custom_objects_<stem>_<n>``."""
+def _module_name(path: Path, kind: str) -> str:
+    """A module name no real module has: ``_gradscope_<kind>_<stem>_<n>``."""
     stem = re.sub(r"\W", "_", path.stem)
-    return f"_gradscope_custom_objects_{stem}_{next(_counter)}"
+    return f"_gradscope_{kind}_{stem}_{next(_counter)}"
 
 
 @contextmanager
@@ -105,9 +105,15 @@ def _on_sys_path(folder: Path) -> Iterator[None]:
             sys.path.remove(entry)
 
 
-def _import_file(path: Path) -> ModuleType:
-    """Run ``path`` as a fresh module; an exception in it becomes one line."""
-    name = _module_name(path)
+def _import_file(
+    path: Path, error: type[GradscopeError] = ModelLoadError, kind: str = "custom_objects"
+) -> ModuleType:
+    """Run ``path`` as a fresh module; an exception in it becomes one line.
+
+    ``error`` is the class of that line (the exit code): a model's custom objects are a
+    model error, a data pipeline's file a data error.  ``kind`` goes into the module name.
+    """
+    name = _module_name(path, kind)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise UsageError(f"{path}: cannot be imported as a Python module.")
@@ -118,9 +124,7 @@ def _import_file(path: Path) -> ModuleType:
             spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:
         sys.modules.pop(name, None)
-        raise ModelLoadError(
-            f"{path}: importing it raised {type(exc).__name__}: {first_line(exc)}"
-        ) from exc
+        raise error(f"{path}: importing it raised {type(exc).__name__}: {first_line(exc)}") from exc
     return module
 
 
