@@ -108,16 +108,6 @@ def _merge_rows(a: np.ndarray, count_a: Any, b: np.ndarray, count_b: Any) -> np.
     return out
 
 
-def _entries(shapes: Sequence[Any], rows: int) -> np.ndarray:
-    """Entries of each tensor of a batch of ``rows`` (an unknown dimension is ``rows``:
-    the step is traced on concrete batches, so only the batch dimension can be)."""
-    counts = []
-    for shape in shapes:
-        dims = [rows if d is None else int(d) for d in shape]
-        counts.append(float(np.prod(dims, dtype=np.float64)))
-    return np.asarray(counts, dtype=np.float64)
-
-
 class BatchAccumulator:
     """Merges :class:`EngineResult` s of consecutive batches into one.
 
@@ -148,7 +138,6 @@ class BatchAccumulator:
         rows = batch.size
         self.last_rows = rows
         weight = rows / self.total_rows
-        outputs = result.meta.outputs
         self.rows_seen += rows
         self.losses.append(result.loss)
         self.loss += weight * result.loss
@@ -156,10 +145,12 @@ class BatchAccumulator:
         for name, row in result.input_stats.items():
             entries = np.array([float(batch.inputs[name].size)])
             self._inputs.setdefault(name, _MergedStats()).add(row[None, :], entries, weight)
-        grads = [c.tensor.shape for c in outputs if c.differentiable]
-        values = [c.tensor.shape for c in outputs if c.has_value_stats]
-        self._activation_grads.add(result.activation_grad_stats, _entries(grads, rows), weight)
-        self._activation_values.add(result.activation_value_stats, _entries(values, rows), 1.0)
+        self._activation_grads.add(
+            result.activation_grad_stats, aggregation["activation_grad_entries"], weight
+        )
+        self._activation_values.add(
+            result.activation_value_stats, aggregation["activation_value_entries"], 1.0
+        )
         live = [np.asarray(m, dtype=bool) for m in aggregation["live_units"]]
         self._live = (
             live if not self._live else [a | b for a, b in zip(self._live, live, strict=True)]

@@ -198,7 +198,11 @@ def test_stop_on_nonfinite_stops_training(keras, stop, tmp_path: Path, capsys) -
         assert model.stop_training is True
         assert counter.batches == 3 and monitor.records == 3
         assert monitor.stop_finding.kind == "nonfinite"
-        assert "stopping training at epoch 0, batch 2 (step 3): nonfinite: weights hold NaN" in err
+        # The NaN update reaches the weights; whether the probe's loss finding (listed
+        # first) fires as well depends on how the backend propagates NaN in the loss.
+        assert "stopping training at epoch 0, batch 2 (step 3): nonfinite: " in err
+        messages = [f["message"] for f in lines[2]["health"]["findings"]]
+        assert any(m.startswith("weights hold NaN") for m in messages)
     else:
         assert counter.batches == 12 and monitor.stop_finding is None
         assert "stopping" not in err

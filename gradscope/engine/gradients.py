@@ -108,6 +108,19 @@ def _dense(gradient: Any) -> Any:
     return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
+def _entry_counts(tensors: list[Any]) -> Any:
+    """How many entries each tensor has in this run, as a float64 vector.
+
+    Read from the running graph, not from the traced shapes: a sequence model's layer
+    outputs change length from batch to batch, and a step reused for a shape it was
+    traced on earlier carries the metadata of the latest trace.
+    """
+    tf = _tf.tensorflow()
+    if not tensors:
+        return tf.zeros([0], tf.float64)
+    return tf.stack([tf.cast(tf.size(t, out_type=tf.int64), tf.float64) for t in tensors])
+
+
 def batch_tensors(batch: Batch, with_targets: bool) -> tuple[Any, Any, Any]:
     """A batch as the tensors a compiled step takes: inputs, targets (or ``None`` when the
     batch has none or the loss does not use them) and sample weights (or ``None``)."""
@@ -327,6 +340,12 @@ class GradientEngine:
                     for g in variable_grads
                 ],
                 "live_units": [stats.live_units(c.tensor) for c in outputs if c.has_value_stats],
+                "activation_grad_entries": _entry_counts(
+                    [c.tensor for c in outputs if c.differentiable]
+                ),
+                "activation_value_entries": _entry_counts(
+                    [c.tensor for c in outputs if c.has_value_stats]
+                ),
             }
         if self.keep_tensors:
             result["tensors"] = {
