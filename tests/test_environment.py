@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_helpers import error_line
+from cli_helpers import error_line, invoke
 from conftest import REPO, SAMPLE_MODELS
 
 from gradscope import _tf
@@ -238,6 +238,27 @@ def test_the_cli_runs_on_tensorflow_whatever_the_backend_setting(
     assert report["global_grad_norm"] == pytest.approx(norm, rel=1e-5)
 
 
+@pytest.mark.parametrize("command", ["inspect", "hessian", "check"])
+def test_every_model_command_sets_the_backend_and_notes_it(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In-process, Keras is already imported; what is checked is that each command asks
+    # for TensorFlow before it loads anything, and prints the note unless --quiet.
+    calls: list[str] = []
+
+    def use_tensorflow_backend() -> str:
+        calls.append(command)
+        return "KERAS_BACKEND=jax ignored; gradscope runs Keras on TensorFlow"
+
+    monkeypatch.setattr(_tf, "use_tensorflow_backend", use_tensorflow_backend)
+    args = [command, MLP, "-d", MLP_DATA, "--limit", "4", "--format", "json"]
+    loud, quiet = invoke(*args), invoke(*args, "--quiet")
+    assert (loud.exit_code, quiet.exit_code) == (0, 0), loud.stderr
+    assert loud.stderr.startswith("gradscope: KERAS_BACKEND=jax ignored;")
+    assert "KERAS_BACKEND" not in quiet.stderr
+    assert calls == [command, command]
+
+
 # -- classes from packages that are not installed ----------------------------------------------
 
 
@@ -340,6 +361,16 @@ def test_a_keras_hub_model_without_keras_hub_is_one_short_line(tmp_path: Path) -
         "installed; install keras-hub (pip install keras-hub).\n"
     )
     assert len(proc.stderr) - len(str(model)) < MAX_LINE
+
+
+def test_a_keras_message_quoting_the_whole_config_is_cut_short(tmp_path: Path) -> None:
+    # Keras refuses a registered name on a built-in class and appends the full config.
+    edit = replace_dense("keras.layers", "Dense", "mine>Dense")
+    model = rewrite_archive(MLP, tmp_path / "model.keras", edit)
+    message = error_line(["inspect", model], ExitCode.MODEL)
+    assert message.startswith(f"{model}: cannot load the model: `registered_name='mine>Dense'`")
+    assert "Full object config" not in message and "'units'" not in message
+    assert len(message) - len(str(model)) < MAX_LINE
 
 
 # -- files saved by a newer Keras ----------------------------------------------------------

@@ -310,7 +310,7 @@ _SAFE_MODE_MARKERS = ("safe_mode=False", "enable_unsafe_deserialization")
 _REFUSED_CLASS = re.compile(r"deserialization of an? `(\w+)`")
 
 
-_MESSAGE_LIMIT = 200  # characters of a library message quoted in an error line
+_MESSAGE_LIMIT = 150  # characters of a library message quoted in an error line (lines < 300)
 
 
 def _short(text: str) -> str:
