@@ -239,11 +239,12 @@ def test_the_cli_runs_on_tensorflow_whatever_the_backend_setting(
 
 
 @pytest.mark.parametrize("command", ["inspect", "hessian", "check"])
-def test_every_model_command_sets_the_backend_and_notes_it(
-    command: str, monkeypatch: pytest.MonkeyPatch
+def test_every_model_command_sets_the_backend_and_notes_it_first(
+    command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # In-process, Keras is already imported; what is checked is that each command asks
-    # for TensorFlow before it loads anything, and prints the note unless --quiet.
+    # for TensorFlow before it loads anything (here: a missing file), with the note
+    # unless --quiet.
     calls: list[str] = []
 
     def use_tensorflow_backend() -> str:
@@ -251,11 +252,15 @@ def test_every_model_command_sets_the_backend_and_notes_it(
         return "KERAS_BACKEND=jax ignored; gradscope runs Keras on TensorFlow"
 
     monkeypatch.setattr(_tf, "use_tensorflow_backend", use_tensorflow_backend)
-    args = [command, MLP, "-d", MLP_DATA, "--limit", "4", "--format", "json"]
-    loud, quiet = invoke(*args), invoke(*args, "--quiet")
-    assert (loud.exit_code, quiet.exit_code) == (0, 0), loud.stderr
-    assert loud.stderr.startswith("gradscope: KERAS_BACKEND=jax ignored;")
-    assert "KERAS_BACKEND" not in quiet.stderr
+    missing = tmp_path / "missing.keras"
+    loud, quiet = invoke(command, missing), invoke(command, missing, "--quiet")
+    assert (loud.exit_code, quiet.exit_code) == (ExitCode.MODEL, ExitCode.MODEL)
+    error = f"gradscope: error: {missing}: no such file"
+    assert loud.stderr.splitlines()[0] == (
+        "gradscope: KERAS_BACKEND=jax ignored; gradscope runs Keras on TensorFlow"
+    )
+    assert loud.stderr.splitlines()[1].startswith(error)
+    assert quiet.stderr.startswith(error)
     assert calls == [command, command]
 
 
