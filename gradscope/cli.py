@@ -122,6 +122,16 @@ def _note(message: str, quiet: bool) -> None:
         sys.stderr.write(f"gradscope: {message}\n")
 
 
+def _keras_on_tensorflow(quiet: bool) -> None:
+    """The CLI owns its process: Keras runs on TensorFlow, whatever ``KERAS_BACKEND`` or
+    ``keras.json`` say (a ``.keras`` file does not depend on the backend), with a note."""
+    from . import _tf
+
+    note = _tf.use_tensorflow_backend()
+    if note is not None:
+        _note(note, quiet)
+
+
 def run_guarded(action: Callable[[], T], debug: bool) -> T:
     """Run ``action``; turn failures into one stderr line and a documented exit code.
 
@@ -368,6 +378,7 @@ def inspect(
     fired: list[str] = []
 
     def action() -> str:
+        _keras_on_tensorflow(quiet)
         from . import api, health
         from ._progress import progress_bar
         from .export import hdf5
@@ -483,6 +494,7 @@ def hessian(
     """Hessian blocks of the loss: exact where they fit, Lanczos/Hutch++/SLQ otherwise."""
 
     def action() -> str:
+        _keras_on_tensorflow(quiet)
         from . import curvature
         from ._progress import progress_bar
         from .export import hessian_hdf5
@@ -590,6 +602,7 @@ def check(
     outcome: list[Any] = []
 
     def action() -> str:
+        _keras_on_tensorflow(quiet)
         from . import gradcheck
 
         report = gradcheck.check_file(

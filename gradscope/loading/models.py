@@ -10,8 +10,11 @@ not a traceback from deep inside the loader.
 Custom classes come from ``--custom-objects FILE.py`` (see :mod:`.custom_objects`): the
 file is imported, and its objects are in scope while the model and its loss are rebuilt.
 A class the model needs and nobody provides is named in the error, with its registered
-``package>Name`` read from the model's config.  SavedModel directories are wrapped as a
-Keras model by :mod:`.savedmodel`.
+``package>Name`` read from the model's config.  A class whose package is not installed
+(a keras_hub model on a machine without keras_hub) is named with its module and the
+``pip install`` that provides it; a file saved by a newer Keras than the installed one
+names both versions when it fails to load, and gets a note when it loads.  SavedModel
+directories are wrapped as a Keras model by :mod:`.savedmodel`.
 
 Models are loaded with ``compile=False`` and compiled again with just the saved loss and
 loss weights, read directly from the file (``compile_config`` in a ``.keras`` archive,
@@ -21,6 +24,8 @@ is faster, and this works where Keras's own loader fails on the compile config.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -277,7 +282,7 @@ def compile_from_config(
                 "--custom-objects FILE.py."
             ) from exc
         raise ModelLoadError(
-            f"{path}: the saved loss cannot be rebuilt: {first_line(exc)}. "
+            f"{path}: the saved loss cannot be rebuilt: {_reason(exc)}. "
             "Use --loss NAME to choose the loss instead (the saved one is then not read)."
         ) from exc
 
@@ -290,6 +295,7 @@ class _Context:
     custom_objects: dict[str, Any] = field(default_factory=dict)
     source: CustomObjects | None = None
     model_config: dict[str, Any] | None = None
+    keras_version: str = ""  # of the Keras that saved the file, when it says
 
 
 # -- explaining failures -----------------------------------------------------------------
@@ -302,6 +308,25 @@ _MISSING_PATTERNS = (
 )
 _SAFE_MODE_MARKERS = ("safe_mode=False", "enable_unsafe_deserialization")
 _REFUSED_CLASS = re.compile(r"deserialization of an? `(\w+)`")
+
+
+_MESSAGE_LIMIT = 150  # characters of a library message quoted in an error line (lines < 300)
+
+
+def _short(text: str) -> str:
+    """A library message cut to one short line: Keras appends whole configs to some."""
+    line = text.split(" Full object config:", 1)[0].strip()
+    return line if len(line) <= _MESSAGE_LIMIT else line[: _MESSAGE_LIMIT - 3].rstrip() + "..."
+
+
+_ENCOUNTERED = "Exception encountered: "
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause Keras quotes in ``exc`` (it nests them after ``Exception
+    encountered:``), as one short line."""
+    text = str(exc).rsplit(_ENCOUNTERED, 1)[-1].strip()
+    return _short(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def _full_text(exc: BaseException) -> str:
@@ -408,6 +433,194 @@ def _safe_mode_error(path: Path, text: str, config: Any) -> ModelLoadError:
     )
 
 
+# -- classes from packages that are not installed ----------------------------------------
+
+# Keras's messages when the module a config names cannot give the class (Keras 3.15.1,
+# keras/src/saving/serialization_lib.py); Keras imports keras, keras_hub, keras_cv and
+# keras_nlp modules itself, and looks every other class up in its registry only.
+_UNIMPORTABLE = re.compile(
+    r"Could not deserialize (class|function) '([^']+)' because its parent module "
+    r"([\w.]+) cannot be imported"
+)
+_NOT_IN_MODULE = re.compile(
+    r"Could not deserialize '([\w.]+)\.(\w+)' because it is not a KerasSaveable subclass"
+)
+# Import names whose pip distribution is spelled differently.
+_DISTRIBUTIONS = {
+    "keras_hub": "keras-hub",
+    "keras_nlp": "keras-nlp",
+    "keras_cv": "keras-cv",
+    "tf_keras": "tf-keras",
+}
+_NOT_PACKAGES = frozenset({"__main__", "builtins", "keras"})
+
+
+def _distribution(package: str) -> str:
+    """The ``pip install`` name of a top-level module (the module name when not known)."""
+    return _DISTRIBUTIONS.get(package, package)
+
+
+def _installed(package: str) -> bool:
+    """Whether the top-level module ``package`` can be found (without importing it)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return f" {importlib.metadata.version(distribution)}"
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return ""
+
+
+def _not_found_module(exc: BaseException) -> str | None:
+    """The name of the module whose ``ModuleNotFoundError`` caused ``exc``, if one did."""
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return None
+        if isinstance(current, ModuleNotFoundError) and current.name:
+            return current.name
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _saved_module(name: str, config: Any) -> str | None:
+    """The ``module`` the model's config records for class ``name`` (or ``pkg>name``)."""
+    for node in _config_nodes(config):
+        if name in (node.get("class_name"), node.get("registered_name")):
+            module = node.get("module")
+            return module if isinstance(module, str) and module else None
+    return None
+
+
+@dataclass(frozen=True)
+class _Unavailable:
+    """A class the config names that its module cannot give, and why.
+
+    ``installed`` is whether the module's package (and what it imports) is installed, so
+    the cause is the installed version, not a missing package.
+    """
+
+    kind: str
+    name: str
+    module: str
+    why: str
+    installed: bool
+
+    def message(self, config: Any) -> str:
+        """``class 'pkg>Name' from module M is not available: ...``."""
+        name = _registered_name(self.name, config)
+        return f"{self.kind} {name!r} from module {self.module} is not available: {self.why}."
+
+
+def _unavailable(
+    kind: str, name: str, module: str, not_found: str | None, *, custom_objects_hint: bool
+) -> _Unavailable:
+    """Why class ``name`` cannot come from ``module``, and the install that fixes it.
+
+    ``not_found`` is the module whose import failed, when it is known: a dependency of
+    the package, or the package itself.
+    """
+    package = module.split(".", 1)[0]
+    missing = not_found.split(".", 1)[0] if not_found else package
+    if missing != package and not _installed(missing):
+        why = (
+            f"importing it needs module {missing!r}, which is not installed; "
+            f"install {_distribution(missing)} (pip install {_distribution(missing)})"
+        )
+        return _Unavailable(kind, name, module, why, installed=False)
+    distribution = _distribution(package)
+    if not _installed(package):
+        hint = ", or pass the Python file that defines it with --custom-objects FILE.py"
+        tail = hint if custom_objects_hint else ""
+        why = (
+            f"{package} is not installed; install {distribution} (pip install {distribution}){tail}"
+        )
+        return _Unavailable(kind, name, module, why, installed=False)
+    why = (
+        f"the installed {distribution}{_installed_version(distribution)} does not provide it; "
+        f"the file may need a newer version (pip install -U {distribution})"
+    )
+    return _Unavailable(kind, name, module, why, installed=True)
+
+
+def _keras_import_failure(exc: BaseException, text: str) -> _Unavailable | None:
+    """Keras imported the module the config names, and it failed or lacks the class."""
+    found = _UNIMPORTABLE.search(text)
+    if found is not None:
+        kind, name, module = found.groups()
+        return _unavailable(kind, name, module, _not_found_module(exc), custom_objects_hint=False)
+    found = _NOT_IN_MODULE.search(text)
+    if found is not None:
+        module, name = found.groups()
+        return _unavailable("class", name, module, None, custom_objects_hint=False)
+    return None
+
+
+def _uninstalled_module(text: str, config: Any) -> _Unavailable | None:
+    """A class Keras looked up only in its registry, from a module that is not installed.
+
+    Keras never imports modules outside its own packages; a class from a package that is
+    installed but not imported is left to the ``--custom-objects`` advice.
+    """
+    missing = _missing_object(text)
+    if missing is None:
+        return None
+    kind, name = missing
+    module = _saved_module(name, config)
+    package = module.split(".", 1)[0] if module else ""
+    if module is None or not package or package in _NOT_PACKAGES or _installed(package):
+        return None
+    return _unavailable(kind, name, module, None, custom_objects_hint=True)
+
+
+# -- files from a newer Keras --------------------------------------------------------------
+
+
+def _version_tuple(version: str) -> tuple[int, int, int] | None:
+    """``(3, 15, 1)`` from ``"3.15.1"`` (or ``"3.16.0.dev2025..."``); ``None`` if unparsable."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version.strip())
+    if match is None:
+        return None
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def _newer_keras(saved: str) -> str | None:
+    """``Keras 3.16.0, newer than the installed Keras 3.15.1`` when the file is newer."""
+    installed = str(_tf.keras().__version__)
+    file_version, own_version = _version_tuple(saved), _version_tuple(installed)
+    if file_version is None or own_version is None or file_version <= own_version:
+        return None
+    return f"Keras {saved}, newer than the installed Keras {installed}"
+
+
+def _newer_keras_note(saved: str) -> tuple[str, ...]:
+    """A note for a file that a newer Keras saved and the installed one could load."""
+    newer = _newer_keras(saved)
+    if newer is None:
+        return ()
+    installed = _tf.keras().__version__
+    return (f"saved by {newer}; it loaded, and its layers run as Keras {installed} defines them",)
+
+
+def _archive_keras_version(path: Path) -> str:
+    """``keras_version`` from a ``.keras`` archive's ``metadata.json`` (``""`` if absent)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+    except (KeyError, zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return ""
+    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+    return version if isinstance(version, str) else ""
+
+
+# -- explaining failures, in order ---------------------------------------------------------
+
+
 def _explain_load_failure(
     path: Path, exc: BaseException, context: _Context | None = None
 ) -> ModelLoadError:
@@ -416,6 +629,17 @@ def _explain_load_failure(
     config = context.model_config if context is not None else None
     if any(marker in text for marker in _SAFE_MODE_MARKERS):
         return _safe_mode_error(path, text, config)
+    absent = _keras_import_failure(exc, text) or _uninstalled_module(text, config)
+    if absent is not None and not absent.installed:  # a missing package: install it first
+        return ModelLoadError(f"{path}: {absent.message(config)}")
+    newer = _newer_keras(context.keras_version) if context is not None else None
+    if newer is not None:
+        return ModelLoadError(
+            f"{path}: cannot load the model, saved by {newer} (pip install -U keras): "
+            f"{_reason(exc)}"
+        )
+    if absent is not None:
+        return ModelLoadError(f"{path}: {absent.message(config)}")
     missing = _missing_object(text)
     if missing is not None:
         return ModelLoadError(
@@ -423,7 +647,7 @@ def _explain_load_failure(
             f"available{_provided_by(context)}. Pass the Python file that defines it with "
             "--custom-objects FILE.py."
         )
-    return ModelLoadError(f"{path}: cannot load the model: {first_line(exc)}")
+    return ModelLoadError(f"{path}: cannot load the model: {_reason(exc)}")
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -477,27 +701,29 @@ def _load_savedmodel(path: Path, context: _Context) -> LoadedModel:
 
 def _load_keras_archive(path: Path, context: _Context, saved_loss: bool) -> LoadedModel:
     config = _check_keras_archive(path)
-    context = _with_config(context, config)
+    context = _with_config(context, config, _archive_keras_version(path))
     model = _load_uncompiled(path, context)
     if saved_loss:
         compile_from_config(
             model, config.get("compile_config") or {}, path, keras2=False, context=context
         )
-    return LoadedModel(model, str(path), "keras")
+    return LoadedModel(model, str(path), "keras", _newer_keras_note(context.keras_version))
 
 
 def _load_h5(path: Path, context: _Context, saved_loss: bool) -> LoadedModel:
     configs = _h5_configs(path)
-    context = _with_config(context, configs.model)
+    context = _with_config(context, configs.model, configs.keras_version)
     model = _load_uncompiled(path, context)
     keras2 = configs.keras_version.startswith("2")
     if saved_loss:
         compile_from_config(model, configs.training or {}, path, keras2=keras2, context=context)
-    return LoadedModel(model, str(path), "h5")
+    return LoadedModel(model, str(path), "h5", _newer_keras_note(configs.keras_version))
 
 
-def _with_config(context: _Context, config: dict[str, Any] | None) -> _Context:
-    return _Context(context.safe_mode, context.custom_objects, context.source, config)
+def _with_config(context: _Context, config: dict[str, Any] | None, keras_version: str) -> _Context:
+    return _Context(
+        context.safe_mode, context.custom_objects, context.source, config, keras_version
+    )
 
 
 def _load_uncompiled(path: Path, context: _Context) -> Any:
