@@ -1,13 +1,15 @@
 """Phase timings, in one fresh process, of gradscope's inspect pipeline or of the baseline.
 
     python bench/profile_phases.py gradscope MODEL.keras BATCH.npz
-    python bench/profile_phases.py baseline  MODEL.keras BATCH.npz
+    python bench/profile_phases.py baseline  MODEL.keras BATCH.npz [--numpy]
 
 gradscope: the steps of ``gradscope.api.inspect_file`` done one by one through gradscope's
 own functions (nothing is changed), with the compiled step traced explicitly
 (``get_concrete_function``) so that tracing, the first execution (graph instantiation:
 Grappler, kernel creation) and a second, steady-state execution are timed apart.
-baseline: the same phases for bench/baseline_weight_grads.py's step.
+baseline: the same phases for bench/baseline_weight_grads.py's step (``--numpy``: its
+gradients fetched to numpy, as ``baseline_weight_grads.py --numpy`` does).  Each phase
+also shows the process's peak resident memory so far.
 
 "unaccounted" is interpreter start-up and shutdown: the process wall time (from spawn,
 via the process start time) minus the phases.  Run by bench/inspect_resnet50.py --profile.
@@ -16,20 +18,27 @@ via the process start time) minus the phases.  Run by bench/inspect_resnet50.py 
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 T0 = time.perf_counter()
-PHASES: list[tuple[str, float]] = []
+PHASES: list[tuple[str, float, float]] = []
 _last = T0
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (``ru_maxrss`` is in kB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def mark(name: str) -> None:
+    """Record the seconds since the last mark, and the peak memory at the end of the phase."""
     global _last
     now = time.perf_counter()
-    PHASES.append((name, now - _last))
+    PHASES.append((name, now - _last, peak_rss_gb()))
     _last = now
 
 
@@ -84,7 +93,7 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
         result,
         engine.layer_nodes,
         False,
-        api._model_info(model, loaded.path, loaded.format),
+        api.model_info_of(model, loaded.path, loaded.format, loaded.notes),
     )
     text = render(report, OutputFormat.JSON)
     mark("build_report + render json")
@@ -96,17 +105,16 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
     ]
 
 
-def profile_baseline(model_path: str, batch_path: str) -> list[str]:
+def profile_baseline(model_path: str, batch_path: str, to_numpy: bool) -> list[str]:
     import keras
     import numpy as np
     import tensorflow as tf
+    from baseline_weight_grads import load_xy
 
     mark("import tensorflow + keras")
     model = keras.models.load_model(model_path)
     mark("load_model")
-    with np.load(batch_path) as data:
-        x = tf.convert_to_tensor(data["x"])
-        y = tf.convert_to_tensor(data["y"])
+    x, y = load_xy(batch_path)
     mark("load batch")
 
     @tf.function
@@ -118,7 +126,11 @@ def profile_baseline(model_path: str, batch_path: str) -> list[str]:
     concrete = step.get_concrete_function(x, y)
     mark("trace step (python -> graph)")
     grads = step(x, y)
-    norm = float(tf.linalg.global_norm(grads).numpy())
+    if to_numpy:  # as bench/baseline_weight_grads.py --numpy does
+        arrays = [np.asarray(tf.convert_to_tensor(g)) for g in grads]
+        norm = float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
+    else:
+        norm = float(tf.linalg.global_norm(grads).numpy())
     mark("1st run (instantiate+optimize+exec)")
     step(x, y)[0].numpy()
     mark("2nd run (execution only)")
@@ -141,17 +153,23 @@ def process_start_offset() -> float | None:
 
 
 def main() -> None:
-    if len(sys.argv) != 4 or sys.argv[1] not in ("gradscope", "baseline"):
-        sys.exit("usage: python bench/profile_phases.py gradscope|baseline MODEL BATCH")
-    side, model_path, batch_path = sys.argv[1:]
+    args = sys.argv[1:]
+    to_numpy = "--numpy" in args
+    args = [a for a in args if a != "--numpy"]
+    if len(args) != 3 or args[0] not in ("gradscope", "baseline"):
+        sys.exit("usage: python bench/profile_phases.py gradscope|baseline MODEL BATCH [--numpy]")
+    side, model_path, batch_path = args
     startup = process_start_offset()
-    notes = (profile_gradscope if side == "gradscope" else profile_baseline)(model_path, batch_path)
-    total = sum(seconds for _, seconds in PHASES)
-    print(f"phases of {side} (one process, seconds):")
+    if side == "gradscope":
+        notes = profile_gradscope(model_path, batch_path)
+    else:
+        notes = profile_baseline(model_path, batch_path, to_numpy)
+    total = sum(seconds for _, seconds, _ in PHASES)
+    print(f"phases of {side} (one process; seconds, and peak RSS in GB at the phase's end):")
     if startup is not None:
         print(f"  {'interpreter start-up (approx.)':<40}{startup:>8.2f}")
-    for name, seconds in PHASES:
-        print(f"  {name:<40}{seconds:>8.2f}")
+    for name, seconds, peak in PHASES:
+        print(f"  {name:<40}{seconds:>8.2f}{peak:>8.2f}")
     print(f"  {'total of phases':<40}{total:>8.2f}")
     for note in notes:
         print(f"  {note}")
