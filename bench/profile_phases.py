@@ -8,11 +8,13 @@ own functions (nothing is changed), with the compiled step traced explicitly
 (``get_concrete_function``) so that tracing, the first execution (graph instantiation:
 Grappler, kernel creation) and a second, steady-state execution are timed apart.
 baseline: the same phases for bench/baseline_weight_grads.py's step (``--numpy``: its
-gradients fetched to numpy, as ``baseline_weight_grads.py --numpy`` does).  Each phase
-also shows the process's peak resident memory so far.
+gradients fetched to numpy, as ``baseline_weight_grads.py --numpy`` does).
 
-"unaccounted" is interpreter start-up and shutdown: the process wall time (from spawn,
-via the process start time) minus the phases.  Run by bench/inspect_resnet50.py --profile.
+Each phase shows its wall and CPU seconds (CPU: this process's user+sys, steadier than
+wall time on a busy machine), the resident memory at its end and its peak during the
+phase (Linux: the peak is restarted at every phase through ``/proc/self/clear_refs``).
+"interpreter start-up" is the time from the process's start to the first phase.  Run by
+bench/inspect_resnet50.py --profile and bench/inspect_gpt2.py --profile.
 """
 
 from __future__ import annotations
@@ -25,21 +27,47 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 T0 = time.perf_counter()
-PHASES: list[tuple[str, float, float]] = []
-_last = T0
+PHASES: list[tuple[str, float, float, float, float]] = []
+_last = (T0, time.process_time())
 
 
-def peak_rss_gb() -> float:
-    """This process's peak resident memory so far, in GB (``ru_maxrss`` is in kB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+def _status_gb() -> tuple[float, float] | None:
+    """Current and peak resident memory of this process in GB (Linux), else None."""
+    try:
+        values = {}
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(rest.split()[0]) / 1e6
+        return values["VmRSS"], values["VmHWM"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _reset_peak() -> None:
+    """Restart the peak (VmHWM) at the current RSS, so that each phase shows its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
 
 
 def mark(name: str) -> None:
-    """Record the seconds since the last mark, and the peak memory at the end of the phase."""
+    """Record the phase that just ended: wall and CPU seconds, RSS at its end and its peak.
+
+    Without ``/proc`` the peak is the process's peak so far (``ru_maxrss``).
+    """
     global _last
-    now = time.perf_counter()
-    PHASES.append((name, now - _last, peak_rss_gb()))
-    _last = now
+    now, cpu = time.perf_counter(), time.process_time()
+    status = _status_gb()
+    if status is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        status = (float("nan"), peak)
+    PHASES.append((name, now - _last[0], cpu - _last[1], *status))
+    _reset_peak()
+    _last = (time.perf_counter(), time.process_time())
 
 
 def graph_size(concrete) -> str:  # type: ignore[no-untyped-def]
@@ -164,13 +192,15 @@ def main() -> None:
         notes = profile_gradscope(model_path, batch_path)
     else:
         notes = profile_baseline(model_path, batch_path, to_numpy)
-    total = sum(seconds for _, seconds, _ in PHASES)
-    print(f"phases of {side} (one process; seconds, and peak RSS in GB at the phase's end):")
+    total = sum(phase[1] for phase in PHASES)
+    total_cpu = sum(phase[2] for phase in PHASES)
+    print(f"phases of {side} (one process):")
+    print(f"  {'':<40}{'wall s':>8}{'CPU s':>8}{'RSS GB':>8}{'peak GB':>8}")
     if startup is not None:
         print(f"  {'interpreter start-up (approx.)':<40}{startup:>8.2f}")
-    for name, seconds, peak in PHASES:
-        print(f"  {name:<40}{seconds:>8.2f}{peak:>8.2f}")
-    print(f"  {'total of phases':<40}{total:>8.2f}")
+    for name, seconds, cpu, rss, peak in PHASES:
+        print(f"  {name:<40}{seconds:>8.2f}{cpu:>8.2f}{rss:>8.2f}{peak:>8.2f}")
+    print(f"  {'total of phases':<40}{total:>8.2f}{total_cpu:>8.2f}")
     for note in notes:
         print(f"  {note}")
     sys.stdout.flush()
