@@ -1,36 +1,73 @@
 """Phase timings, in one fresh process, of gradscope's inspect pipeline or of the baseline.
 
     python bench/profile_phases.py gradscope MODEL.keras BATCH.npz
-    python bench/profile_phases.py baseline  MODEL.keras BATCH.npz
+    python bench/profile_phases.py baseline  MODEL.keras BATCH.npz [--numpy]
 
 gradscope: the steps of ``gradscope.api.inspect_file`` done one by one through gradscope's
 own functions (nothing is changed), with the compiled step traced explicitly
 (``get_concrete_function``) so that tracing, the first execution (graph instantiation:
 Grappler, kernel creation) and a second, steady-state execution are timed apart.
-baseline: the same phases for bench/baseline_weight_grads.py's step.
+baseline: the same phases for bench/baseline_weight_grads.py's step (``--numpy``: its
+gradients fetched to numpy, as ``baseline_weight_grads.py --numpy`` does).
 
-"unaccounted" is interpreter start-up and shutdown: the process wall time (from spawn,
-via the process start time) minus the phases.  Run by bench/inspect_resnet50.py --profile.
+Each phase shows its wall and CPU seconds (CPU: this process's user+sys, steadier than
+wall time on a busy machine), the resident memory at its end and its peak during the
+phase (Linux: the peak is restarted at every phase through ``/proc/self/clear_refs``).
+"interpreter start-up" is the time from the process's start to the first phase.  Run by
+bench/inspect_resnet50.py --profile and bench/inspect_gpt2.py --profile.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 T0 = time.perf_counter()
-PHASES: list[tuple[str, float]] = []
-_last = T0
+PHASES: list[tuple[str, float, float, float, float]] = []
+_last = (T0, time.process_time())
+
+
+def _status_gb() -> tuple[float, float] | None:
+    """Current and peak resident memory of this process in GB (Linux), else None."""
+    try:
+        values = {}
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(rest.split()[0]) / 1e6
+        return values["VmRSS"], values["VmHWM"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _reset_peak() -> None:
+    """Restart the peak (VmHWM) at the current RSS, so that each phase shows its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
 
 
 def mark(name: str) -> None:
+    """Record the phase that just ended: wall and CPU seconds, RSS at its end and its peak.
+
+    Without ``/proc`` the peak is the process's peak so far (``ru_maxrss``).
+    """
     global _last
-    now = time.perf_counter()
-    PHASES.append((name, now - _last))
-    _last = now
+    now, cpu = time.perf_counter(), time.process_time()
+    status = _status_gb()
+    if status is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        status = (float("nan"), peak)
+    PHASES.append((name, now - _last[0], cpu - _last[1], *status))
+    _reset_peak()
+    _last = (time.perf_counter(), time.process_time())
 
 
 def graph_size(concrete) -> str:  # type: ignore[no-untyped-def]
@@ -84,7 +121,7 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
         result,
         engine.layer_nodes,
         False,
-        api._model_info(model, loaded.path, loaded.format),
+        api.model_info_of(model, loaded.path, loaded.format, loaded.notes),
     )
     text = render(report, OutputFormat.JSON)
     mark("build_report + render json")
@@ -96,17 +133,16 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
     ]
 
 
-def profile_baseline(model_path: str, batch_path: str) -> list[str]:
+def profile_baseline(model_path: str, batch_path: str, to_numpy: bool) -> list[str]:
     import keras
     import numpy as np
     import tensorflow as tf
+    from baseline_weight_grads import load_xy
 
     mark("import tensorflow + keras")
     model = keras.models.load_model(model_path)
     mark("load_model")
-    with np.load(batch_path) as data:
-        x = tf.convert_to_tensor(data["x"])
-        y = tf.convert_to_tensor(data["y"])
+    x, y = load_xy(batch_path)
     mark("load batch")
 
     @tf.function
@@ -118,7 +154,11 @@ def profile_baseline(model_path: str, batch_path: str) -> list[str]:
     concrete = step.get_concrete_function(x, y)
     mark("trace step (python -> graph)")
     grads = step(x, y)
-    norm = float(tf.linalg.global_norm(grads).numpy())
+    if to_numpy:  # as bench/baseline_weight_grads.py --numpy does
+        arrays = [np.asarray(tf.convert_to_tensor(g)) for g in grads]
+        norm = float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
+    else:
+        norm = float(tf.linalg.global_norm(grads).numpy())
     mark("1st run (instantiate+optimize+exec)")
     step(x, y)[0].numpy()
     mark("2nd run (execution only)")
@@ -141,18 +181,26 @@ def process_start_offset() -> float | None:
 
 
 def main() -> None:
-    if len(sys.argv) != 4 or sys.argv[1] not in ("gradscope", "baseline"):
-        sys.exit("usage: python bench/profile_phases.py gradscope|baseline MODEL BATCH")
-    side, model_path, batch_path = sys.argv[1:]
+    args = sys.argv[1:]
+    to_numpy = "--numpy" in args
+    args = [a for a in args if a != "--numpy"]
+    if len(args) != 3 or args[0] not in ("gradscope", "baseline"):
+        sys.exit("usage: python bench/profile_phases.py gradscope|baseline MODEL BATCH [--numpy]")
+    side, model_path, batch_path = args
     startup = process_start_offset()
-    notes = (profile_gradscope if side == "gradscope" else profile_baseline)(model_path, batch_path)
-    total = sum(seconds for _, seconds in PHASES)
-    print(f"phases of {side} (one process, seconds):")
+    if side == "gradscope":
+        notes = profile_gradscope(model_path, batch_path)
+    else:
+        notes = profile_baseline(model_path, batch_path, to_numpy)
+    total = sum(phase[1] for phase in PHASES)
+    total_cpu = sum(phase[2] for phase in PHASES)
+    print(f"phases of {side} (one process):")
+    print(f"  {'':<40}{'wall s':>8}{'CPU s':>8}{'RSS GB':>8}{'peak GB':>8}")
     if startup is not None:
         print(f"  {'interpreter start-up (approx.)':<40}{startup:>8.2f}")
-    for name, seconds in PHASES:
-        print(f"  {name:<40}{seconds:>8.2f}")
-    print(f"  {'total of phases':<40}{total:>8.2f}")
+    for name, seconds, cpu, rss, peak in PHASES:
+        print(f"  {name:<40}{seconds:>8.2f}{cpu:>8.2f}{rss:>8.2f}{peak:>8.2f}")
+    print(f"  {'total of phases':<40}{total:>8.2f}{total_cpu:>8.2f}")
     for note in notes:
         print(f"  {note}")
     sys.stdout.flush()
