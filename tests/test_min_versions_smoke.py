@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_MODELS, SAMPLE_PAIRS
+from conftest import REPO, SAMPLE_MODELS, SAMPLE_PAIRS
 
 from gradscope import _tf
 from tests.cli_helpers import invoke
@@ -131,3 +131,32 @@ def test_check_finite_differences_equal_the_tape(truth: Truth) -> None:
         expected = gradient[tuple(coordinate["index"])]
         assert coordinate["numeric"] == pytest.approx(expected, abs=RTOL * scale)
         assert coordinate["autodiff"] == pytest.approx(expected, abs=RTOL * scale)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"3.10"`` and ``"3.10.0"`` alike: the release numbers without trailing zeros."""
+    parts = [int(part) for part in version.split(".")]
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def test_ci_pins_are_the_declared_floors() -> None:
+    """ci/min-versions.txt pins every runtime dependency at the floor pyproject.toml
+    declares, so the min-versions CI step tests what the package promises."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    floors: dict[str, str] = {}
+    for requirement in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        name, found, version = requirement.partition(">=")
+        if found:
+            floors[name.strip().lower()] = version.strip()
+    lines = (REPO / "ci" / "min-versions.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line.strip() and not line.startswith("#"))
+    for name, pin in pins.items():
+        assert name in floors, f"ci/min-versions.txt pins {name}, pyproject.toml has no floor"
+        assert _release(pin) == _release(floors[name]), (
+            f"{name}: ci/min-versions.txt pins {pin}, pyproject.toml says >={floors[name]}"
+        )
+    runtime = {d.partition(">=")[0].strip().lower() for d in project["dependencies"]}
+    assert runtime <= set(pins), f"not pinned in ci/min-versions.txt: {runtime - set(pins)}"
