@@ -92,6 +92,7 @@ def _json(*args: object) -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_inspect_loss_and_every_variable_gradient(truth: Truth) -> None:
     report = _json("inspect", truth.model, "--data", truth.data)
     assert report["loss"]["value"] == pytest.approx(truth.loss, rel=1e-5)
@@ -106,6 +107,7 @@ def test_inspect_loss_and_every_variable_gradient(truth: Truth) -> None:
     assert report["global_grad_norm"] == pytest.approx(total, rel=RTOL)
 
 
+@pytest.mark.slow
 def test_hessian_block_of_the_last_variable(truth: Truth) -> None:
     size = truth.hessian.shape[0]
     report = _json(
@@ -120,6 +122,7 @@ def test_hessian_block_of_the_last_variable(truth: Truth) -> None:
     assert block["trace"] == pytest.approx(float(np.trace(truth.hessian)), abs=RTOL * scale)
 
 
+@pytest.mark.slow
 def test_check_finite_differences_equal_the_tape(truth: Truth) -> None:
     report = _json("check", truth.model, "--data", truth.data, "--vars", truth.hessian_path)
     assert report["passed"] is True
