@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _tf, stats
+from ._keras_private import flatten_layers
 from ._progress import Progress
 from .aggregate import BatchAccumulator
 from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
@@ -215,9 +216,7 @@ def batch_from_arrays(
 def model_info_of(model: Any, path: str | None, fmt: str, notes: Sequence[str] = ()) -> ModelInfo:
     """What the report says about the model; ``notes`` are the loader's remarks."""
     trainable = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
-    layer_count = (
-        len(model._flatten_layers(include_self=False)) if hasattr(model, "_flatten_layers") else 0
-    )
+    layer_count = len(flatten_layers(model))
     name, cls = model.name, type(model).__name__
     return ModelInfo(name, cls, path, fmt, trainable, layer_count, tuple(notes))
 

@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import _tf
+from . import _keras_private, _tf
 from .api import (
     ArrayLike,
     InspectOptions,
@@ -307,17 +307,15 @@ def keras_dtype(dtype: str) -> Iterator[None]:
     value (or its absence) is put back as it was, so nothing leaks out of the block.
     """
     keras = _tf.keras()
-    from keras.src.backend.common import global_state
-
     floatx = keras.config.floatx()
-    policy = global_state.get_global_attribute("dtype_policy", None)
+    policy = _keras_private.global_attribute("dtype_policy")
     keras.config.set_floatx(dtype)
     keras.config.set_dtype_policy(dtype)
     try:
         yield
     finally:
         keras.config.set_floatx(floatx)
-        global_state.set_global_attribute("dtype_policy", policy)
+        _keras_private.set_global_attribute("dtype_policy", policy)
 
 
 @contextlib.contextmanager
@@ -326,19 +324,17 @@ def _random_state_kept() -> Iterator[None]:
     copy draws seeds and initial weights (then overwritten) from them."""
     import random
 
-    from keras.src.backend.common import global_state
-
     python_state = random.getstate()
-    generator = global_state.get_global_attribute("global_seed_generator")
+    generator = _keras_private.global_attribute("global_seed_generator")
     saved = None if generator is None else np.array(generator.state.numpy())
     try:
         yield
     finally:
         random.setstate(python_state)
         if generator is None:
-            global_state.set_global_attribute("global_seed_generator", None)
+            _keras_private.set_global_attribute("global_seed_generator", None)
         else:
-            global_state.set_global_attribute("global_seed_generator", generator)
+            _keras_private.set_global_attribute("global_seed_generator", generator)
             generator.state.assign(saved)
 
 
@@ -421,12 +417,11 @@ def _wide_loss(loss: Any) -> Any:
         return type(loss)(_wide_loss(value) for value in loss)
     if not isinstance(loss, keras.losses.Loss):
         return loss  # names and functions are wrapped by compile, in floatx
-    from keras.src.losses.losses import LossFunctionWrapper
-
-    if isinstance(loss, LossFunctionWrapper):
-        kwargs = dict(getattr(loss, "_fn_kwargs", {}))
-        return LossFunctionWrapper(
-            loss.fn, reduction=loss.reduction, name=loss.name, dtype="float64", **kwargs
+    wrapped = _keras_private.wrapped_function(loss)
+    if wrapped is not None:
+        fn, kwargs = wrapped
+        return _keras_private.loss_function_wrapper(
+            fn, reduction=loss.reduction, name=loss.name, dtype="float64", **kwargs
         )
     config = dict(loss.get_config())
     if "dtype" in config:
@@ -438,13 +433,12 @@ def _wide_loss(loss: Any) -> Any:
 
 
 def _compile_like(model: Any, copy: Any) -> None:
-    compile_loss = getattr(model, "_compile_loss", None)
-    if compile_loss is None:
+    if _keras_private.compile_loss(model) is None:
         return
     try:
         copy.compile(
-            loss=_wide_loss(compile_loss._user_loss),
-            loss_weights=compile_loss._user_loss_weights,
+            loss=_wide_loss(model.loss),  # what was given to compile
+            loss_weights=_keras_private.loss_weights(model),
         )
     except NotCastable:
         raise
@@ -719,9 +713,7 @@ def _loss_object(fn: Any) -> Any:
     keras = _tf.keras()
     if isinstance(fn, keras.losses.Loss):
         return fn
-    from keras.src.losses.losses import LossFunctionWrapper
-
-    return LossFunctionWrapper(fn, name=getattr(fn, "__name__", None))
+    return _keras_private.loss_function_wrapper(fn, name=getattr(fn, "__name__", None))
 
 
 # -- the finite differences ----------------------------------------------------------------

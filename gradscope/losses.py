@@ -20,11 +20,13 @@ probabilities (see :func:`probability_path_loss`).
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _tf
+from . import _keras_private, _tf
 from .errors import LossError, first_line, received
 from .report import LossKind
 
@@ -94,7 +96,7 @@ def resolve_override(name: str) -> LossFn:
 
 def _compiled_loss_of(model: Any) -> Any:
     """The loss given to ``model.compile``, or ``None`` when not compiled with one."""
-    if getattr(model, "_compile_loss", None) is None:
+    if _keras_private.compile_loss(model) is None:
         return None
     return getattr(model, "loss", None)
 
@@ -110,7 +112,7 @@ def _per_output(loss: Any, output_names: Sequence[str]) -> tuple[str | None, ...
 
 
 def _weights_by_output(model: Any, output_names: Sequence[str]) -> list[float | None]:
-    weights = getattr(getattr(model, "_compile_loss", None), "_user_loss_weights", None)
+    weights = _keras_private.loss_weights(model)
     if isinstance(weights, dict):
         return [weights.get(name) for name in output_names]
     if isinstance(weights, list | tuple):
@@ -191,11 +193,7 @@ def _loss_object(fn: LossFn, dtype: str | None = None) -> Any:
 
     ``dtype`` is the dtype the loss computes in (Keras's ``floatx`` when ``None``).
     """
-    _tf.keras()  # quiet import first
-    # Not exported by Keras 3's public API, but present and stable since Keras 3.0.
-    from keras.src.losses.losses import LossFunctionWrapper
-
-    return LossFunctionWrapper(fn, name=getattr(fn, "__name__", None), dtype=dtype)
+    return _keras_private.loss_function_wrapper(fn, name=getattr(fn, "__name__", None), dtype=dtype)
 
 
 def _override_data_loss(fn: LossFn, y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
@@ -221,13 +219,23 @@ def total_loss(
         reg, _ = regularization(model)
         data = _override_data_loss(spec.override, y_true, y_pred, sample_weight)
         return _sum_wide([data, reg])
-    compute = getattr(model, "_compute_loss", None) or model.compute_loss
-    return compute(x=x, y=y_true, y_pred=y_pred, sample_weight=sample_weight, training=training)
+    compute = model.compute_loss
+    kwargs = (
+        {"training": training} if _takes_training(getattr(compute, "__func__", compute)) else {}
+    )
+    return compute(x=x, y=y_true, y_pred=y_pred, sample_weight=sample_weight, **kwargs)
+
+
+@functools.cache
+def _takes_training(compute_loss: Callable[..., Any]) -> bool:
+    """Whether a ``compute_loss`` accepts ``training``: Keras added the argument in 3.4,
+    and a model's own override may lack it.  Keras's trainer checks the same way."""
+    return "training" in inspect.signature(compute_loss).parameters
 
 
 def has_cached_logits(tensor: Any) -> bool:
     """Whether Keras's crossentropy would read logits instead of ``tensor`` itself."""
-    if hasattr(tensor, "_keras_logits"):
+    if _keras_private.has_cached_logits(tensor):
         return True
     op = getattr(tensor, "op", None)
     return getattr(op, "type", None) in ("Softmax", "Sigmoid")
@@ -248,7 +256,7 @@ def probability_path_loss(
         assert spec.override is not None
         return _override_data_loss(spec.override, y_true, detached_outputs, sample_weight)
     if spec.kind == "compiled":
-        compile_loss = getattr(model, "_compile_loss", None)
+        compile_loss = _keras_private.compile_loss(model)
         if compile_loss is None:
             return None
         return compile_loss(y_true, detached_outputs, sample_weight)
@@ -267,7 +275,7 @@ def check_loss_runs(spec: LossSpec, model: Any, y_true: Any, y_pred: Any) -> Non
             assert spec.override is not None
             _override_data_loss(spec.override, y_true, y_pred, None)
         else:
-            compile_loss = getattr(model, "_compile_loss", None)
+            compile_loss = _keras_private.compile_loss(model)
             if compile_loss is not None:
                 compile_loss(y_true, y_pred)
     except Exception as exc:  # Keras raises ValueError, TypeError, InvalidArgumentError

@@ -4,6 +4,11 @@ Regenerate everything from the repository root with::
 
     python sample_models/build.py
 
+``--out DIR`` writes the files to ``DIR`` instead (the committed legacy Keras 2 pair is
+copied there when tf_keras is not installed).  The minimum-versions CI step uses it: a
+``.keras`` file saved by a newer Keras does not load in an older one, so the samples are
+rebuilt with the oldest supported Keras before the tests run on them.
+
 All outputs are written next to this script and are committed to the repository,
 so gradscope's tests never need to run this script (or TensorFlow training) themselves.
 Re-run it only when you change a model definition below, then commit the new files.
@@ -41,6 +46,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,7 +60,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np
 
-OUT_DIR = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
+OUT_DIR = HERE  # set by --out
 SEED = 0
 
 
@@ -454,6 +461,11 @@ def _run_legacy_subprocess() -> None:
     except (ImportError, ValueError):
         have_tf_keras = False
     if not have_tf_keras:
+        if OUT_DIR != HERE:
+            for name in ("legacy_keras2.h5", "legacy_keras2.npz"):
+                shutil.copyfile(HERE / name, OUT_DIR / name)
+                _report(OUT_DIR / name, verb="copied")
+            return
         print(
             "skipped legacy_keras2.h5 / legacy_keras2.npz: tf_keras is not installed "
             "(existing files left in place)",
@@ -461,7 +473,8 @@ def _run_legacy_subprocess() -> None:
         )
         return
     # tf_keras (Keras 2) and Keras 3 share TensorFlow state; keep them in separate processes.
-    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--legacy-only"])
+    script = str(Path(__file__).resolve())
+    result = subprocess.run([sys.executable, script, "--legacy-only", "--out", str(OUT_DIR)])
     if result.returncode != 0:
         raise SystemExit(f"building legacy_keras2.h5 failed (exit code {result.returncode})")
 
@@ -470,6 +483,10 @@ def _run_legacy_subprocess() -> None:
 
 
 def main(argv: list[str]) -> int:
+    global OUT_DIR
+    if "--out" in argv:
+        OUT_DIR = Path(argv[argv.index("--out") + 1]).resolve()
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
     if "--legacy-only" in argv:
         build_legacy_keras2()
         return 0

@@ -27,6 +27,7 @@ Results are numpy float64 copies of the float32 tensors.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,13 @@ def activation_gradients(
             activation_gradients(layer, list(fed_inputs), inner_loss, path + "/", grads, values)
 
 
+def model_loss(model: Any, x: Any, y: Any, y_pred: Any, training: bool) -> Any:
+    """``model.compute_loss``, given ``training`` only where it takes it (Keras >= 3.4)."""
+    if "training" in inspect.signature(model.compute_loss).parameters:
+        return model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
+    return model.compute_loss(x=x, y=y, y_pred=y_pred)
+
+
 def reference_gradients(sample: Sample) -> ReferenceGradients:
     """All gradients of ``sample``'s compiled loss, one eager tape per quantity."""
     tf = _tf.tensorflow()
@@ -197,16 +205,16 @@ def reference_gradients(sample: Sample) -> ReferenceGradients:
 
     def loss_of(outputs: list[Any]) -> Any:
         y_pred = _pack(model, outputs)
-        return model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+        return model_loss(model, x, y, y_pred, training=False)
 
     y_pred = model(x, training=False)
-    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+    loss = model_loss(model, x, y, y_pred, training=False)
     regularization = float(sum(float(tf.reduce_sum(term)) for term in model.losses))
     ref = ReferenceGradients(loss=float(loss), regularization=regularization)
 
     for variable in model.trainable_variables:
         with tf.GradientTape() as tape:
-            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
+            loss = model_loss(model, x, y, model(x, training=False), training=False)
         grad = tape.gradient(loss, variable)
         if grad is None:
             continue
@@ -223,9 +231,7 @@ def reference_gradients(sample: Sample) -> ReferenceGradients:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(tensors[index])
             packed = tensors[0] if len(tensors) == 1 else tensors
-            loss = model.compute_loss(
-                x=packed, y=y, y_pred=model(packed, training=False), training=False
-            )
+            loss = model_loss(model, packed, y, model(packed, training=False), training=False)
         ref.inputs[name] = _np64(tape.gradient(loss, tensors[index]))
 
     activation_gradients(model, list(sample.input_arrays), loss_of, "", ref.activations, ref.values)
@@ -390,7 +396,7 @@ def probe_reference(
     def loss_of(inputs: Any) -> Any:
         state.restore()
         y_pred = model(inputs, training=training)
-        return model.compute_loss(x=inputs, y=y, y_pred=y_pred, training=training)
+        return model_loss(model, inputs, y, y_pred, training=training)
 
     try:
         loss = loss_of(x)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _tf
+from .._keras_private import copy_tensor_attributes, flatten_layers
 
 LOOP_NOTE = "runs inside a loop (an RNN cell): per-step outputs are not reported"
 
@@ -78,10 +79,7 @@ class Recording:
 
 def child_layers(layer: Any) -> list[Any]:
     """The direct sublayers Keras tracks for ``layer`` (any Layer or Model)."""
-    flatten = getattr(layer, "_flatten_layers", None)
-    if flatten is None:
-        return []
-    return list(flatten(include_self=False, recursive=False))
+    return flatten_layers(layer, recursive=False)
 
 
 def walk_layers(model: Any) -> list[LayerNode]:
@@ -160,11 +158,6 @@ class LayerCapture:
         return call
 
 
-# Attributes Keras attaches to tensors and reads downstream: the mask, and the logits a
-# crossentropy uses instead of softmax/sigmoid probabilities.
-_KERAS_TENSOR_ATTRIBUTES = ("_keras_mask", "_keras_logits")
-
-
 def _read_elsewhere(tensor: Any, earlier: list[Any], call_inputs: set[int]) -> bool:
     """Whether ``tensor`` has readers other than the layer's consumers downstream.
 
@@ -182,10 +175,7 @@ def _separate(tensor: Any) -> Any:
     """``tf.identity(tensor)``, carrying over the Keras attributes the loss and masks read."""
     tf = _tf.tensorflow()
     separated = tf.identity(tensor)
-    for attribute in _KERAS_TENSOR_ATTRIBUTES:
-        value = getattr(tensor, attribute, None)
-        if value is not None:
-            setattr(separated, attribute, value)
+    copy_tensor_attributes(tensor, separated)
     return separated
 
 

@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 
 from .. import _tf
+from .._keras_private import flatten_layers
 from ..errors import ResourceError, UsageError, received
 from ..loading.data import Batch
 from ..loading.signature import ModelSignature
@@ -238,7 +239,7 @@ def check_training_mode(model: Any, training: bool) -> None:
     if not training:
         return
     keras = _tf.keras()
-    layers = model._flatten_layers(include_self=False, recursive=True)
+    layers = flatten_layers(model)
     found = [
         layer.name
         for layer in layers

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import _tf
+from .._keras_private import flatten_layers, producing_layer_name
 from ..errors import MismatchError, first_line, received
 
 Structure = Literal["single", "list", "dict"]
@@ -87,9 +88,7 @@ def _structure_of(struct: Any, count: int) -> Structure:
 
 
 def _tensor_name(tensor: Any, fallback: str) -> str:
-    history = getattr(tensor, "_keras_history", None)
-    operation = getattr(history, "operation", None)
-    return str(getattr(operation, "name", None) or getattr(tensor, "name", None) or fallback)
+    return str(producing_layer_name(tensor) or getattr(tensor, "name", None) or fallback)
 
 
 def _spec(tensor: Any, name: str) -> TensorSpec:
@@ -113,18 +112,31 @@ def model_signature(model: Any) -> ModelSignature:
     output_names = list(getattr(model, "output_names", None) or [])
     if len(output_names) != len(outputs):
         output_names = [_tensor_name(t, f"output_{i}") for i, t in enumerate(outputs)]
-    inputs_struct = getattr(model, "_inputs_struct", None)
+    inputs_struct = _declared_structure(model, "input", inputs)
     if isinstance(inputs_struct, dict):
         input_names, inputs = list(inputs_struct), list(inputs_struct.values())
-    outputs_struct = getattr(model, "_outputs_struct", None)
+    outputs_struct = _declared_structure(model, "output", outputs)
     if isinstance(outputs_struct, dict):
         output_names, outputs = list(outputs_struct), list(outputs_struct.values())
     return ModelSignature(
         inputs=tuple(_spec(t, n) for t, n in zip(inputs, input_names, strict=True)),
         outputs=tuple(_spec(t, n) for t, n in zip(outputs, output_names, strict=True)),
-        input_structure=_structure_of(getattr(model, "_inputs_struct", inputs), len(inputs)),
-        output_structure=_structure_of(getattr(model, "_outputs_struct", outputs), len(outputs)),
+        input_structure=_structure_of(inputs_struct, len(inputs)),
+        output_structure=_structure_of(outputs_struct, len(outputs)),
     )
+
+
+def _declared_structure(model: Any, attribute: str, flat: list[Any]) -> Any:
+    """``model.input`` or ``model.output``: the tensors in the structure the functional
+    model was built with (a dict, list or single tensor), or ``flat`` when that attribute
+    is missing or holds other tensors (a Sequential model, or one also called elsewhere)."""
+    try:
+        struct = getattr(model, attribute)
+    except (AttributeError, ValueError):  # a layer never called symbolically
+        return flat
+    leaves = _tf.tensorflow().nest.flatten(struct)
+    same = len(leaves) == len(flat) and {id(t) for t in leaves} == {id(t) for t in flat}
+    return struct if same else flat
 
 
 # -- subclassed models -------------------------------------------------------------------
@@ -222,11 +234,7 @@ def _symbolic_run(model: Any, packed: Any) -> tuple[Any, list[Any], list[Any]]:
     tf = _tf.tensorflow()
     seen_inputs: list[Any] = []
     fed_ids: list[Any] = []
-    vocab_layers = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if vocabulary_of(layer) is not None
-    ]
+    vocab_layers = [layer for layer in flatten_layers(model) if vocabulary_of(layer) is not None]
 
     def recorder(original: Any, sink: list[Any]) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._keras_private import call_inputs, flatten_layers
 from ..errors import MismatchError
 from ..report import BatchInfo
 from .data import Batch
@@ -37,14 +38,14 @@ def _consumers(model: Any, tensor: Any) -> list[Any]:
     """Top-level layers of ``model`` that take ``tensor`` as an input."""
     consumers = []
     for layer in getattr(model, "layers", []):
-        for node in getattr(layer, "_inbound_nodes", []):
-            if any(t is tensor for t in getattr(node, "input_tensors", [])):
+        for inputs in call_inputs(layer):
+            if any(t is tensor for t in inputs):
                 consumers.append(layer)
     return consumers
 
 
 def _all_vocabularies(model: Any) -> list[int]:
-    layers = model._flatten_layers(include_self=False) if hasattr(model, "_flatten_layers") else []
+    layers = flatten_layers(model)
     return [v for v in (vocabulary_of(layer) for layer in layers) if v is not None]
 
 
