@@ -126,7 +126,8 @@ class PerSampleNorms:
         rows = tuple(
             summarize_norms(path, self.norms[:, j], top) for j, path in enumerate(self.variables)
         )
-        return PerSampleReport(self.examples, summarize_norms(TOTAL_PATH, self.total, top), rows)
+        total = summarize_norms(TOTAL_PATH, self.total, top)
+        return PerSampleReport(self.examples, total, rows, self.method)
 
 
 def top_indices(values: np.ndarray, top: int) -> np.ndarray:
