@@ -81,7 +81,7 @@ def bert(keras: Any) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
 def sample(name: str, keras: Any) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
     model = keras.models.load_model(SAMPLES / f"{name}.keras")
     with np.load(SAMPLES / f"{name}.npz") as data:
-        return model, {"x": data["x"]}, data["y"]
+        return model, {model_signature(model).input_names[0]: data["x"]}, data["y"]
 
 
 def load(name: str, keras: Any) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
