@@ -227,3 +227,14 @@ def test_model_matches_single_example_tapes_with_onednn(
     result = child_results[name]
     assert result["method"].startswith("vectorized (2-D/rank-3 matmuls: oneDNN-safe")
     check_rows(result)
+
+
+def test_report_carries_the_method() -> None:
+    from gradscope.engine.per_sample import PerSampleNorms
+
+    norms = PerSampleNorms(
+        ("k",), np.array([[3.0], [4.0]]), np.array([3.0, 4.0]), 2, "map_fn (why)"
+    )
+    data = norms.summary().to_dict()
+    assert data["method"] == "map_fn (why)"
+    assert data["examples"] == 2
