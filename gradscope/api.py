@@ -380,6 +380,7 @@ def per_sample_report(
         parts[0].variables,
         np.concatenate([part.norms for part in parts]),
         np.concatenate([part.total for part in parts]),
+        method=parts[-1].method,
     )
     return merged.summary()
 

@@ -362,15 +362,18 @@ class PerSampleRow:
 
 @dataclass(frozen=True)
 class PerSampleReport:
-    """The ``per_sample`` section: per-example gradient norms, overall and per variable."""
+    """The ``per_sample`` section: per-example gradient norms, overall and per variable;
+    ``method`` says how the examples were mapped (and any fallback, with its reason)."""
 
     examples: int
     total: PerSampleRow
     variables: tuple[PerSampleRow, ...]
+    method: str = "vectorized"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "examples": self.examples,
+            "method": self.method,
             "total": self.total.to_dict(),
             "variables": [row.to_dict() for row in self.variables],
         }

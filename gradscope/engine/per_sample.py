@@ -81,6 +81,7 @@ from ..loading.signature import ModelSignature
 from ..losses import LossSpec, check_loss_runs, total_loss
 from ..report import NormSpread, PerSampleReport, PerSampleRow
 from .graph_memory import format_bytes, items_within, split_graph_bytes
+from .pfor_matmul import REWRITTEN_NOTE, attach_converters, risky_matmuls
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 """The default memory budget of one chunk of per-example gradients (2 GiB)."""
@@ -126,7 +127,8 @@ class PerSampleNorms:
         rows = tuple(
             summarize_norms(path, self.norms[:, j], top) for j, path in enumerate(self.variables)
         )
-        return PerSampleReport(self.examples, summarize_norms(TOTAL_PATH, self.total, top), rows)
+        total = summarize_norms(TOTAL_PATH, self.total, top)
+        return PerSampleReport(self.examples, total, rows, self.method)
 
 
 def top_indices(values: np.ndarray, top: int) -> np.ndarray:
@@ -309,6 +311,7 @@ class PerSampleEngine:
         self.vectorize = vectorize
         self.method = "vectorized" if vectorize else "map_fn"
         self.example_traces = 0
+        self.rewritten: list[str] = []
         self.compiled: Any = None
         self._concrete: Any = None
         self._traced_key = ""
@@ -337,7 +340,12 @@ class PerSampleEngine:
         """``[variables]`` float64 squared gradient norms of one example."""
         tf = _tf.tensorflow()
         self.example_traces += 1
+        graph = tf.compat.v1.get_default_graph()
+        first = len(graph.get_operations())
         gradients = self.example_gradients(example)
+        for op_type in attach_converters(graph.get_operations()[first:]):
+            if op_type not in self.rewritten:
+                self.rewritten.append(op_type)
         if not gradients:
             return tf.zeros([0], tf.float64)
         return tf.stack([dense_squared_norm(g) for g in gradients])
@@ -418,23 +426,46 @@ class PerSampleEngine:
         return self._estimates[key]
 
     def _trace(self, arrays: Example) -> None:
-        """Trace the chunk step once, batch axis unknown; ``map_fn`` if pfor fails."""
-        tf = _tf.tensorflow()
+        """Trace the chunk step once, batch axis unknown; ``map_fn`` if pfor fails or
+        leaves a batched matmul that oneDNN mis-computes (see :mod:`.pfor_matmul`)."""
         specs = self._specs(arrays, [None])
-        self.compiled = tf.function(self._chunk_norms, input_signature=[specs], autograph=False)
+        self.rewritten = []
         try:
             with _recording_fallbacks() as recorder:
-                self._concrete = self.compiled.get_concrete_function()
+                self._compile(specs)
         except (ValueError, TypeError, LookupError, NotImplementedError):
             if not self.vectorize:
                 raise
-            self.vectorize = False
-            self.compiled = tf.function(self._chunk_norms, input_signature=[specs], autograph=False)
-            self._concrete = self.compiled.get_concrete_function()
-            self.method = "map_fn"
+            self._map_fn(specs, "map_fn")
             return
-        if self.vectorize and recorder.ops:
-            self.method = f"vectorized (while_loop for {', '.join(recorder.ops)})"
+        if not self.vectorize:
+            return
+        risky = risky_matmuls(self._concrete.graph)
+        if risky:
+            self._map_fn(
+                specs,
+                f"map_fn (pfor left {len(risky)} broadcast or rank > 3 batched matmul(s), "
+                f"which oneDNN can mis-compute; first: {risky[0]})",
+            )
+            return
+        notes = []
+        if recorder.ops:
+            notes.append(f"while_loop for {', '.join(recorder.ops)}")
+        if self.rewritten:
+            notes.append(f"{REWRITTEN_NOTE} for {', '.join(self.rewritten)}")
+        self.method = "vectorized" + (f" ({'; '.join(notes)})" if notes else "")
+
+    def _compile(self, specs: Any) -> None:
+        """Trace :meth:`_chunk_norms` for ``specs`` (vectorized or mapped, as set)."""
+        tf = _tf.tensorflow()
+        self.compiled = tf.function(self._chunk_norms, input_signature=[specs], autograph=False)
+        self._concrete = self.compiled.get_concrete_function()
+
+    def _map_fn(self, specs: Any, method: str) -> None:
+        """Switch to the ``tf.map_fn`` fallback and trace it; ``method`` says why."""
+        self.vectorize = False
+        self._compile(specs)
+        self.method = method
 
     def run(self, batch: Batch, max_memory: int = DEFAULT_MAX_MEMORY) -> PerSampleNorms:
         """Per-example norms of every example of ``batch``, chunk by chunk."""
