@@ -376,8 +376,10 @@ def probe_reference(
     *,
     training: bool = False,
     input_names: list[str] | None = None,
+    sample_weight: Any = None,
 ) -> ReferenceGradients:
-    """Every gradient of ``model.compute_loss`` on ``(x, y)``, one eager tape per quantity.
+    """Every gradient of ``model.compute_loss`` on ``(x, y)`` (weighted by
+    ``sample_weight`` when given), one eager tape per quantity.
 
     ``x`` is packed the way the model is called (array, list or dict); ``input_names``
     names its leaves in ``tf.nest.flatten`` order (dict keys sort).  Variables and float
@@ -390,7 +392,9 @@ def probe_reference(
     def loss_of(inputs: Any) -> Any:
         state.restore()
         y_pred = model(inputs, training=training)
-        return model.compute_loss(x=inputs, y=y, y_pred=y_pred, training=training)
+        return model.compute_loss(
+            x=inputs, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
 
     try:
         loss = loss_of(x)
