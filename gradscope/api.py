@@ -509,6 +509,35 @@ def _forward_position(
     return _forward_position(parent, first_call, nodes) if parent else len(first_call) + 1_000_000
 
 
+LORA_ADAPTERS = {
+    "lora_kernel_a": "kernel",
+    "lora_kernel_b": "kernel",
+    "lora_embeddings_a": "embeddings",
+    "lora_embeddings_b": "embeddings",
+}
+"""LoRA adapter attributes of Keras 3 layers (``Dense``, ``EinsumDense``, convolutions:
+``lora_kernel_*``; ``Embedding``: ``lora_embeddings_*``), and the name of the frozen
+weight each adapts.  Set by ``layer.enable_lora(rank)``, which also sets
+``layer.lora_enabled`` (checked on Keras 3.15)."""
+
+
+def lora_adapted(layer: Any, variable: Any) -> str | None:
+    """The path of the frozen weight that ``variable``, a LoRA adapter of ``layer``,
+    updates; ``None`` when it is not one.
+
+    The adapter is found by identity among the layer's LoRA attributes, and the frozen
+    weight by its name among the layer's weights (the public ``kernel`` property of a
+    LoRA layer returns the merged kernel, a tensor, not the variable).
+    """
+    if layer is None or not getattr(layer, "lora_enabled", False):
+        return None
+    for attribute, base in LORA_ADAPTERS.items():
+        if getattr(layer, attribute, None) is variable:
+            frozen = [w for w in layer.weights if w.name == base and w is not variable]
+            return str(frozen[0].path) if len(frozen) == 1 else None
+    return None
+
+
 def _variable_rows(
     model: Any, result: EngineResult, nodes: list[LayerNode], variables: list[Any]
 ) -> list[VariableRow]:
@@ -533,6 +562,7 @@ def _variable_rows(
             ratio=ratio,
             note=None if connected else "no gradient: the loss does not depend on it",
             rows_touched=touched if touched >= 0 else None,
+            adapts=lora_adapted(node.layer if node else None, variable),
         )
         positioned.append((_forward_position(node, meta.first_call, nodes), index, row))
     return [row for _, _, row in sorted(positioned, key=lambda item: item[:2])]

@@ -92,7 +92,13 @@ def _stats_dict(stats: TensorStats | None) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class VariableRow:
-    """Gradient of the loss with respect to one trainable variable."""
+    """Gradient of the loss with respect to one trainable variable.
+
+    ``adapts`` is set on LoRA adapter rows (``lora_kernel_a``/``_b``,
+    ``lora_embeddings_a``/``_b`` of a Keras layer with LoRA enabled): the path of the
+    frozen weight the adapter updates (``.../query/kernel``), which is not reported
+    itself since it is not trainable.
+    """
 
     path: str
     layer: str
@@ -104,6 +110,7 @@ class VariableRow:
     ratio: float | None
     note: str | None = None
     rows_touched: int | None = None
+    adapts: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -119,6 +126,8 @@ class VariableRow:
         }
         if self.rows_touched is not None:
             out["rows_touched"] = self.rows_touched
+        if self.adapts is not None:
+            out["adapts"] = self.adapts
         if self.note is not None:
             out["note"] = self.note
         return out

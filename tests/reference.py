@@ -191,11 +191,14 @@ def activation_gradients(
             activation_gradients(layer, list(fed_inputs), inner_loss, path + "/", grads, values)
 
 
-def model_loss(model: Any, x: Any, y: Any, y_pred: Any, training: bool) -> Any:
+def model_loss(
+    model: Any, x: Any, y: Any, y_pred: Any, training: bool, sample_weight: Any = None
+) -> Any:
     """``model.compute_loss``, given ``training`` only where it takes it (Keras >= 3.4)."""
+    keywords = {"x": x, "y": y, "y_pred": y_pred, "sample_weight": sample_weight}
     if "training" in inspect.signature(model.compute_loss).parameters:
-        return model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
-    return model.compute_loss(x=x, y=y, y_pred=y_pred)
+        keywords["training"] = training
+    return model.compute_loss(**keywords)
 
 
 def reference_gradients(sample: Sample) -> ReferenceGradients:
@@ -382,8 +385,10 @@ def probe_reference(
     *,
     training: bool = False,
     input_names: list[str] | None = None,
+    sample_weight: Any = None,
 ) -> ReferenceGradients:
-    """Every gradient of ``model.compute_loss`` on ``(x, y)``, one eager tape per quantity.
+    """Every gradient of ``model.compute_loss`` on ``(x, y)`` (weighted by
+    ``sample_weight`` when given), one eager tape per quantity.
 
     ``x`` is packed the way the model is called (array, list or dict); ``input_names``
     names its leaves in ``tf.nest.flatten`` order (dict keys sort).  Variables and float
@@ -396,7 +401,7 @@ def probe_reference(
     def loss_of(inputs: Any) -> Any:
         state.restore()
         y_pred = model(inputs, training=training)
-        return model_loss(model, inputs, y, y_pred, training=training)
+        return model_loss(model, inputs, y, y_pred, training=training, sample_weight=sample_weight)
 
     try:
         loss = loss_of(x)

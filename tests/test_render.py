@@ -62,6 +62,7 @@ CSV_HEADER = [
     "value_l2",
     "value_dead_frac",
     "note",
+    "adapts",
 ]
 
 ANSI_ESCAPE = "\x1b["
@@ -360,6 +361,7 @@ def test_csv_variable_row() -> None:
         "value_l2": "",
         "value_dead_frac": "",
         "note": "",
+        "adapts": "",
     }
     assert float(rows[0]["grad_mean"]) == 0.1 + 0.2
 

@@ -37,6 +37,7 @@ COLUMNS: tuple[str, ...] = (
     "value_l2",
     "value_dead_frac",
     "note",
+    "adapts",
 )
 
 Row = dict[str, str]
@@ -86,6 +87,7 @@ def variable_row(row: VariableRow) -> Row:
         **_grad_cells(row.grad),
         "weight_l2": format_float(row.weight_l2),
         "ratio": format_float(row.ratio),
+        "adapts": row.adapts or "",
     }
 
 

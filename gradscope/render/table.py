@@ -367,8 +367,15 @@ def make_table(
 def variables_table(variables: Sequence[VariableRow]) -> Table:
     """Gradient per trainable variable, in report order."""
     rows = [variable_cells(row) for row in variables]
-    notes = [row.note for row in variables]
+    notes = [variable_note(row) for row in variables]
     return make_table("Gradients by variable", VARIABLE_COLUMNS, rows, notes)
+
+
+def variable_note(row: VariableRow) -> str | None:
+    """The note cell of a variable row: its note, and for a LoRA adapter the frozen
+    weight it adapts (``LoRA of dense/kernel``)."""
+    parts = [part for part in (row.note, row.adapts and f"LoRA of {row.adapts}") if part]
+    return "; ".join(parts) if parts else None
 
 
 def activations_table(activations: Sequence[ActivationRow]) -> Table:
