@@ -33,10 +33,9 @@ accumulate more rounding).  The Lanczos top eigenvalue: ``1e-3`` relative (Lancz
 stopping rule is a residual of 1e-3 of max|λ|; the eigenvalue error is of the order of
 the residual squared over the gap, far smaller).
 
-Per-example gradients vectorize attention gradients with ``pfor``, which TensorFlow
-2.21's oneDNN CPU kernels corrupt (issue 10, item 2).  Until the fix for that lands the
-per-example tests are marked ``xfail(run=False)`` through :data:`ONEDNN_PFOR_FIXED`;
-``TF_ENABLE_ONEDNN_OPTS=0 pytest --runxfail -k per_sample`` runs them meanwhile.
+Per-example gradients vectorize attention gradients with ``pfor``; gradscope rewrites
+its batched matmuls into shapes that TensorFlow 2.21's oneDNN kernels compute correctly
+(:mod:`gradscope.engine.pfor_matmul`), so these tests run as users run.
 """
 
 from __future__ import annotations
@@ -60,16 +59,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
     pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer"),
 ]
-
-ONEDNN_PFOR_FIXED = False
-"""Set to True once per-example gradients are right with oneDNN on (issue 10, item 2)."""
-
-needs_onednn_fix = pytest.mark.xfail(
-    not ONEDNN_PFOR_FIXED,
-    run=False,
-    reason="per-example pfor gradients of attention are corrupted by oneDNN (issue 10 #2); "
-    "run with TF_ENABLE_ONEDNN_OPTS=0 pytest --runxfail",
-)
 
 RTOL = 1e-4
 HESSIAN_RTOL = 1e-3
@@ -335,7 +324,6 @@ def per_example_reference(subject: Subject) -> tuple[list[str], np.ndarray]:
     return [v.path for v in variables], np.array(rows)
 
 
-@needs_onednn_fix
 @pytest.mark.slow
 def test_inspect_per_sample(subject: Subject) -> None:
     """The per-example norms' spread and largest examples equal a loop of tapes."""

@@ -20,9 +20,8 @@ graph versus eager ops, one tape versus many), so entries agree to ``RTOL=1e-4``
 tensor's largest entry (as in ``tests/test_reference.py``).  Lanczos stops at a relative
 residual of ``1e-3``; a Ritz value's error is then far below ``1e-3`` of the eigenvalue.
 
-``--per-sample`` on the attention models (BERT, ViT) is marked ``xfail(run=False)``: with
-oneDNN on, TF 2.21 corrupts memory on pfor-vectorized einsum gradients (issue 10, item 2,
-fixed on another branch); the lead removes the mark after merging that fix.
+``--per-sample`` on the attention models (BERT, ViT) runs as users run: gradscope
+rewrites pfor's batched matmuls into shapes TF 2.21's oneDNN kernels compute correctly.
 """
 
 from __future__ import annotations
@@ -66,9 +65,6 @@ RTOL = 1e-4
 #: rounding noise, observed ~1e-13 of the largest gradient entry: both sides must stay
 #: below this fraction of it.
 NOISE = 1e-6
-NEEDS_ONEDNN_FIX = pytest.mark.xfail(
-    run=False, reason="needs the per-sample oneDNN fix (issue 10, item 2)"
-)
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))
@@ -288,7 +284,6 @@ def test_per_sample_resnet(tmp_path_factory: Any) -> None:
     _check_per_sample(case, load_case(case))
 
 
-@NEEDS_ONEDNN_FIX
 @pytest.mark.parametrize("name", ["bert_classifier", "vit_classifier"])
 def test_per_sample_attention(name: str, tmp_path_factory: Any) -> None:
     """Per-example norms of the attention models, with oneDNN on as users run."""

@@ -36,7 +36,8 @@ Anything else (complex or integer dtypes, a loop-invariant operand of rank > 2, 
 einsums) keeps pfor's own converter.  :func:`risky_matmuls` lists what is left in a
 vectorized graph; the engine maps with ``tf.map_fn`` instead if that list is not empty.
 
-Private TensorFlow API used here (checked on TensorFlow 2.16.2 and 2.21.0):
+Private TensorFlow API used here (run on TensorFlow 2.21.0; where a converter is not
+honoured, :func:`risky_matmuls` still finds the broadcast matmuls and ``tf.map_fn`` runs):
 ``Operation.pfor_converter`` (read by ``PFor._convert_helper``),
 ``tensorflow.python.ops.parallel_for.pfor._pfor_converter_registry`` and ``wrap``, and
 ``_PforInput.input``/``get_attr``/``num_inputs``/``pfor.loop_len_vector``.
