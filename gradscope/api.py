@@ -21,6 +21,7 @@ from ._progress import Progress
 from .aggregate import BatchAccumulator
 from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
+from .engine.step_memory import ROWS_OPTIONS, budget, guard_step
 from .errors import MismatchError, UsageError, first_line, received
 from .health import Thresholds, diagnose
 from .loading.custom_objects import check_custom_objects_path
@@ -29,6 +30,7 @@ from .loading.data import (
     Batches,
     check_data_path,
     check_input_array,
+    guard_synthetic,
     iter_batches,
     load_batch,
     plan_batches,
@@ -67,6 +69,7 @@ class InspectOptions:
     max_batches: int | None = None
     per_sample: bool = False
     thresholds: Thresholds | None = None
+    max_memory: int | None = None  # None: the default budget (gradscope.engine.step_memory)
 
     @property
     def batching(self) -> bool:
@@ -79,8 +82,11 @@ def _file_batches(
     batch_size: int,
     max_batches: int | None,
     limit: int | None,
+    max_memory: int | None = None,
 ) -> Batches:
-    plan = plan_batches(path, signature, batch_size, max_batches=max_batches, limit=limit)
+    plan = plan_batches(
+        path, signature, batch_size, max_batches=max_batches, limit=limit, max_memory=max_memory
+    )
     first = next(iter_batches(plan, signature))
     return Batches(
         first, lambda: iter_batches(plan, signature), plan.rows, batch_size, plan.count, max_batches
@@ -104,6 +110,7 @@ def inspect_file(
     per_sample: bool = False,
     progress: Progress | None = None,
     thresholds: Thresholds | None = None,
+    max_memory: int | None = None,
 ) -> Report:
     """Load a saved model (and a batch file, or synthesize one) and inspect it.
 
@@ -112,12 +119,14 @@ def inspect_file(
     the data is streamed in batches of that many rows (at most ``max_batches``) and the
     report describes their mean gradient (see :mod:`gradscope.aggregate`).
     ``per_sample`` adds per-example gradient norms.  ``thresholds`` tune the health
-    diagnoses (:mod:`gradscope.health`).
+    diagnoses (:mod:`gradscope.health`).  ``max_memory`` is the memory budget in bytes
+    (``None``: half the available memory): a batch or step above it is refused with a
+    :class:`~gradscope.errors.ResourceError` before it is read or run.
     """
     load = LoadOptions.of(custom_objects, unsafe, loss)
     options = InspectOptions(
         loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors,
-        batch_size, max_batches, per_sample, thresholds,
+        batch_size, max_batches, per_sample, thresholds, max_memory,
     )  # fmt: skip
     model, signature, data, info = load_for_cli(model_path, data_path, limit, seed, load, options)
     return run_inspect(model, signature, data, options, info, progress)
@@ -139,6 +148,7 @@ def inspect(
     max_batches: int | None = None,
     per_sample: bool = False,
     thresholds: Thresholds | None = None,
+    max_memory: int | None = None,
 ) -> Report:
     """Gradients of the loss for an in-memory Keras model, in one forward/backward pass.
 
@@ -148,13 +158,14 @@ def inspect(
     gradient tensors in ``report.tensors``.  With ``batch_size`` the data is cut into
     batches (at most ``max_batches``) and the report describes their mean gradient;
     ``per_sample`` adds per-example gradient norms; ``thresholds`` tune the health
-    diagnoses.  Keras's global random state is left alone.
+    diagnoses; ``max_memory`` is the memory budget (see :func:`inspect_file`).  Keras's
+    global random state is left alone.
     """
     signature = model_signature(model)
     batch = None if x is None else batch_from_arrays(signature, x, y, sample_weight)
     options = InspectOptions(
         loss, training, seed, rows, layers, keep_tensors,
-        batch_size, max_batches, per_sample, thresholds,
+        batch_size, max_batches, per_sample, thresholds, max_memory,
     )  # fmt: skip
     info = model_info_of(model, None, "memory")
     return run_inspect(model, signature, batch, options, info)
@@ -248,6 +259,7 @@ def prepare_loss_and_batch(
     has_targets = batch is None or batch.targets is not None
     spec = resolve_loss(model, signature.output_names, options.loss, has_targets)
     if batch is None:
+        guard_synthetic(signature, options.rows, options.max_memory)
         batch = synthetic_batch(
             model,
             signature,
@@ -260,6 +272,22 @@ def prepare_loss_and_batch(
     return spec, batch
 
 
+def guard_proxy_step(
+    model: Any,
+    signature: ModelSignature,
+    spec: LossSpec,
+    data: Batch | Batches,
+    options: InspectOptions,
+    hint: Sequence[str] = ROWS_OPTIONS,
+) -> None:
+    """The memory guard of a command whose own step is not an inspect step (``hessian``,
+    ``check``): the inspect step on the same batch, traced not run, stands for it."""
+    first = data.first if isinstance(data, Batches) else data
+    held = min(data.count, 2) if isinstance(data, Batches) else 1
+    engine = GradientEngine(model, signature, spec, training=options.training)
+    guard_step(engine, first, options.max_memory, held=held, options=hint)
+
+
 def load_for_cli(
     model_path: str | Path,
     data_path: str | Path | None,
@@ -267,11 +295,14 @@ def load_for_cli(
     seed: int,
     load: LoadOptions | None = None,
     options: InspectOptions | None = None,
+    hint: Sequence[str] = ROWS_OPTIONS,
 ) -> tuple[Any, ModelSignature, Batch | Batches | None, ModelInfo]:
     """Check paths (before importing TensorFlow), seed Keras, load the model and batch.
 
     Both paths are checked first, so a typo fails at once; Keras's global random state
     is seeded before the model is built, so dropout in training mode is reproducible.
+    The batch is checked against the model and ``options.max_memory`` from the file's
+    headers before it is read; ``hint`` names the options a refusal suggests.
     """
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
@@ -285,10 +316,13 @@ def load_for_cli(
     loaded = load_model(model_path, load)
     signature = model_signature(loaded.model)
     data: Batch | Batches | None = None
+    max_memory = None if options is None else options.max_memory
     if data_path is not None and options is not None and options.batch_size is not None:
-        data = _file_batches(data_path, signature, options.batch_size, options.max_batches, limit)
+        data = _file_batches(
+            data_path, signature, options.batch_size, options.max_batches, limit, max_memory
+        )
     elif data_path is not None:
-        data = load_batch(data_path, signature, limit=limit)
+        data = load_batch(data_path, signature, limit=limit, max_memory=max_memory, options=hint)
     info = model_info_of(loaded.model, loaded.path, loaded.format, loaded.notes)
     return loaded.model, signature, data, info
 
@@ -333,7 +367,7 @@ def run_inspect(
             report = dataclasses.replace(
                 report,
                 per_sample=per_sample_report(
-                    model, signature, spec, batch, batches, options.training
+                    model, signature, spec, batch, batches, options.training, options.max_memory
                 ),
             )
     report = dataclasses.replace(report, health=diagnose(report, options.thresholds))
@@ -347,13 +381,16 @@ def per_sample_report(
     batch: Batch,
     batches: Batches | None,
     training: bool,
+    max_memory: int | None = None,
 ) -> PerSampleReport:
     """Per-example gradient norms over ``batch``, or over every batch of ``batches``
-    (example indices then count from the first row of the first batch)."""
+    (example indices then count from the first row of the first batch), in chunks that
+    fit ``max_memory`` (``None``: the default budget)."""
     from .engine.per_sample import PerSampleEngine, PerSampleNorms
 
     engine = PerSampleEngine(model, signature, spec, training=training)
-    parts = [engine.run(b) for b in (batches.iterate() if batches else [batch])]
+    limit = budget(max_memory)
+    parts = [engine.run(b, limit) for b in (batches.iterate() if batches else [batch])]
     merged = PerSampleNorms(
         parts[0].variables,
         np.concatenate([part.norms for part in parts]),
@@ -373,6 +410,7 @@ def _inspect_one(
     engine = GradientEngine(
         model, signature, spec, training=options.training, keep_tensors=options.keep_tensors
     )
+    guard_step(engine, batch, options.max_memory)
     result = run_engine(engine, batch)
     return build_report(
         model, signature, spec, batch, result, engine.layer_nodes, options.training, model_info
@@ -395,6 +433,7 @@ def _inspect_batches(
     """
     progress = progress or Progress()
     engine = GradientEngine(model, signature, spec, training=options.training, for_aggregation=True)
+    guard_step(engine, data.first, options.max_memory, held=min(data.count, 2))
     accumulator = BatchAccumulator(data.rows)
     progress.block(0, 1, f"{data.count} batches", data.count)
     for batch in data.iterate():
