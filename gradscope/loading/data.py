@@ -27,7 +27,7 @@ from .models import looks_like_zip
 from .signature import ModelSignature, TensorSpec
 
 DATA_SUFFIXES = (".npz", ".npy", ".h5", ".hdf5")
-_CHUNK = 1 << 24
+_CHUNK = 1 << 20
 """Bytes read from a ``.npz`` member at a time."""
 SAMPLE_WEIGHT_KEY = "sample_weight"
 
