@@ -211,6 +211,26 @@ def test_peak_of_a_chain_is_two_live_tensors(tf: object) -> None:
     assert shared >= 3 * tensor
 
 
+def test_a_reshape_shares_its_input_buffer(tf: object) -> None:
+    """``sum(reshape(2x)) + sum(x)``: x and 2x are alive together; the reshape of 2x is
+    the same buffer, not a third tensor."""
+    from gradscope import _tf
+    from gradscope.engine.step_memory import peak_live_bytes
+
+    tensorflow = _tf.tensorflow()
+    rows, cols = 1000, 30
+
+    @tensorflow.function(autograph=False)  # type: ignore[misc]
+    def sums(x: object) -> object:
+        twice = tensorflow.reshape(x * 2.0, [-1])
+        return tensorflow.reduce_sum(twice) + tensorflow.reduce_sum(x)
+
+    spec = tensorflow.TensorSpec([rows, cols], tensorflow.float32)
+    tensor = 4 * rows * cols
+    peak = peak_live_bytes(sums.get_concrete_function(spec).graph)
+    assert 2 * tensor <= peak <= 2 * tensor + 64
+
+
 def test_step_estimate_per_row_of_a_dense_model(keras: object) -> None:
     """The inspect step of ``d -> Dense(h, relu) -> Dense(k)`` holds, per row, at least
     the activations and their gradients, 2·4·(d+h+k) bytes, and at most every tensor

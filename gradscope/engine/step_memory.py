@@ -131,31 +131,53 @@ def refuse(what: str, needed: int, limit: int, rows: int, options: Sequence[str]
     )
 
 
+ALIASING_OPS = frozenset(
+    {"Identity", "StopGradient", "PreventGradient", "Snapshot", "Reshape", "ExpandDims", "Squeeze"}
+)
+"""Ops whose output is their first input's buffer, not a new allocation."""
+
+
+def _buffers(operations: Sequence[Any]) -> dict[str, str]:
+    """For each output of an aliasing op, the tensor that owns its buffer."""
+    owner: dict[str, str] = {}
+    for op in operations:
+        if op.type in ALIASING_OPS and op.inputs and op.outputs:
+            source = op.inputs[0].name
+            owner[op.outputs[0].name] = owner.get(source, source)
+    return owner
+
+
 def peak_live_bytes(graph: Any) -> int:
     """The largest total size of the tensors alive at once while ``graph`` runs.
 
     Operations run in creation order; an output is allocated when its op runs and
-    freed after its last reader ran (at once if nothing reads it).
+    freed after its last reader ran (at once if nothing reads it).  The output of an
+    aliasing op (``Identity``, ``Reshape``...) shares its input's buffer, which lives
+    until the readers of both are done.  The function's results are never freed: they
+    are handed back together at the end.
     """
-    readers: dict[str, int] = {}
     operations = graph.get_operations()
-    for op in operations:
-        for tensor in op.inputs:
-            readers[tensor.name] = readers.get(tensor.name, 0) + 1
+    owner = _buffers(operations)
+    readers: dict[str, int] = {}
+    for tensor in [t for op in operations for t in op.inputs] + list(graph.outputs or []):
+        buffer = owner.get(tensor.name, tensor.name)
+        readers[buffer] = readers.get(buffer, 0) + 1
     sizes: dict[str, int] = {}
     live = peak = 0
     for op in operations:
         for output in op.outputs:
-            sizes[output.name] = tensor_bytes(output)
-            live += sizes[output.name]
+            if output.name not in owner:
+                sizes[output.name] = tensor_bytes(output)
+                live += sizes[output.name]
         peak = max(peak, live)
         for output in op.outputs:
-            if readers.get(output.name, 0) == 0:
+            if output.name not in owner and readers.get(output.name, 0) == 0:
                 live -= sizes[output.name]
         for tensor in op.inputs:
-            readers[tensor.name] -= 1
-            if readers[tensor.name] == 0:
-                live -= sizes.get(tensor.name, 0)
+            buffer = owner.get(tensor.name, tensor.name)
+            readers[buffer] -= 1
+            if readers[buffer] == 0:
+                live -= sizes.get(buffer, 0)
     return peak
 
 
