@@ -296,6 +296,7 @@ MaxMemoryOpt = Annotated[
     str | None,
     typer.Option(
         "--max-memory",
+        metavar="SIZE",
         help="Memory budget, e.g. 512M, 2GiB; work above it is refused or split "
         "[default: half the available memory].",
     ),
