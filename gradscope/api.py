@@ -22,6 +22,7 @@ from ._progress import Progress
 from .aggregate import BatchAccumulator
 from .engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from .engine.gradients import EngineResult, GradientEngine
+from .engine.step_memory import ROWS_OPTIONS, budget, guard_step
 from .errors import MismatchError, UsageError, first_line, received
 from .health import Thresholds, diagnose
 from .loading.custom_objects import check_custom_objects_path
@@ -30,6 +31,7 @@ from .loading.data import (
     Batches,
     check_data_path,
     check_input_array,
+    guard_synthetic,
     iter_batches,
     load_batch,
     plan_batches,
@@ -75,6 +77,7 @@ class InspectOptions:
     max_batches: int | None = None
     per_sample: bool = False
     thresholds: Thresholds | None = None
+    max_memory: int | None = None  # None: the default budget (gradscope.engine.step_memory)
 
     @property
     def batching(self) -> bool:
@@ -87,8 +90,11 @@ def _file_batches(
     batch_size: int,
     max_batches: int | None,
     limit: int | None,
+    max_memory: int | None = None,
 ) -> Batches:
-    plan = plan_batches(path, signature, batch_size, max_batches=max_batches, limit=limit)
+    plan = plan_batches(
+        path, signature, batch_size, max_batches=max_batches, limit=limit, max_memory=max_memory
+    )
     first = next(iter_batches(plan, signature))
     return Batches(
         first, lambda: iter_batches(plan, signature), plan.rows, batch_size, plan.count, max_batches
@@ -112,6 +118,7 @@ def inspect_file(
     per_sample: bool = False,
     progress: Progress | None = None,
     thresholds: Thresholds | None = None,
+    max_memory: int | None = None,
 ) -> Report:
     """Load a saved model (and a batch file, or synthesize one) and inspect it.
 
@@ -120,12 +127,14 @@ def inspect_file(
     the data is streamed in batches of that many rows (at most ``max_batches``) and the
     report describes their mean gradient (see :mod:`gradscope.aggregate`).
     ``per_sample`` adds per-example gradient norms.  ``thresholds`` tune the health
-    diagnoses (:mod:`gradscope.health`).
+    diagnoses (:mod:`gradscope.health`).  ``max_memory`` is the memory budget in bytes
+    (``None``: half the available memory): a batch or step above it is refused with a
+    :class:`~gradscope.errors.ResourceError` before it is read or run.
     """
     load = LoadOptions.of(custom_objects, unsafe, loss)
     options = InspectOptions(
         loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors,
-        batch_size, max_batches, per_sample, thresholds,
+        batch_size, max_batches, per_sample, thresholds, max_memory,
     )  # fmt: skip
     model, signature, data, info = load_for_cli(model_path, data_path, limit, seed, load, options)
     return run_inspect(model, signature, data, options, info, progress)
@@ -147,6 +156,7 @@ def inspect(
     max_batches: int | None = None,
     per_sample: bool = False,
     thresholds: Thresholds | None = None,
+    max_memory: int | None = None,
 ) -> Report:
     """Gradients of the loss for an in-memory Keras model, in one forward/backward pass.
 
@@ -156,7 +166,8 @@ def inspect(
     gradient tensors in ``report.tensors``.  With ``batch_size`` the data is cut into
     batches (at most ``max_batches``) and the report describes their mean gradient;
     ``per_sample`` adds per-example gradient norms; ``thresholds`` tune the health
-    diagnoses.  Keras's global random state is left alone.
+    diagnoses; ``max_memory`` is the memory budget (see :func:`inspect_file`).  Keras's
+    global random state is left alone.
 
     ``x`` may instead be a pipeline: a ``tf.data.Dataset``, a ``keras.utils.PyDataset``
     or an iterable (generator) yielding ``x``, ``(x, y)`` or ``(x, y, sample_weight)``
@@ -167,11 +178,12 @@ def inspect(
     """
     signature = model_signature(model)
     data = data_argument(
-        signature, x, y, sample_weight, batch_size=batch_size, max_batches=max_batches
-    )
+        signature, x, y, sample_weight,
+        batch_size=batch_size, max_batches=max_batches, budget=max_memory,
+    )  # fmt: skip
     options = InspectOptions(
         loss, training, seed, rows, layers, keep_tensors,
-        batch_size, max_batches, per_sample, thresholds,
+        batch_size, max_batches, per_sample, thresholds, max_memory,
     )  # fmt: skip
     info = model_info_of(model, None, "memory")
     return run_inspect(model, signature, data, options, info)
@@ -263,6 +275,7 @@ def prepare_loss_and_batch(
     has_targets = batch is None or batch.targets is not None
     spec = resolve_loss(model, signature.output_names, options.loss, has_targets)
     if batch is None:
+        guard_synthetic(signature, options.rows, options.max_memory)
         batch = synthetic_batch(
             model,
             signature,
@@ -275,6 +288,22 @@ def prepare_loss_and_batch(
     return spec, batch
 
 
+def guard_proxy_step(
+    model: Any,
+    signature: ModelSignature,
+    spec: LossSpec,
+    data: Batch | Batches,
+    options: InspectOptions,
+    hint: Sequence[str] = ROWS_OPTIONS,
+) -> None:
+    """The memory guard of a command whose own step is not an inspect step (``hessian``,
+    ``check``): the inspect step on the same batch, traced not run, stands for it."""
+    first = data.first if isinstance(data, Batches) else data
+    held = min(data.count, 2) if isinstance(data, Batches) else 1
+    engine = GradientEngine(model, signature, spec, training=options.training)
+    guard_step(engine, first, options.max_memory, held=held, options=hint)
+
+
 def load_for_cli(
     model_path: str | Path,
     data_path: str | Path | None,
@@ -282,11 +311,14 @@ def load_for_cli(
     seed: int,
     load: LoadOptions | None = None,
     options: InspectOptions | None = None,
+    hint: Sequence[str] = ROWS_OPTIONS,
 ) -> tuple[Any, ModelSignature, Batch | Batches | None, ModelInfo]:
     """Check paths (before importing TensorFlow), seed Keras, load the model and batch.
 
     Both paths are checked first, so a typo fails at once; Keras's global random state
     is seeded before the model is built, so dropout in training mode is reproducible.
+    The batch is checked against the model and ``options.max_memory`` from the file's
+    headers before it is read; ``hint`` names the options a refusal suggests.
     """
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
@@ -305,12 +337,15 @@ def load_for_cli(
     loaded = load_model(model_path, load)
     signature = model_signature(loaded.model)
     data: Batch | Batches | None = None
+    max_memory = None if options is None else options.max_memory
     if pipeline is not None:
-        data = cli_data(pipeline, signature, options.max_batches if options else None)
+        data = cli_data(pipeline, signature, options.max_batches if options else None, max_memory)
     elif data_path is not None and options is not None and options.batch_size is not None:
-        data = _file_batches(data_path, signature, options.batch_size, options.max_batches, limit)
+        data = _file_batches(
+            data_path, signature, options.batch_size, options.max_batches, limit, max_memory
+        )
     elif data_path is not None:
-        data = load_batch(data_path, signature, limit=limit)
+        data = load_batch(data_path, signature, limit=limit, max_memory=max_memory, options=hint)
     info = model_info_of(loaded.model, loaded.path, loaded.format, loaded.notes)
     return loaded.model, signature, data, info
 
@@ -355,7 +390,7 @@ def run_inspect(
             report = dataclasses.replace(
                 report,
                 per_sample=per_sample_report(
-                    model, signature, spec, batch, batches, options.training
+                    model, signature, spec, batch, batches, options.training, options.max_memory
                 ),
             )
     report = dataclasses.replace(report, health=diagnose(report, options.thresholds))
@@ -369,13 +404,16 @@ def per_sample_report(
     batch: Batch,
     batches: Batches | None,
     training: bool,
+    max_memory: int | None = None,
 ) -> PerSampleReport:
     """Per-example gradient norms over ``batch``, or over every batch of ``batches``
-    (example indices then count from the first row of the first batch)."""
+    (example indices then count from the first row of the first batch), in chunks that
+    fit ``max_memory`` (``None``: the default budget)."""
     from .engine.per_sample import PerSampleEngine, PerSampleNorms
 
     engine = PerSampleEngine(model, signature, spec, training=training)
-    parts = [engine.run(b) for b in (batches.iterate() if batches else [batch])]
+    limit = budget(max_memory)
+    parts = [engine.run(b, limit) for b in (batches.iterate() if batches else [batch])]
     merged = PerSampleNorms(
         parts[0].variables,
         np.concatenate([part.norms for part in parts]),
@@ -396,6 +434,7 @@ def _inspect_one(
     engine = GradientEngine(
         model, signature, spec, training=options.training, keep_tensors=options.keep_tensors
     )
+    guard_step(engine, batch, options.max_memory)
     result = run_engine(engine, batch)
     return build_report(
         model, signature, spec, batch, result, engine.layer_nodes, options.training, model_info
@@ -418,6 +457,7 @@ def _inspect_batches(
     """
     progress = progress or Progress()
     engine = GradientEngine(model, signature, spec, training=options.training, for_aggregation=True)
+    guard_step(engine, data.first, options.max_memory, held=min(data.count, 2))
     accumulator = BatchAccumulator(data.rows)
     progress.block(0, 1, f"{data.count} batches", data.count)
     for batch in data.iterate():

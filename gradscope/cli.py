@@ -227,6 +227,13 @@ def _emit(text: str) -> None:
     sys.stdout.flush()
 
 
+def _max_memory(text: str | None) -> int | None:
+    """``--max-memory`` in bytes; ``None`` (the default budget) when not given."""
+    from .engine.step_memory import parse_size
+
+    return None if text is None else parse_size(text)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"gradscope {__version__}")
@@ -299,6 +306,15 @@ PlotOpt = Annotated[
     typer.Option("--plot", help="Also draw a PNG (needs the 'plot' extra: matplotlib)."),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="With --save: overwrite an existing file.")]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Memory budget, e.g. 512M, 2GiB; work above it is refused or split "
+        "[default: half the available memory].",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")]
 
@@ -370,6 +386,7 @@ def inspect(
     tensorboard: TensorBoardOpt = None,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
+    max_memory: MaxMemoryOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -408,6 +425,7 @@ def inspect(
                 per_sample=per_sample,
                 progress=progress,
                 thresholds=thresholds,
+                max_memory=_max_memory(max_memory),
             )
         text = _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
         if plot is not None:
@@ -466,9 +484,7 @@ def hessian(
     eigenvectors: Annotated[
         bool, typer.Option("--eigenvectors", help="With --save: also the top-k eigenvectors.")
     ] = False,
-    max_memory: Annotated[
-        str, typer.Option("--max-memory", help="Memory limit of an exact block, e.g. 512M, 2GiB.")
-    ] = "2GiB",
+    max_memory: MaxMemoryOpt = None,
     hvp: Annotated[
         HvpKind,
         typer.Option(
@@ -497,6 +513,7 @@ def hessian(
         _keras_on_tensorflow(quiet)
         from . import curvature
         from ._progress import progress_bar
+        from .engine.step_memory import default_max_memory
         from .export import hessian_hdf5
 
         _check_output_targets(save, hessian_hdf5.SUFFIXES, plot, tensorboard, force)
@@ -515,7 +532,7 @@ def hessian(
             density=density or plot is not None,
             cross=cross,
             eigenvectors=eigenvectors,
-            max_memory=curvature.parse_size(max_memory),
+            max_memory=_max_memory(max_memory) or default_max_memory(),
             seed=seed,
             hvp=hvp.value,
         )
@@ -592,6 +609,7 @@ def check(
     output_format: FormatOpt = OutputFormat.TABLE,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
+    max_memory: MaxMemoryOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -619,6 +637,7 @@ def check(
             precision=precision.lower(),  # type: ignore[arg-type]  # checked by the library
             custom_objects=custom_objects,
             unsafe=unsafe,
+            max_memory=_max_memory(max_memory),
         )
         if report.precision.note is not None:
             _note(report.precision.note, quiet)

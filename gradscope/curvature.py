@@ -14,7 +14,7 @@ import contextlib
 import fnmatch
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from .api import (
     ArrayLike,
     InspectOptions,
     RestoredState,
+    guard_proxy_step,
     load_for_cli,
     model_info_of,
     prepare_loss_and_batch,
@@ -34,7 +35,8 @@ from .engine import spectral
 from .engine.capture import walk_layers
 from .engine.graph_memory import format_bytes
 from .engine.hessian import HessianOperator, HvpMode, exact_block_bytes
-from .errors import ResourceError, UsageError, received
+from .engine.step_memory import default_max_memory, parse_size
+from .errors import ResourceError, UsageError
 from .loading.data import Batch, Batches, as_batches, split_batch
 from .loading.models import LoadOptions
 from .loading.pipelines import data_argument
@@ -44,7 +46,6 @@ from .report import CrossBlock, Density, HessianBlock, HessianReport, LossInfo, 
 
 Granularity = Literal["variable", "layer", "model"]
 Method = Literal["auto", "exact", "lanczos"]
-DEFAULT_MAX_MEMORY = 2 * 1024**3
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 DENSITY_RUNS = 4
 DENSITY_ITERATIONS = 40
@@ -61,7 +62,7 @@ class HessianOptions:
     top_k: int = 3
     trace: bool = False
     density: bool = False
-    max_memory: int = DEFAULT_MAX_MEMORY
+    max_memory: int = field(default_factory=default_max_memory)
     tol: float = 1e-3
     max_iter: int = 100
     probes: int = 99
@@ -75,24 +76,6 @@ class HessianOptions:
 class _Block:
     variables: tuple[Any, ...]
     layers: tuple[str, ...]
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``512M``, ``2GiB``, ``1.5G``, ``100000`` (binary multiples)."""
-    units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
-    number, unit = cleaned, ""
-    if cleaned and cleaned[-1] in units:
-        number, unit = cleaned[:-1], cleaned[-1]
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise UsageError(
-            f"--max-memory: expected a size such as 512M or 2GiB. {received(repr(text))}"
-        )
-    return int(value)
 
 
 def _matches(name: str, globs: str | None) -> bool:
@@ -400,6 +383,9 @@ def run_hessian(
         size = inspect_options.batch_size or batch.size
         data = split_batch(batch, size, inspect_options.max_batches)
     whole = data if isinstance(data, Batches) else batch
+    guard_proxy_step(
+        model, signature, spec, whole, replace(inspect_options, max_memory=options.max_memory)
+    )
     blocks = select_blocks(model, options)
     training = inspect_options.training
     results = []
@@ -458,19 +444,17 @@ def hessian(
     read once and kept, so every product sees the same rows.
     """
     signature = model_signature(model)
+    options = options or HessianOptions(seed=seed)
     data = data_argument(
-        signature, x, y, sample_weight, batch_size=batch_size, max_batches=max_batches
-    )
+        signature, x, y, sample_weight,
+        batch_size=batch_size, max_batches=max_batches, budget=options.max_memory,
+    )  # fmt: skip
     inspect_options = InspectOptions(
-        loss, training, seed, rows, batch_size=batch_size, max_batches=max_batches
-    )
+        loss, training, seed, rows, batch_size=batch_size, max_batches=max_batches,
+        max_memory=options.max_memory,
+    )  # fmt: skip
     return run_hessian(
-        model,
-        signature,
-        data,
-        inspect_options,
-        options or HessianOptions(seed=seed),
-        model_info_of(model, None, "memory"),
+        model, signature, data, inspect_options, options, model_info_of(model, None, "memory")
     )
 
 
@@ -496,13 +480,14 @@ def hessian_file(
     Hessian-vector product averages over the batches.
     """
     load = LoadOptions.of(custom_objects, unsafe, loss)
+    options = options or HessianOptions(seed=seed)
     inspect_options = InspectOptions(
-        loss, training, seed, limit or DEFAULT_ROWS, batch_size=batch_size, max_batches=max_batches
-    )
+        loss, training, seed, limit or DEFAULT_ROWS, batch_size=batch_size,
+        max_batches=max_batches, max_memory=options.max_memory,
+    )  # fmt: skip
     model, signature, data, info = load_for_cli(
         model_path, data_path, limit, seed, load, inspect_options
     )
-    options = options or HessianOptions(seed=seed)
     return run_hessian(model, signature, data, inspect_options, options, info, progress)
 
 

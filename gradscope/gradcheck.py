@@ -59,6 +59,7 @@ from .api import (
     ArrayLike,
     InspectOptions,
     RestoredState,
+    guard_proxy_step,
     load_for_cli,
     model_info_of,
     prepare_loss_and_batch,
@@ -67,7 +68,7 @@ from .api import (
 from .check_report import CheckedCoordinate, CheckPrecision, CheckReport, CheckRow
 from .engine.capture import walk_layers
 from .errors import LossError, MismatchError, UsageError, first_line, received
-from .loading.data import Batch
+from .loading.data import Batch, Batches
 from .loading.models import LoadOptions
 from .loading.pipelines import data_argument, parse_pipeline_spec
 from .loading.signature import ModelSignature, model_signature
@@ -79,6 +80,8 @@ Precision = Literal["auto", "float64", "float32"]
 PRECISIONS: tuple[str, ...] = ("auto", "float64", "float32")
 
 DEFAULT_SAMPLES = 16
+LIMIT_ONLY = ("--limit",)
+"""What a refusal for memory suggests: ``check`` has no ``--batch-size``."""
 """Seeded random entries checked per tensor, besides the largest ones."""
 
 TOP_ENTRIES = 4
@@ -149,19 +152,20 @@ def check(
     samples: int = DEFAULT_SAMPLES,
     tol: float | None = None,
     precision: Precision = "auto",
+    max_memory: int | None = None,
 ) -> CheckReport:
     """Check the gradient of an in-memory Keras model's loss by finite differences.
 
-    ``x``/``y`` and ``loss``, ``training``, ``seed``, ``rows`` are as in
+    ``x``/``y`` and ``loss``, ``training``, ``seed``, ``rows``, ``max_memory`` are as in
     :func:`gradscope.inspect`; the other arguments are those of :class:`CheckOptions`.
     The model's weights and state are left as they were.  With a pipeline as ``x``
     (a ``tf.data.Dataset``, ``PyDataset`` or generator) only its first batch is read
     and checked: a finite-difference check is of one loss function, on one batch.
     """
     signature = model_signature(model)
-    batch = data_argument(signature, x, y, sample_weight, max_batches=1)
-    assert batch is None or isinstance(batch, Batch)  # a pipeline: its first batch only
-    inspect_options = InspectOptions(loss, training, seed, rows)
+    data = data_argument(signature, x, y, sample_weight, max_batches=1, budget=max_memory)
+    batch = data.first if isinstance(data, Batches) else data  # a pipeline: its first batch
+    inspect_options = InspectOptions(loss, training, seed, rows, max_memory=max_memory)
     options = CheckOptions(variables, inputs, samples, tol, precision, seed)
     info = model_info_of(model, None, "memory")
     return run_check(model, signature, batch, inspect_options, options, info)
@@ -182,20 +186,22 @@ def check_file(
     precision: Precision = "auto",
     custom_objects: str | Path | None = None,
     unsafe: bool = False,
+    max_memory: int | None = None,
 ) -> CheckReport:
     """Load a saved model (and a batch file, or synthesize one) and check its gradient.
 
-    Loading is :func:`gradscope.inspect_file`'s (``custom_objects``, ``unsafe``).
+    Loading is :func:`gradscope.inspect_file`'s (``custom_objects``, ``unsafe``,
+    ``max_memory``).
     """
     options = CheckOptions(variables, inputs, samples, tol, precision, seed)
     options.validate()
     load = LoadOptions.of(custom_objects, unsafe, loss)
     first_only = 1 if parse_pipeline_spec(data_path) else None  # a pipeline: its first batch
     inspect_options = InspectOptions(
-        loss, training, seed, limit or DEFAULT_ROWS, max_batches=first_only
+        loss, training, seed, limit or DEFAULT_ROWS, max_batches=first_only, max_memory=max_memory
     )
     model, signature, data, info = load_for_cli(
-        model_path, data_path, limit, seed, load, inspect_options
+        model_path, data_path, limit, seed, load, inspect_options, LIMIT_ONLY
     )
     assert data is None or isinstance(data, Batch)  # no --batch-size here
     return run_check(model, signature, data, inspect_options, options, info)
@@ -213,6 +219,7 @@ def run_check(
     model itself), the autodiff gradient and the finite differences."""
     options.validate()
     spec, batch = prepare_loss_and_batch(model, signature, batch, inspect_options)
+    guard_proxy_step(model, signature, spec, batch, inspect_options, LIMIT_ONLY)
     selected = select_variables(model, options.variables)
     training = inspect_options.training
     reason = None

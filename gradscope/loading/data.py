@@ -20,12 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.step_memory import ROWS_OPTIONS, budget, describe_rows, refuse
 from ..errors import DataLoadError, MismatchError, UsageError, first_line, received
 from ..report import BatchInfo
 from .models import looks_like_zip
 from .signature import ModelSignature, TensorSpec
 
 DATA_SUFFIXES = (".npz", ".npy", ".h5", ".hdf5")
+_CHUNK = 1 << 20
+"""Bytes read from a ``.npz`` member at a time."""
 SAMPLE_WEIGHT_KEY = "sample_weight"
 
 
@@ -67,8 +70,6 @@ class _NpzMember:
         self._open()
         if self.dtype.hasobject:
             raise _refuse_pickle(path, key)
-        if self._fortran and len(self.shape) > 1:
-            self._whole = np.load(self._archive.open(self._name), allow_pickle=False)
 
     def _open(self) -> None:
         self._stream = self._archive.open(self._name)
@@ -85,7 +86,9 @@ class _NpzMember:
         return int(self.dtype.itemsize * np.prod(self.shape[1:], dtype=np.int64))
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        if self._whole is not None:
+        if self._fortran and len(self.shape) > 1:  # read whole, once, when first asked
+            if self._whole is None:
+                self._whole = np.load(self._archive.open(self._name), allow_pickle=False)
             return np.array(self._whole[start:stop])
         if not self.shape:
             return np.frombuffer(self._read_exactly(self.dtype.itemsize), self.dtype).reshape(())
@@ -94,13 +97,20 @@ class _NpzMember:
             self._open()
         self._skip((start - self._position) * self._row_bytes)
         count = max(0, min(stop, self.shape[0]) - start)
-        data = self._read_exactly(count * self._row_bytes)
+        array = np.empty((count, *self.shape[1:]), self.dtype)
+        self._read_into(array.reshape(-1).view(np.uint8))
         self._position = start + count
-        return np.frombuffer(data, self.dtype).reshape((count, *self.shape[1:])).copy()
+        return array
+
+    def _read_into(self, buffer: np.ndarray) -> None:
+        """Fill ``buffer`` from the stream a chunk at a time (no second copy of the rows)."""
+        for offset in range(0, buffer.size, _CHUNK):
+            size = min(_CHUNK, buffer.size - offset)
+            buffer[offset : offset + size] = np.frombuffer(self._read_exactly(size), np.uint8)
 
     def _skip(self, size: int) -> None:
         while size > 0:
-            size -= len(self._read_exactly(min(size, 1 << 24)))
+            size -= len(self._read_exactly(min(size, _CHUNK)))
 
     def _read_exactly(self, size: int) -> bytes:
         data = self._stream.read(size)
@@ -211,19 +221,28 @@ class _DataFile:
                 f"{self.path}: key {key!r} cannot be read: {first_line(exc)}"
             ) from exc
 
+    def header(self, key: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        """Shape and dtype of ``key``, from the file's headers (no data is read)."""
+        array = self._guarded(key, lambda: self._array(key))
+        return tuple(int(d) for d in array.shape), np.dtype(array.dtype)
+
     def rows(self, key: str) -> int | None:
         """Rows of ``key`` (its first dimension), ``None`` for a scalar."""
-        shape = self._guarded(key, lambda: tuple(self._array(key).shape))
+        shape, _ = self.header(key)
         return int(shape[0]) if shape else None
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of ``key`` (a scalar whole), checked to be numeric."""
+        self.check_numeric(key, self.header(key)[1])
         array: np.ndarray = self._guarded(key, lambda: self._read(key, start, stop))
-        if array.dtype.kind in "OUSV":
-            raise DataLoadError(
-                f"{self.path}: key {key!r} holds {array.dtype} data; expected a numeric array."
-            )
+        self.check_numeric(key, array.dtype)
         return array
+
+    def check_numeric(self, key: str, dtype: np.dtype[Any]) -> None:
+        if dtype.kind in "OUSV":
+            raise DataLoadError(
+                f"{self.path}: key {key!r} holds {dtype} data; expected a numeric array."
+            )
 
     def _read(self, key: str, start: int, stop: int | None) -> np.ndarray:
         array = self._array(key)
@@ -270,19 +289,25 @@ def _describe_shape(shape: Sequence[int | None]) -> str:
     )
 
 
-def check_input_array(source: str, key: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """``array`` cast to the input's dtype, after checking rank, shape and dtype."""
-    expected = _describe_shape(spec.shape)
-    if array.ndim != len(spec.shape) or any(
+def _check_input_shape(
+    source: str, key: str, shape: Sequence[int], dtype: np.dtype[Any], spec: TensorSpec
+) -> None:
+    """Rank, shape and dtype kind of an input array; from a file's header, or an array."""
+    if len(shape) != len(spec.shape) or any(
         want is not None and want != got
-        for want, got in zip(spec.shape[1:], array.shape[1:], strict=False)
+        for want, got in zip(spec.shape[1:], shape[1:], strict=False)
     ):
         raise MismatchError(
             f"{source}: key {key!r} does not fit model input {spec.name!r}: expected shape "
-            f"{expected} (None = any), found {_describe_shape(array.shape)}."
+            f"{_describe_shape(spec.shape)} (None = any), found {_describe_shape(shape)}."
         )
-    if array.dtype.kind == "c":
+    if dtype.kind == "c":
         raise MismatchError(f"{source}: key {key!r} is complex; expected real numbers.")
+
+
+def check_input_array(source: str, key: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``array`` cast to the input's dtype, after checking rank, shape and dtype."""
+    _check_input_shape(source, key, array.shape, array.dtype, spec)
     if spec.is_integer:
         integral = np.all(np.isfinite(array)) and np.all(np.equal(np.mod(array, 1), 0))
         if array.dtype.kind == "f" and not integral:
@@ -294,14 +319,20 @@ def check_input_array(source: str, key: str, array: np.ndarray, spec: TensorSpec
     return array.astype(spec.dtype if spec.dtype != "bfloat16" else np.float32, copy=False)
 
 
-def _check_target_array(source: str, key: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    if array.ndim == 0:
+def _check_target_shape(
+    source: str, key: str, shape: Sequence[int], dtype: np.dtype[Any], spec: TensorSpec
+) -> None:
+    if not shape:
         raise MismatchError(
             f"{source}: key {key!r} is a scalar; expected targets for output {spec.name!r} "
             f"with one row per example, shaped like {_describe_shape(spec.shape)}."
         )
-    if array.dtype.kind == "c":
+    if dtype.kind == "c":
         raise MismatchError(f"{source}: key {key!r} is complex; expected real numbers.")
+
+
+def _check_target_array(source: str, key: str, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    _check_target_shape(source, key, array.shape, array.dtype, spec)
     return array
 
 
@@ -325,13 +356,15 @@ def _check_batch_sizes(source: str, rows: Mapping[str, int | None]) -> int:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Which file key feeds which model input and output, and the rows they share."""
+    """Which file key feeds which model input and output, the rows they share, and the
+    shape and dtype of each key used (from the headers)."""
 
     inputs: dict[str, str]
     targets: dict[str, str] | None
     weight: str | None
     rows: int
     keys: tuple[str, ...]
+    headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
 
 
 def _input_keys(data: _DataFile, signature: ModelSignature) -> dict[str, str]:
@@ -373,7 +406,86 @@ def _layout(data: _DataFile, signature: ModelSignature) -> _Layout:
     weight = SAMPLE_WEIGHT_KEY if SAMPLE_WEIGHT_KEY in data.keys else None
     used = [*inputs.values(), *(targets or {}).values(), *([weight] if weight else [])]
     rows = _check_batch_sizes(str(data.path), {key: data.rows(key) for key in used})
-    return _Layout(inputs, targets, weight, rows, tuple(sorted(data.keys)))
+    headers = {key: data.header(key) for key in used}
+    _check_headers(data, signature, inputs, targets, headers)
+    return _Layout(inputs, targets, weight, rows, tuple(sorted(data.keys)), headers)
+
+
+def _check_headers(
+    data: _DataFile,
+    signature: ModelSignature,
+    inputs: Mapping[str, str],
+    targets: Mapping[str, str] | None,
+    headers: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
+) -> None:
+    """Every array used fits the model, judged from the headers alone: an array of the
+    wrong shape or kind is refused before any of its rows is read (or decompressed)."""
+    source = str(data.path)
+    for key, (_, dtype) in headers.items():
+        data.check_numeric(key, dtype)
+    for spec in signature.inputs:
+        _check_input_shape(source, inputs[spec.name], *headers[inputs[spec.name]], spec)
+    for spec in signature.outputs if targets is not None else ():
+        key = (targets or {})[spec.name]
+        _check_target_shape(source, key, *headers[key], spec)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The memory the rows of a data file take once read, from its headers alone.
+
+    ``rows`` rows are read for a step, ``batches`` such batches are held at once (two
+    while streaming: the first is kept for the report), each row taking ``row_bytes``
+    over every array used, including the copy an input is cast into.  ``key`` is the
+    largest array (its ``shape`` and ``dtype`` as stored), which messages name.
+    """
+
+    source: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    row_bytes: int
+    rows: int
+    batches: int = 1
+
+    @property
+    def bytes(self) -> int:
+        return self.rows * self.batches * self.row_bytes
+
+    def describe(self) -> str:
+        """``data.npz: x holds 20,000,000 rows × 20 float32 (1.5 GiB decompressed)``."""
+        return describe_rows(
+            self.source, self.key, self.shape, self.dtype, self.bytes, self.rows, "decompressed"
+        )
+
+
+def _row_bytes(shape: Sequence[int], dtype: np.dtype[Any] | str) -> int:
+    itemsize = 4 if str(dtype) == "bfloat16" else np.dtype(dtype).itemsize
+    return int(itemsize * np.prod(shape[1:], dtype=np.int64)) if shape else 0
+
+
+def footprint(
+    source: Path, signature: ModelSignature, layout: _Layout, rows: int, batches: int = 1
+) -> Footprint:
+    """The :class:`Footprint` of ``rows`` rows of the file laid out as ``layout``."""
+    read = {key: _row_bytes(shape, dtype) for key, (shape, dtype) in layout.headers.items()}
+    cast = 0
+    for spec in signature.inputs:
+        shape, dtype = layout.headers[layout.inputs[spec.name]]
+        if str(dtype) != spec.dtype:
+            cast += _row_bytes(shape, spec.dtype)
+    if layout.weight is not None and layout.headers[layout.weight][1] != np.float32:
+        cast += _row_bytes(layout.headers[layout.weight][0], np.dtype(np.float32))
+    key = max(read, key=lambda k: read[k])
+    shape, dtype = layout.headers[key]
+    return Footprint(str(source), key, shape, str(dtype), sum(read.values()) + cast, rows, batches)
+
+
+def _guard(found: Footprint, max_memory: int | None, options: Sequence[str]) -> None:
+    """Refuse (:class:`ResourceError`) rows whose arrays alone exceed the budget."""
+    limit = budget(max_memory)
+    if found.bytes > limit:
+        raise refuse(found.describe(), found.bytes, limit, found.rows, options)
 
 
 def _read_batch(
@@ -401,13 +513,39 @@ def _read_batch(
     return Batch(inputs, targets, sample_weight, info)
 
 
-def load_batch(path: str | Path, signature: ModelSignature, *, limit: int | None = None) -> Batch:
-    """Read a batch from ``path`` and check it fits ``signature``; ``limit`` keeps N rows."""
+def guard_synthetic(signature: ModelSignature, rows: int, max_memory: int | None) -> None:
+    """Refuse a synthetic batch of ``rows`` rows whose arrays exceed the budget (unknown
+    dimensions count as 1), before it is generated."""
+    specs = [*signature.inputs, *signature.outputs]
+    sizes = {s.name: _row_bytes([rows, *(d or 1 for d in s.shape[1:])], s.dtype) for s in specs}
+    largest = max(signature.inputs, key=lambda s: sizes[s.name])
+    shape = (rows, *(d or 1 for d in largest.shape[1:]))
+    found = Footprint(
+        "synthetic batch", largest.name, shape, largest.dtype, sum(sizes.values()), rows
+    )
+    _guard(found, max_memory, ("--limit",))
+
+
+def load_batch(
+    path: str | Path,
+    signature: ModelSignature,
+    *,
+    limit: int | None = None,
+    max_memory: int | None = None,
+    options: Sequence[str] = ROWS_OPTIONS,
+) -> Batch:
+    """Read a batch from ``path`` and check it fits ``signature``; ``limit`` keeps N rows.
+
+    Shapes and sizes are checked from the headers first: rows whose arrays take more
+    than ``max_memory`` (``None``: the default budget) are refused before they are read,
+    with a hint naming ``options``.
+    """
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
     with _DataFile(Path(path)) as data:
         layout = _layout(data, signature)
         stop = layout.rows if limit is None else min(limit, layout.rows)
+        _guard(footprint(data.path, signature, layout, stop), max_memory, options)
         return _read_batch(data, signature, layout, 0, stop)
 
 
@@ -429,10 +567,12 @@ def plan_batches(
     *,
     max_batches: int | None = None,
     limit: int | None = None,
+    max_memory: int | None = None,
 ) -> BatchPlan:
     """Check the file against the model (headers only) and plan its batches.
 
-    ``limit`` caps the rows used, ``max_batches`` the number of batches.
+    ``limit`` caps the rows used, ``max_batches`` the number of batches; the batches
+    held at once must fit ``max_memory`` (``None``: the default budget).
     """
     if batch_size < 1:
         raise UsageError(
@@ -443,11 +583,13 @@ def plan_batches(
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
     with _DataFile(Path(path)) as data:
-        rows = _layout(data, signature).rows
-    rows = rows if limit is None else min(rows, limit)
+        layout = _layout(data, signature)
+    rows = layout.rows if limit is None else min(layout.rows, limit)
     count = -(-rows // batch_size)
     if max_batches is not None and count > max_batches:
         count, rows = max_batches, max_batches * batch_size
+    held = footprint(data.path, signature, layout, min(batch_size, rows), min(count, 2))
+    _guard(held, max_memory, ROWS_OPTIONS)
     return BatchPlan(Path(path), rows, batch_size, count)
 
 

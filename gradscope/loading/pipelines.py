@@ -11,10 +11,10 @@ naming the pipeline and the batch index, counted from 0.
 without it), and the batches are kept in memory: every later pass (the Hessian-vector
 products of ``hessian``, per-example norms) sees the same rows, even when the pipeline
 shuffles, augments at random, or is a one-shot generator.  The kept arrays may take at
-most half of the available memory (:func:`cache_budget`); past that the read stops with
-the resource-limit error, suggesting ``max_batches``.  A ``tf.data`` pipeline whose
-cardinality is infinite (``.repeat()``), or a ``PyDataset`` with ``num_batches`` ``None``,
-is refused without ``max_batches``: it would never end.
+most ``--max-memory`` (by default half the available memory, :func:`cache_budget`);
+past that the read stops with the resource-limit error, suggesting ``max_batches``.
+A ``tf.data`` pipeline whose cardinality is infinite (``.repeat()``), or a ``PyDataset``
+with ``num_batches`` ``None``, is refused without ``max_batches``: it would never end.
 
 **One batch or several.**  A pipeline that yields one batch gives that
 :class:`~gradscope.loading.data.Batch`, exactly as the same arrays passed directly;
@@ -33,7 +33,6 @@ that does not fit the model is a mismatch (exit 5), as for data files.
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -174,17 +173,11 @@ def load_pipeline(spec: PipelineSpec) -> Any:
 
 
 def cache_budget() -> int:
-    """Bytes the kept batches may take: :data:`CACHE_FRACTION` of the available memory
-    (``MemAvailable`` on Linux, the free physical pages elsewhere)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(int(line.split()[1]) * 1024 * CACHE_FRACTION)
-    except OSError:
-        pass
-    pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return int(pages * CACHE_FRACTION)
+    """Bytes the kept batches may take without ``--max-memory``: the one default budget
+    of every command (:func:`gradscope.engine.step_memory.default_max_memory`)."""
+    from ..engine.step_memory import default_max_memory
+
+    return default_max_memory()
 
 
 def _positive(max_batches: int | None) -> None:
@@ -392,9 +385,13 @@ def pipeline_data(
     *,
     max_batches: int | None = None,
     path: str | None = None,
+    budget: int | None = None,
 ) -> Batch | Batches:
-    """The batches of a pipeline, ready for ``inspect``/``hessian`` (:func:`as_data`)."""
-    batches = read_batches(source, signature, label, max_batches=max_batches, path=path)
+    """The batches of a pipeline, ready for ``inspect``/``hessian`` (:func:`as_data`);
+    ``budget`` is ``--max-memory`` (see :func:`read_batches`)."""
+    batches = read_batches(
+        source, signature, label, max_batches=max_batches, path=path, budget=budget
+    )
     return as_data(batches, max_batches)
 
 
@@ -406,6 +403,7 @@ def data_argument(
     *,
     batch_size: int | None = None,
     max_batches: int | None = None,
+    budget: int | None = None,
 ) -> Batch | Batches | None:
     """The data of a Python API call: ``None`` (synthetic), arrays, or a pipeline.
 
@@ -434,7 +432,8 @@ def data_argument(
             "batch_size: not used when x is a dataset, which makes its own batches "
             f"(e.g. .batch(32)). {received(batch_size)}"
         )
-    return pipeline_data(x, signature, f"x ({type(x).__name__})", max_batches=max_batches)
+    label = f"x ({type(x).__name__})"
+    return pipeline_data(x, signature, label, max_batches=max_batches, budget=budget)
 
 
 def check_cli_options(spec: PipelineSpec, limit: int | None, batch_size: int | None) -> None:
@@ -448,11 +447,16 @@ def check_cli_options(spec: PipelineSpec, limit: int | None, batch_size: int | N
 
 
 def cli_data(
-    spec: PipelineSpec, signature: ModelSignature, max_batches: int | None
+    spec: PipelineSpec,
+    signature: ModelSignature,
+    max_batches: int | None,
+    budget: int | None = None,
 ) -> Batch | Batches:
-    """The batches of ``--data FILE.py:NAME``."""
+    """The batches of ``--data FILE.py:NAME``; ``budget`` is ``--max-memory``."""
     source = load_pipeline(spec)
-    return pipeline_data(source, signature, spec.label, max_batches=max_batches, path=spec.label)
+    return pipeline_data(
+        source, signature, spec.label, max_batches=max_batches, path=spec.label, budget=budget
+    )
 
 
 __all__ = [
