@@ -359,8 +359,8 @@ def read_batches(
         if held > limit:
             raise ResourceError(
                 f"{label}: the first {len(batches) + 1} batches hold {format_bytes(held)}, "
-                f"more than the {format_bytes(limit)} they may take (half the available "
-                "memory); pass max_batches (--max-batches) to read fewer."
+                f"more than --max-memory {format_bytes(limit)}; pass max_batches "
+                "(--max-batches) to read fewer."
             )
         batches.append(batch)
     if not batches:
