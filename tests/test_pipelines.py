@@ -450,9 +450,7 @@ def test_cli_options_that_cut_a_data_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_infinite_dataset_with_max_batches_and_the_memory_bound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_infinite_dataset_with_max_batches_and_the_memory_bound(tmp_path: Path) -> None:
     body = (
         "import numpy as np, tensorflow as tf\ndef batches():\n"
         f"    return tf.data.Dataset.from_tensors(({GOOD_ROWS})).repeat()\n"
@@ -460,9 +458,10 @@ def test_cli_infinite_dataset_with_max_batches_and_the_memory_bound(
     spec = f"{_pipeline_file(tmp_path, body)}:batches"
     report = _json("inspect", MLP, "--data", spec, "--max-batches", 3)
     assert (report["batches"]["count"], report["batch"]["size"]) == (3, 12)
-    monkeypatch.setattr(pipelines, "cache_budget", lambda: 700)  # one batch is 368 bytes
-    message = error_line(["hessian", MLP, "--data", spec, "--max-batches", 3], ExitCode.RESOURCE)
-    assert "the first 2 batches hold 736 B, more than the 700 B" in message
+    # One batch is 368 bytes: the second one passes the budget.
+    args = ["hessian", MLP, "--data", spec, "--max-batches", 3, "--max-memory", 700]
+    message = error_line(args, ExitCode.RESOURCE)
+    assert "the first 2 batches hold 736 B, more than --max-memory 700 B" in message
 
 
 # -- the README recipe ------------------------------------------------------------------------
