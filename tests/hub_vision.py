@@ -211,8 +211,13 @@ BUILDERS: dict[str, Callable[[Path, np.random.Generator], HubCase]] = {
 
 
 def build_case(name: str, folder: Path) -> HubCase:
-    """Build, seed, save and describe one case (Keras's global seed is set to 0 first)."""
+    """Build, seed, save and describe one case (Keras's global seed is set to 0 first).
+
+    Keras's session is cleared first, so automatic layer names (``bert_backbone``, not
+    ``bert_backbone_1``) do not depend on what earlier tests built in this process.
+    """
     keras = _tf.keras()
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     return BUILDERS[name](folder, np.random.default_rng(0))
 
@@ -223,6 +228,7 @@ def load_case(case: HubCase) -> Loaded:
 
     from gradscope.loading.models import load_model
 
+    _tf.keras().backend.clear_session()  # automatic names as in a fresh process
     model = load_model(case.model_path).model
     data = dict(np.load(case.data_path, allow_pickle=False))
     y = data.pop("y", None)
