@@ -52,8 +52,8 @@ distinct ones, ``unsorted_segment_sum``), never ``sqrt(sum of squared slices)``.
 costs memory in the number of looked-up ids, not in the vocabulary size.
 
 **Memory.**  The examples are processed in chunks of ``c`` examples such that
-``shared + c * per_example <= max_memory`` (default 2 GiB).  Both terms are read off
-the traced one-example graph (forward pass, backward pass and norms): ``per_example``
+``shared + c * per_example <= max_memory`` (default: every command's budget, half the
+available memory).  Both terms are read off the traced one-example graph (forward pass, backward pass and norms): ``per_example``
 sums every tensor that depends on the example (the activations, the work space of the
 backward pass and the gradients as the graph holds them: dense gradients at full size,
 ``IndexedSlices`` at the size of their slices), ``shared`` every tensor that does not
@@ -82,9 +82,7 @@ from ..losses import LossSpec, check_loss_runs, total_loss
 from ..report import NormSpread, PerSampleReport, PerSampleRow
 from .graph_memory import format_bytes, items_within, split_graph_bytes
 from .pfor_matmul import REWRITTEN_NOTE, attach_converters, risky_matmuls
-
-DEFAULT_MAX_MEMORY = 2 * 1024**3
-"""The default memory budget of one chunk of per-example gradients (2 GiB)."""
+from .step_memory import default_max_memory
 
 TOTAL_PATH = "*"
 """The ``path`` of the summary row of the global norm over all variables."""
@@ -395,10 +393,12 @@ class PerSampleEngine:
         )
         check_loss_runs(self.loss, self.model, y_true, y_pred)
 
-    def plan(self, batch: Batch, max_memory: int = DEFAULT_MAX_MEMORY) -> MemoryPlan:
+    def plan(self, batch: Batch, max_memory: int | None = None) -> MemoryPlan:
         """Size the chunks from the traced (not run) one-example step; see the module
         docstring for the rule.  Raises :class:`ResourceError` if one example does not
-        fit ``max_memory``."""
+        fit ``max_memory`` (``None``: every command's default budget)."""
+        if max_memory is None:
+            max_memory = default_max_memory()
         shared, per_example = self._estimate(self._arrays(batch))
         gradient_bytes = sum(_variable_bytes(v) for v in self.variables)
         chunk = items_within(max_memory, shared, per_example, batch.size)
@@ -467,7 +467,7 @@ class PerSampleEngine:
         self._compile(specs)
         self.method = method
 
-    def run(self, batch: Batch, max_memory: int = DEFAULT_MAX_MEMORY) -> PerSampleNorms:
+    def run(self, batch: Batch, max_memory: int | None = None) -> PerSampleNorms:
         """Per-example norms of every example of ``batch``, chunk by chunk."""
         paths = tuple(str(v.path) for v in self.variables)
         plan = self.plan(batch, max_memory)
@@ -500,7 +500,7 @@ def per_sample_norms(
     variables: Sequence[Any] | None = None,
     *,
     training: bool = False,
-    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_memory: int | None = None,
 ) -> PerSampleNorms:
     """The L2 norm of every example's gradient for each of ``variables`` (default: the
     model's trainable variables), and over all of them.
