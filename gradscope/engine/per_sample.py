@@ -51,16 +51,16 @@ gradient: slices with the same index are summed first (sort the indices, number 
 distinct ones, ``unsorted_segment_sum``), never ``sqrt(sum of squared slices)``.  This
 costs memory in the number of looked-up ids, not in the vocabulary size.
 
-**Memory.**  The examples are processed in chunks of ``c`` examples such that
-``shared + c * per_example <= max_memory`` (default: every command's budget, half the
-available memory).  Both terms are read off the traced one-example graph (forward pass,
-backward pass and norms): ``per_example`` sums every tensor that depends on the example (the activations, the work space of the
-backward pass and the gradients as the graph holds them: dense gradients at full size,
-``IndexedSlices`` at the size of their slices), ``shared`` every tensor that does not
-(weight reads, say), which the vectorized graph holds once.  Both count every tensor
-as if all were alive at once, so they are upper bounds.  When not even one example
-fits, a :class:`~gradscope.errors.ResourceError` is raised.
-"""
+**Memory.** The examples are processed in chunks of ``c`` examples such that ``shared +
+c * per_example <= max_memory`` (default: every command's budget, half the available
+memory). Both terms are read off the traced one-example graph (forward pass, backward
+pass and norms): ``per_example`` sums every tensor that depends on the example (the
+activations, the work space of the backward pass and the gradients as the graph holds
+them: dense gradients at full size, ``IndexedSlices`` at the size of their slices),
+``shared`` every tensor that does not (weight reads, say), which the vectorized graph
+holds once. Both count every tensor as if all were alive at once, so they are upper
+bounds. When not even one example fits, a :class:`~gradscope.errors.ResourceError` is
+raised."""
 
 from __future__ import annotations
 
