@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from gradscope import _tf
-from gradscope.api import InspectOptions, prepare_loss_and_batch
+from gradscope import InspectOptions, _tf
 from gradscope.curvature import HessianOptions, hessian_file
 from gradscope.engine.hessian import HessianOperator
 from gradscope.engine.spectral import lanczos
 from gradscope.loading.data import load_batch
 from gradscope.loading.models import load_model
 from gradscope.loading.signature import model_signature
+from gradscope.session import prepare_loss_and_batch
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = HERE.parent / "sample_models"

@@ -3,7 +3,7 @@
     python bench/profile_phases.py gradscope MODEL.keras BATCH.npz
     python bench/profile_phases.py baseline  MODEL.keras BATCH.npz [--numpy]
 
-gradscope: the steps of ``gradscope.api.inspect_file`` done one by one through gradscope's
+gradscope: the steps of ``gradscope.inspect_file`` done one by one through gradscope's
 own functions (nothing is changed), with the compiled step traced explicitly
 (``get_concrete_function``) so that tracing, the first execution (graph instantiation:
 Grappler, kernel creation) and a second, steady-state execution are timed apart.
@@ -83,7 +83,8 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
 
     _tf.keras()
     mark("import tensorflow + keras")
-    from gradscope import api
+    from gradscope import session
+    from gradscope.commands.inspect.run import build_report
     from gradscope.engine.gradients import GradientEngine
     from gradscope.loading.data import load_batch
     from gradscope.loading.models import load_model
@@ -91,7 +92,7 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
     from gradscope.losses import resolve_loss
     from gradscope.render import OutputFormat, render
 
-    mark("import gradscope.api etc.")
+    mark("import gradscope.session etc.")
     _tf.keras().utils.set_random_seed(0)  # as inspect_file does (--seed 0)
     loaded = load_model(model_path)
     model = loaded.model
@@ -100,7 +101,7 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
     batch = load_batch(batch_path, signature)
     mark("signature + load_batch")
     spec = resolve_loss(model, signature.output_names, None, batch.targets is not None)
-    api._preflight(spec, model, signature, batch)
+    session._preflight(spec, model, signature, batch)
     mark("resolve_loss + eager preflight")
     engine = GradientEngine(model, signature, spec)
     mark("GradientEngine() (walk layers)")
@@ -113,7 +114,7 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
     mark("1st run (instantiate+optimize+exec)")
     engine.run(batch)
     mark("2nd run (execution only)")
-    report = api.build_report(
+    report = build_report(
         model,
         signature,
         spec,
@@ -121,7 +122,7 @@ def profile_gradscope(model_path: str, batch_path: str) -> list[str]:
         result,
         engine.layer_nodes,
         False,
-        api.model_info_of(model, loaded.path, loaded.format, loaded.notes),
+        session.model_info_of(model, loaded.path, loaded.format, loaded.notes),
     )
     text = render(report, OutputFormat.JSON)
     mark("build_report + render json")

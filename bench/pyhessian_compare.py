@@ -160,11 +160,12 @@ def reference_child(model_path: str, batch_path: str, seed: int) -> None:
     import numpy as np
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    from gradscope.api import InspectOptions, prepare_loss_and_batch
+    from gradscope import InspectOptions
     from gradscope.engine.hessian import HessianOperator
     from gradscope.loading.data import load_batch
     from gradscope.loading.models import load_model
     from gradscope.loading.signature import model_signature
+    from gradscope.session import prepare_loss_and_batch
 
     model = load_model(Path(model_path)).model
     signature = model_signature(model)

@@ -40,6 +40,7 @@ __all__ = [
     "HessianOptions",
     "HessianReport",
     "InputRow",
+    "InspectOptions",
     "LossInfo",
     "ModelInfo",
     "Report",
@@ -57,15 +58,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import inspect, inspect_file
     from .check_report import CheckReport
+    from .commands.inspect import InspectOptions, inspect, inspect_file
     from .curvature import HessianOptions, hessian, hessian_file
     from .diff import diff_files
     from .gradcheck import check, check_file
 
 _LAZY = {
-    "inspect": "api",
-    "inspect_file": "api",
+    "inspect": "commands.inspect",
+    "inspect_file": "commands.inspect",
+    "InspectOptions": "commands.inspect",
     "hessian": "curvature",
     "hessian_file": "curvature",
     "HessianOptions": "curvature",

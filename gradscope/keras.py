@@ -22,8 +22,9 @@ the monitor uses the seeded synthetic batch that ``gradscope.inspect(model)`` us
 says so on stderr): enough to catch NaN weights, not a view of your data.
 
 **The numbers** are those of ``gradscope.inspect(model, x, y)`` at the same weights: the
-report is built by the same functions (:func:`gradscope.api.prepare_loss_and_batch`,
-:class:`~gradscope.engine.gradients.GradientEngine`, :func:`gradscope.api.build_report`,
+report is built by the same functions (:func:`gradscope.session.prepare_loss_and_batch`,
+:class:`~gradscope.engine.gradients.GradientEngine`,
+:func:`gradscope.commands.inspect.run.build_report`,
 :func:`gradscope.health.diagnose`).  The gradient step is compiled once, with TensorFlow's
 graph optimizer on, on the first record, and reused by every later record and every later
 ``fit`` of the same model; it is rebuilt only when the model or its list of trainable
@@ -67,16 +68,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _tf
-from .api import (
-    InspectOptions,
-    RestoredState,
-    batch_from_arrays,
-    build_report,
-    filter_layers,
-    model_info_of,
-    prepare_loss_and_batch,
-    run_engine,
-)
+from .commands.inspect.options import InspectOptions
+from .commands.inspect.run import build_report, filter_layers
 from .engine.gradients import GradientEngine
 from .errors import OutputError, UsageError, first_line, received
 from .export.tensorboard import DEFAULT_BUCKETS, check_logdir, open_writer, write_report_summaries
@@ -86,6 +79,13 @@ from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS
 from .losses import LossSpec
 from .report import ModelInfo, Report
+from .session import (
+    RestoredState,
+    batch_from_arrays,
+    model_info_of,
+    prepare_loss_and_batch,
+    run_engine,
+)
 
 keras: Any = _tf.keras()
 _Callback: Any = keras.callbacks.Callback

@@ -584,7 +584,7 @@ def test_float64_models_keep_float64_losses(keras: Any, loss: str | None) -> Non
     rounding them to float32 would cost eight digits (caught at 1e-12 here)."""
     import tensorflow as tf
 
-    from gradscope import api
+    import gradscope as api
 
     rng = np.random.default_rng(4)
     inputs = keras.Input((3,), dtype="float64")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gradscope import api, health
+import gradscope as api
+from gradscope import health
 from gradscope.cli import app
 from gradscope.errors import ExitCode
 

@@ -236,12 +236,12 @@ def test_step_estimate_per_row_of_a_dense_model(keras: object) -> None:
     the activations and their gradients, 2·4·(d+h+k) bytes, and at most every tensor
     of the step at once."""
     from gradscope import _tf
-    from gradscope.api import batch_from_arrays
     from gradscope.engine.gradients import GradientEngine
     from gradscope.engine.graph_memory import split_graph_bytes
     from gradscope.engine.step_memory import guard_step
     from gradscope.loading.signature import model_signature
     from gradscope.losses import resolve_loss
+    from gradscope.session import batch_from_arrays
 
     tf = _tf.tensorflow()
     k3 = _tf.keras()

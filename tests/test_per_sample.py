@@ -445,7 +445,7 @@ def test_summary_ranks_non_finite_first_and_spreads_finite_values() -> None:
 def test_per_sample_report_does_not_depend_on_the_batching() -> None:
     """Per-example gradients are per example: cutting the data into batches (a short
     last one included) must not change a single norm or index."""
-    from gradscope import api
+    import gradscope as api
 
     sample = Path(__file__).resolve().parent.parent / "sample_models"
     files = (sample / "cnn.keras", sample / "cnn.npz")

@@ -34,14 +34,14 @@ RED = np.array([0xD6, 0x27, 0x28]) / 255  # the vanishing colour
 
 @pytest.fixture(scope="module")
 def sigmoid_report() -> Report:
-    from gradscope.api import inspect_file
+    from gradscope import inspect_file
 
     return inspect_file(SAMPLE_MODELS / "deep_sigmoid.keras", SAMPLE_MODELS / "deep_sigmoid.npz")
 
 
 @pytest.fixture(scope="module")
 def mlp_report() -> Report:
-    from gradscope.api import inspect_file
+    from gradscope import inspect_file
 
     return inspect_file(SAMPLE_MODELS / "mlp.keras", SAMPLE_MODELS / "mlp.npz")
 

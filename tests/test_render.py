@@ -523,7 +523,7 @@ def test_sparkline_and_bars_follow_log10() -> None:
 
 
 def test_header_shows_the_gradient_profile_by_layer() -> None:
-    from gradscope import api
+    import gradscope as api
 
     sample = Path(__file__).resolve().parent.parent / "sample_models"
     report = api.inspect_file(sample / "deep_sigmoid.keras", sample / "deep_sigmoid.npz")

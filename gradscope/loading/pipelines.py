@@ -4,7 +4,7 @@ A pipeline yields what ``model.fit`` accepts, one batch at a time: ``x``, ``(x,)
 ``(x, y)`` or ``(x, y, sample_weight)`` (a list is read as a tuple, as Keras does), where
 ``x`` and ``y`` are arrays or tensors, lists of them, or dicts keyed by input and output
 names.  Each batch is converted to numpy and checked against the model exactly as an
-in-memory batch is (:func:`gradscope.api.batch_from_arrays`); a problem is one line
+in-memory batch is (:func:`gradscope.session.batch_from_arrays`); a problem is one line
 naming the pipeline and the batch index, counted from 0.
 
 **Read once.**  The pipeline is read once, up to ``max_batches`` batches (all of them
@@ -300,7 +300,7 @@ def _numpy(value: Any, where: str) -> Any:
 
 def _to_batch(element: Any, signature: ModelSignature, where: str, path: str | None) -> Batch:
     """One yielded element as a checked :class:`Batch` (see :func:`batch_from_arrays`)."""
-    from ..api import batch_from_arrays  # the one conversion of in-memory arrays
+    from ..session import batch_from_arrays  # the one conversion of in-memory arrays
 
     raw_x, raw_y, raw_weight = _unpack(element, where)
     if raw_x is None:
@@ -410,7 +410,7 @@ def data_argument(
     With a pipeline as ``x``, ``y`` and ``sample_weight`` must be ``None`` (the pipeline
     yields them) and ``batch_size`` too (the pipeline makes its own batches).
     """
-    from ..api import batch_from_arrays
+    from ..session import batch_from_arrays
 
     if x is None:
         return None

@@ -1,0 +1,1 @@
+"""One package per command: options, ``run``, report types and renderers."""
