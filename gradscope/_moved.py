@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
-def forwarding(old: str, new_homes: Sequence[str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` for ``old`` that looks each name up in ``new_homes``."""
+def forwarding(
+    old: str, new_homes: Sequence[str], renames: Mapping[str, str] | None = None
+) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for ``old`` that looks each name up in ``new_homes``
+    (under its new name, when ``renames`` maps it)."""
 
     def __getattr__(name: str) -> Any:
+        new_name = (renames or {}).get(name, name)
         for home in new_homes:
             module = importlib.import_module(home)
-            if hasattr(module, name):
+            if hasattr(module, new_name):
                 warnings.warn(
-                    f"{old}.{name} moved to {home}.{name}; the old path will be removed "
-                    "in a future release",
+                    f"{old}.{name} moved to {home}.{new_name}; the old path will be "
+                    "removed in a future release",
                     DeprecationWarning,
                     stacklevel=2,
                 )
-                return getattr(module, name)
+                return getattr(module, new_name)
         raise AttributeError(f"module {old!r} has no attribute {name!r}")
 
     return __getattr__

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .render import renders_with
 from .report import BatchInfo, LossInfo, ModelInfo, _JsonMixin, finite_or_none, size_of
 
 CHECK_SCHEMA = "gradscope.check/1"
@@ -137,6 +138,7 @@ class CheckPrecision:
         }
 
 
+@renders_with("gradscope.render.check")
 @dataclass(frozen=True)
 class CheckReport(_JsonMixin):
     """Everything one ``check`` run found, as plain data."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from gradscope.errors import DataLoadError, UsageError, received
+from gradscope.render import renders_with
 from gradscope.report import SCHEMA as INSPECT_SCHEMA
 from gradscope.report import finite_or_none
 
@@ -305,6 +306,7 @@ class Checks:
         }
 
 
+@renders_with("gradscope.render.diff")
 @dataclass(frozen=True)
 class DiffReport:
     """Everything ``gradscope diff`` found, as plain data (schema ``gradscope.diff/1``)."""

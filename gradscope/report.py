@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .render import renders_with
+
 if TYPE_CHECKING:
     from .health import Health
 
@@ -441,6 +443,7 @@ class _JsonMixin:
         return console.export_html(inline_styles=True, code_format="<pre>{code}</pre>")
 
 
+@renders_with("gradscope.commands.inspect.render")
 @dataclass(frozen=True)
 class Report(_JsonMixin):
     """Everything one ``inspect`` run found, as plain data."""
@@ -583,6 +586,7 @@ class CrossBlock:
         }
 
 
+@renders_with("gradscope.render.hessian")
 @dataclass(frozen=True)
 class HessianReport(_JsonMixin):
     """Everything one ``hessian`` run found, as plain data."""

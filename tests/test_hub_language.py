@@ -510,8 +510,7 @@ def test_lora_rows_of_keras_layers(keras: Any) -> None:
     """Dense, EinsumDense, Conv1D and Embedding with LoRA: the adapter rows name the frozen
     weight they adapt, in the report, its JSON, the table's note and the CSV; other rows
     have no ``adapts``."""
-    from gradscope.render import csv as csv_render
-    from gradscope.render.table import variable_note
+    from gradscope.commands.inspect.render import format_csv, variable_note
 
     keras.utils.set_random_seed(0)
     tokens = keras.Input((4,), dtype="int32", name="tokens")
@@ -544,7 +543,7 @@ def test_lora_rows_of_keras_layers(keras: Any) -> None:
     assert "adapts" not in rows["dense/bias"].to_dict()
     assert variable_note(rows["emb/lora_embeddings_b"]) == "LoRA of emb/embeddings"
     assert variable_note(rows["dense/bias"]) is None
-    text = csv_render.format_report(report)
+    text = format_csv(report)
     lines = {line.split(",")[1]: line for line in text.splitlines()[1:]}
     assert lines["ed/lora_kernel_b"].endswith(",ed/kernel")
     assert lines["ed/bias"].endswith(",")

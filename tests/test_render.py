@@ -22,8 +22,8 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
 
+from gradscope.commands.inspect import render as inspect_render
 from gradscope.render import OutputFormat, format_shape, render
-from gradscope.render import csv as csv_render
 from gradscope.render import json as json_render
 from gradscope.render import table as table_render
 from gradscope.render.table import fmt_float, fmt_percent
@@ -254,12 +254,12 @@ def test_import_is_cheap() -> None:
 def test_render_dispatches_to_each_format() -> None:
     report = make_report()
     assert render(report, OutputFormat.JSON) == json_render.format_report(report)
-    assert render(report, OutputFormat.CSV) == csv_render.format_report(report)
-    assert render(report, OutputFormat.TABLE, width=100) == table_render.format_report(
+    assert render(report, OutputFormat.CSV) == inspect_render.format_csv(report)
+    assert render(report, OutputFormat.TABLE, width=100) == inspect_render.format_table(
         report, width=100
     )
     # A CLI hands over the plain string value.
-    assert render(report, "csv") == csv_render.format_report(report)  # type: ignore[arg-type]
+    assert render(report, "csv") == inspect_render.format_csv(report)  # type: ignore[arg-type]
 
 
 def test_render_rejects_unknown_format() -> None:
@@ -325,7 +325,7 @@ def read_csv(text: str) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def test_csv_header_and_one_row_per_tensor() -> None:
-    text = csv_render.format_report(make_report())
+    text = inspect_render.format_csv(make_report())
     header, rows = read_csv(text)
     assert header == CSV_HEADER
     assert text.splitlines()[0] == ",".join(CSV_HEADER)
@@ -341,7 +341,7 @@ def test_csv_header_and_one_row_per_tensor() -> None:
 
 
 def test_csv_variable_row() -> None:
-    _, rows = read_csv(csv_render.format_report(make_report()))
+    _, rows = read_csv(inspect_render.format_csv(make_report()))
     assert rows[0] == {
         "kind": "variable",
         "path": "dense/kernel",
@@ -367,7 +367,7 @@ def test_csv_variable_row() -> None:
 
 
 def test_csv_nonfinite_and_missing_cells() -> None:
-    _, rows = read_csv(csv_render.format_report(make_report()))
+    _, rows = read_csv(inspect_render.format_csv(make_report()))
     bias = rows[1]
     assert (
         bias["grad_l2"],
@@ -394,7 +394,7 @@ def test_csv_nonfinite_and_missing_cells() -> None:
 
 
 def test_csv_activation_rows() -> None:
-    _, rows = read_csv(csv_render.format_report(make_report()))
+    _, rows = read_csv(inspect_render.format_csv(make_report()))
     dense, head = rows[4], rows[5]
     assert (dense["layer"], dense["class"], dense["shape"], dense["size"]) == (
         "dense",
@@ -428,14 +428,14 @@ def test_csv_numpy_scalars_written_as_plain_numbers() -> None:
         variables=(),
         activations=(),
     )
-    _, rows = read_csv(csv_render.format_report(report))
+    _, rows = read_csv(inspect_render.format_csv(report))
     assert (rows[0]["grad_l2"], rows[0]["grad_max_abs"]) == ("0.25", "0.5")
 
 
 def test_csv_quotes_commas_in_notes() -> None:
     row = dataclasses.replace(make_report().inputs[1], note="integer input, no gradient")
     report = make_report(inputs=(row,), variables=(), activations=())
-    _, rows = read_csv(csv_render.format_report(report))
+    _, rows = read_csv(inspect_render.format_csv(report))
     assert rows[0]["note"] == "integer input, no gradient"
 
 
@@ -443,7 +443,7 @@ def test_csv_quotes_commas_in_notes() -> None:
 
 
 def test_table_header_block() -> None:
-    assert render_plain(table_render.header(make_report())) == (
+    assert render_plain(inspect_render.header(make_report())) == (
         "model       tiny (Functional) — models/tiny.keras (keras), 1,234 trainable params\n"
         "batch       synthetic (seed 7), 8 rows\n"
         "loss        0.693147 (compiled: binary_crossentropy)\n"
@@ -465,7 +465,7 @@ def test_table_header_file_batch_regularization_training() -> None:
         training=True,
         global_grad_norm=3.0,
     )
-    assert render_plain(table_render.header(report)) == (
+    assert render_plain(inspect_render.header(report)) == (
         "model       tiny (Functional) — models/tiny.keras (keras), 1,234 trainable params\n"
         "batch       file data/batch.npz, 32 rows, no targets\n"
         "loss        inf (sum of outputs), incl. regularization 0.0123457 (2 terms)\n"
@@ -475,7 +475,7 @@ def test_table_header_file_batch_regularization_training() -> None:
 
 
 def test_table_inputs() -> None:
-    assert render_plain(table_render.inputs_table(make_report().inputs)) == (
+    assert render_plain(inspect_render.inputs_table(make_report().inputs)) == (
         "Gradients by input\n"
         "name       shape  dtype          ‖g‖     max|g|  non-finite  note\n"
         f"{RULE * 87}\n"
@@ -486,7 +486,7 @@ def test_table_inputs() -> None:
 
 def test_table_variables() -> None:
     """At width 100 the note column is the one that gives way (it wraps on words)."""
-    assert render_plain(table_render.variables_table(make_report().variables)) == (
+    assert render_plain(inspect_render.variables_table(make_report().variables)) == (
         "Gradients by variable\n"
         "layer  class  variable      shape        ‖g‖     max|g|    ‖g‖/‖w‖  zeros  non-finite"
         "  note\n"
@@ -499,7 +499,7 @@ def test_table_variables() -> None:
 
 
 def test_table_activations_without_notes_has_no_note_column() -> None:
-    assert render_plain(table_render.activations_table(make_report().activations)) == (
+    assert render_plain(inspect_render.activations_table(make_report().activations)) == (
         "Gradients by layer output\n"
         "path    class   shape         ‖g‖  log ‖g‖      max|g|        ‖a‖   dead  zeros"
         "  non-finite\n"
@@ -528,14 +528,14 @@ def test_header_shows_the_gradient_profile_by_layer() -> None:
     sample = Path(__file__).resolve().parent.parent / "sample_models"
     report = api.inspect_file(sample / "deep_sigmoid.keras", sample / "deep_sigmoid.npz")
     line = next(
-        ln for ln in table_render.format_report(report).splitlines() if "‖g‖ by layer" in ln
+        ln for ln in inspect_render.format_table(report).splitlines() if "‖g‖ by layer" in ln
     )
     assert "▁▂▃▃▄▅▅▆▇▇█" in line and "(input → output)" in line
 
 
 def test_full_table_plain_text() -> None:
     report = make_report()
-    text = table_render.format_report(report, width=100)
+    text = inspect_render.format_table(report, width=100)
     assert ANSI_ESCAPE not in text
     for title in (
         "Gradients by variable",
@@ -562,17 +562,17 @@ def test_full_table_matches_pieces() -> None:
     expected = "\n".join(
         render_plain(part)
         for part in (
-            table_render.header(report),
-            table_render.variables_table(report.variables),
-            table_render.activations_table(report.activations),
-            table_render.inputs_table(report.inputs),
+            inspect_render.header(report),
+            inspect_render.variables_table(report.variables),
+            inspect_render.activations_table(report.activations),
+            inspect_render.inputs_table(report.inputs),
         )
     )
-    assert table_render.format_report(report, width=100) == expected
+    assert inspect_render.format_table(report, width=100) == expected
 
 
 def test_table_omits_empty_sections() -> None:
-    text = table_render.format_report(make_report(activations=()), width=100)
+    text = inspect_render.format_table(make_report(activations=()), width=100)
     assert "Gradients by layer output" not in text
     assert "Gradients by input" in text
 
@@ -603,7 +603,7 @@ def test_table_never_wider_than_width_and_paths_folded_not_cut() -> None:
     )
     report = make_report(variables=rows, activations=(), inputs=())
     for width in (100, 80):
-        text = table_render.format_report(report, width=width)
+        text = inspect_render.format_table(report, width=width)
         assert max(cell_len(line) for line in text.splitlines()) <= width
         assert "…" not in text
         first_row = next(line for line in text.splitlines() if "EinsumDense" in line)
@@ -614,27 +614,27 @@ def test_table_never_wider_than_width_and_paths_folded_not_cut() -> None:
         assert column_text(text, first_row, variable_at, shape_at) == (
             f"{long_layer}/kernel{long_layer}/bias"
         )
-    wide = table_render.format_report(report, width=300)
+    wide = inspect_render.format_table(report, width=300)
     assert f"{long_layer}/kernel" in wide
 
 
 def test_table_default_width_is_120() -> None:
     long_path = "x" * 300
     row = dataclasses.replace(make_report().inputs[0], name=long_path)
-    text = table_render.format_report(make_report(inputs=(row,)))
+    text = inspect_render.format_table(make_report(inputs=(row,)))
     assert max(cell_len(line) for line in text.splitlines()) == 120
 
 
 def test_table_cells_are_not_markup() -> None:
     """Names with brackets or emoji codes are printed verbatim, not interpreted by rich."""
     row = dataclasses.replace(make_report().inputs[0], name="[bold]x[/bold]:smile:")
-    text = table_render.format_report(make_report(inputs=(row,)), width=100)
+    text = inspect_render.format_table(make_report(inputs=(row,)), width=100)
     assert "[bold]x[/bold]:smile:" in text
 
 
 def test_table_color_highlights_nonfinite_counts() -> None:
     report = make_report()
-    colored = table_render.format_report(report, width=100, color=True)
+    colored = inspect_render.format_table(report, width=100, color=True)
     assert ANSI_ESCAPE in colored
     # Non-finite counts > 0 in bold red (the style spans the right-aligned cell).
     red_counts = re.findall(r"\x1b\[1;31m *(\d+)\x1b\[0m", colored)
@@ -644,10 +644,10 @@ def test_table_color_highlights_nonfinite_counts() -> None:
 
 def test_table_loss_six_significant_digits() -> None:
     report = make_report(loss=LossInfo(value=123.456789, source="override: mse", kind="override"))
-    text = table_render.format_report(report, width=100)
+    text = inspect_render.format_table(report, width=100)
     assert "loss        123.457 (override: mse)\n" in text
     nan_loss = make_report(loss=LossInfo(value=NAN, source="override: mse", kind="override"))
-    assert "loss        nan (override: mse)\n" in table_render.format_report(nan_loss)
+    assert "loss        nan (override: mse)\n" in inspect_render.format_table(nan_loss)
 
 
 def test_reports_display_in_rich_ipython_and_jupyter() -> None:
@@ -658,7 +658,7 @@ def test_reports_display_in_rich_ipython_and_jupyter() -> None:
     console.print(report)
     shown = re.sub(r"\x1b\[[0-9;]*m", "", console.file.getvalue())  # type: ignore[attr-defined]
     lines = [line.rstrip() for line in shown.rstrip("\n").split("\n")]
-    assert lines == table_render.format_report(report, width=100).rstrip("\n").split("\n")
+    assert lines == inspect_render.format_table(report, width=100).rstrip("\n").split("\n")
 
     class Printer:
         text_out = ""
@@ -668,6 +668,6 @@ def test_reports_display_in_rich_ipython_and_jupyter() -> None:
 
     printer = Printer()
     report._repr_pretty_(printer, False)
-    assert printer.text_out == table_render.format_report(report)
+    assert printer.text_out == inspect_render.format_table(report)
     html = report._repr_html_()
     assert html.startswith("<pre>") and "dense/kernel" in html and "font-weight: bold" in html

@@ -1,29 +1,48 @@
-"""Renderers that turn a :class:`~gradscope.report.Report` into text.
+"""Rendering: a registry from report types to their command's renderer module.
 
-One module per output format (``table``, ``json``, ``csv``), each exposing
-``format_report(report, ...) -> str``, behind the single entry point :func:`render`.
-Renderers only read the frozen report; they never compute statistics, so every format
-shows the same numbers.  The format modules are imported on first use, which keeps
-``import gradscope.render`` cheap for commands that only need :class:`OutputFormat`.
+Each command's ``render`` module (``gradscope.commands.<name>.render``) exposes
+``render(report, fmt, *, width, color) -> str`` for the formats of :class:`OutputFormat`;
+each report type names that module with the :func:`renders_with` class decorator, so
+:func:`render` looks the renderer up instead of testing types one by one, and a new
+command's report renders without any change here.  Renderers only read the frozen
+report; they never compute statistics, so every format shows the same numbers.  The
+renderer modules are imported on first use, which keeps ``import gradscope.render``
+cheap for commands that only need :class:`OutputFormat`.  The shared primitives are in
+:mod:`gradscope.render.table` (rich tables), :mod:`gradscope.render.csv` and
+:mod:`gradscope.render.json`.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from gradscope.check_report import CheckReport
-from gradscope.diff import DiffReport
-from gradscope.report import HessianReport, Report
+__all__ = ["OutputFormat", "by_format", "format_shape", "render", "renders_with"]
 
-__all__ = ["OutputFormat", "format_shape", "render"]
+ReportType = TypeVar("ReportType", bound=type)
+
+_RENDERERS: dict[type, str] = {}
+"""Report type -> the module that renders it (imported on first use)."""
 
 
 class OutputFormat(str, enum.Enum):
-    """The output formats of ``gradscope inspect`` (the value is the CLI spelling)."""
+    """The output formats of every command (the value is the CLI spelling)."""
 
     TABLE = "table"
     JSON = "json"
     CSV = "csv"
+
+
+def renders_with(module: str) -> Callable[[ReportType], ReportType]:
+    """Class decorator: reports of this type are rendered by ``module``'s ``render``."""
+
+    def register(report_type: ReportType) -> ReportType:
+        _RENDERERS[report_type] = module
+        return report_type
+
+    return register
 
 
 def format_shape(shape: tuple[int, ...]) -> str:
@@ -33,51 +52,38 @@ def format_shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(int(dim)) for dim in shape)
 
 
-def render(
-    report: Report | HessianReport | DiffReport | CheckReport,
+def by_format(
     fmt: OutputFormat,
+    *,
+    table: Callable[[], str],
+    json: Callable[[], str],
+    csv: Callable[[], str],
+) -> str:
+    """Call the one of ``table``, ``json`` and ``csv`` that ``fmt`` names."""
+    chosen = {OutputFormat.TABLE: table, OutputFormat.JSON: json, OutputFormat.CSV: csv}
+    return chosen[OutputFormat(fmt)]()
+
+
+def renderer_of(report: object) -> Any:
+    """The renderer module registered for ``report``'s type (or its nearest base)."""
+    for report_type in type(report).__mro__:
+        if report_type in _RENDERERS:
+            return importlib.import_module(_RENDERERS[report_type])
+    raise TypeError(f"no renderer is registered for {type(report).__name__}")
+
+
+def render(
+    report: object,
+    fmt: OutputFormat | str,
     *,
     width: int | None = None,
     color: bool = False,
 ) -> str:
-    """Render ``report`` (from ``inspect`` or ``hessian``) in format ``fmt``.
+    """Render any gradscope report in format ``fmt``.
 
     ``width`` and ``color`` only affect the table format (JSON and CSV are meant for
     machines and never wrap or colour).  ``fmt`` may also be given as its string value
     (``"json"``), which is what a CLI option hands over.
     """
-    fmt = OutputFormat(fmt)
-    if isinstance(report, DiffReport):
-        return _render_diff(report, fmt, width=width, color=color)
-    if isinstance(report, CheckReport):
-        from gradscope.render import check
-
-        return check.format_report(report, fmt, width=width, color=color)
-    if fmt is OutputFormat.JSON:
-        from gradscope.render import json
-
-        return json.format_report(report)
-    if isinstance(report, HessianReport):
-        from gradscope.render import hessian
-
-        if fmt is OutputFormat.TABLE:
-            return hessian.format_table(report, width=width, color=color)
-        return hessian.format_csv(report)
-    if fmt is OutputFormat.TABLE:
-        from gradscope.render import table
-
-        return table.format_report(report, width=width, color=color)
-    from gradscope.render import csv
-
-    return csv.format_report(report)
-
-
-def _render_diff(report: DiffReport, fmt: OutputFormat, *, width: int | None, color: bool) -> str:
-    """A ``gradscope diff`` report (schema ``gradscope.diff/1``) in format ``fmt``."""
-    from gradscope.render import diff
-
-    if fmt is OutputFormat.TABLE:
-        return diff.format_table(report, width=width, color=color)
-    if fmt is OutputFormat.JSON:
-        return diff.format_json(report)
-    return diff.format_csv(report)
+    text: str = renderer_of(report).render(report, OutputFormat(fmt), width=width, color=color)
+    return text

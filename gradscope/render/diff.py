@@ -23,6 +23,7 @@ from gradscope.diff import (
     NonfiniteChange,
     ReportSide,
 )
+from gradscope.render import OutputFormat, by_format
 from gradscope.render.csv import format_float
 from gradscope.render.table import (
     MISSING,
@@ -392,3 +393,13 @@ def format_csv(report: DiffReport) -> str:
     writer.writeheader()
     writer.writerows(_csv_rows(report))
     return buffer.getvalue()
+
+
+def render(report: DiffReport, fmt: OutputFormat, *, width: int | None, color: bool) -> str:
+    """``report`` as a table, JSON or CSV (see :func:`gradscope.render.render`)."""
+    return by_format(
+        fmt,
+        table=lambda: format_table(report, width=width, color=color),
+        json=lambda: format_json(report),
+        csv=lambda: format_csv(report),
+    )

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.engine.spectral import SpectralDensity, text_density
+from gradscope.render import OutputFormat, by_format, json
 from gradscope.render.table import (
     Column,
     fmt_float,
@@ -180,3 +181,13 @@ def format_csv(report: HessianReport) -> str:
     for row in _csv_rows(report):
         writer.writerow({key: _csv_cell(row.get(key)) for key in CSV_COLUMNS})
     return buffer.getvalue()
+
+
+def render(report: HessianReport, fmt: OutputFormat, *, width: int | None, color: bool) -> str:
+    """``report`` as a table, JSON or CSV (see :func:`gradscope.render.render`)."""
+    return by_format(
+        fmt,
+        table=lambda: format_table(report, width=width, color=color),
+        json=lambda: json.format_report(report),
+        csv=lambda: format_csv(report),
+    )
