@@ -22,9 +22,13 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .errors import ExitCode, GradscopeError, UsageError
+from .health import Thresholds
 from .render import OutputFormat
 
 T = TypeVar("T")
+
+_THRESHOLDS = Thresholds()
+"""The default health thresholds: the CLI's defaults are the library's."""
 
 
 class BlockKind(str, enum.Enum):
@@ -366,22 +370,22 @@ def inspect(
     vanishing_ratio: Annotated[
         float,
         typer.Option("--vanishing-ratio", help="Vanishing: layer ‖g‖ below this × the largest."),
-    ] = 1e-4,
+    ] = _THRESHOLDS.vanishing_ratio,
     exploding_norm: Annotated[
         float, typer.Option("--exploding-norm", help="Exploding: global ‖g‖ above this.")
-    ] = 1e3,
+    ] = _THRESHOLDS.exploding_norm,
     exploding_ratio: Annotated[
         float, typer.Option("--exploding-ratio", help="Exploding: a layer's ‖g‖/‖w‖ above this.")
-    ] = 10.0,
+    ] = _THRESHOLDS.exploding_ratio,
     dead_fraction: Annotated[
         float,
         typer.Option(
             "--dead-fraction", help="Dead: ReLU units zero on the whole batch, above this fraction."
         ),
-    ] = 0.5,
+    ] = _THRESHOLDS.dead_fraction,
     stalled_ratio: Annotated[
         float, typer.Option("--stalled-ratio", help="Stalled: a layer's ‖g‖/‖w‖ below this.")
-    ] = 1e-6,
+    ] = _THRESHOLDS.stalled_ratio,
     plot: PlotOpt = None,
     tensorboard: TensorBoardOpt = None,
     custom_objects: CustomObjectsOpt = None,
@@ -405,7 +409,7 @@ def inspect(
             wanted = health.parse_fail_on(fail_on)
         except ValueError as exc:
             raise UsageError(f"--fail-on: {exc}. Received: {fail_on!r}") from None
-        thresholds = health.Thresholds(
+        thresholds = Thresholds(
             vanishing_ratio, exploding_norm, exploding_ratio, dead_fraction, stalled_ratio
         )
         with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import validation
 from .report import ActivationRow, Report, TensorStats, VariableRow, finite_or_none
 
 Kind = Literal["nonfinite", "vanishing", "exploding", "dead", "stalled"]
@@ -52,6 +53,11 @@ class Thresholds:
     exploding_ratio: float = 10.0
     dead_fraction: float = 0.5
     stalled_ratio: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("vanishing_ratio", "exploding_norm", "exploding_ratio", "stalled_ratio"):
+            validation.positive_number(name, getattr(self, name))
+        validation.fraction("dead_fraction", self.dead_fraction)
 
     def to_dict(self) -> dict[str, float]:
         return {

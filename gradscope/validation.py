@@ -51,6 +51,12 @@ def positive_number(name: str, value: object) -> None:
         raise _expected(name, value, "a positive number")
 
 
+def fraction(name: str, value: object) -> None:
+    """Refuse anything but a real number in ``[0, 1]``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise _expected(name, value, "a number between 0 and 1")
+
+
 def flag(name: str, value: object) -> None:
     """Refuse anything but ``True`` or ``False``."""
     if not isinstance(value, bool):
