@@ -320,7 +320,7 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
                 summary = compiled.per_sample.run(compiled.batch).summary()
                 report = dataclasses.replace(report, per_sample=summary)
         report = dataclasses.replace(report, health=diagnose(report, options.thresholds))
-        return filter_layers(report, options.layers) if options.layers else report
+        return filter_layers(report, options.layers)
 
     # -- Keras hooks -------------------------------------------------------------------
 

@@ -33,7 +33,12 @@ MLP = Path(__file__).resolve().parent.parent / "sample_models" / "mlp.keras"
         ("seed", -1, "seed: expected an integer >= 0. Received: seed=-1"),
         ("batch_size", 0, "batch_size: expected an integer >= 1. Received: batch_size=0"),
         ("max_batches", True, "max_batches: expected an integer. Received: max_batches=True"),
-        ("layers", "  ", "layers: expected a non-empty string or None. Received: layers='  '"),
+        (
+            "layers",
+            "  ",
+            "--layers: expected comma-separated globs, such as 'dense_1/*,kernel'. "
+            "Received: --layers='  '",
+        ),
         ("max_memory", -5, "max_memory: expected an integer >= 1. Received: max_memory=-5"),
     ],
 )

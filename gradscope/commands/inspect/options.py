@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ... import validation
 from ...health import Thresholds
 from ...loading.synthetic import DEFAULT_ROWS
+from ...selection import parse_selector
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class InspectOptions:
         validation.flag("training", self.training)
         validation.integer("seed", self.seed, minimum=0)
         validation.integer("rows", self.rows, minimum=1)
-        validation.optional_text("layers", self.layers)
+        parse_selector("--layers", self.layers)
         validation.flag("keep_tensors", self.keep_tensors)
         validation.optional_integer("batch_size", self.batch_size, minimum=1)
         validation.optional_integer("max_batches", self.max_batches, minimum=1)

@@ -9,7 +9,6 @@ runs the one-pass engine and assembles the plain-data report.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from ...aggregate import BatchAccumulator
 from ...engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from ...engine.gradients import EngineResult, GradientEngine
 from ...engine.step_memory import budget, guard_step
-from ...errors import UsageError
 from ...health import Thresholds, diagnose
 from ...loading.data import Batch, Batches, split_batch
 from ...loading.models import LoadOptions
@@ -39,6 +37,7 @@ from ...report import (
     Report,
     VariableRow,
 )
+from ...selection import output_layer_path, parse_selector, select
 from ...session import (
     ArrayLike,
     RestoredState,
@@ -166,7 +165,7 @@ def run_inspect(
                 ),
             )
     report = dataclasses.replace(report, health=diagnose(report, options.thresholds))
-    return filter_layers(report, options.layers) if options.layers else report
+    return filter_layers(report, options.layers)
 
 
 def per_sample_report(
@@ -497,27 +496,23 @@ def build_report(
     )
 
 
-def _matches(path: str, patterns: list[str]) -> bool:
-    last = path.split("/")[-1]
-    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(last, p) for p in patterns)
+def _row_names(row: VariableRow | ActivationRow) -> tuple[str, str]:
+    """A row's own path and the path of its layer (see :mod:`gradscope.selection`)."""
+    if isinstance(row, VariableRow):
+        return row.path, row.layer
+    return row.path, output_layer_path(row.path)
 
 
-def filter_layers(report: Report, layers: str) -> Report:
-    """Keep only variable and activation rows whose layer path matches a glob in ``layers``.
-
-    ``layers`` is a comma-separated list of globs, matched against the full path
-    (``encoder/dense_1``) and against the last name (``dense_1``).
-    """
-    import difflib
-
-    patterns = [p.strip() for p in layers.split(",") if p.strip()]
-    variables = tuple(r for r in report.variables if _matches(r.layer, patterns))
-    activations = tuple(r for r in report.activations if _matches(r.path, patterns))
-    if not variables and not activations:
-        known = sorted({r.path for r in report.activations} | {r.layer for r in report.variables})
-        close = difflib.get_close_matches(patterns[0], known, n=3)
-        hint = (
-            f" Close names: {', '.join(close)}." if close else f" Layers: {', '.join(known[:8])}."
-        )
-        raise UsageError(f"--layers {layers!r}: no layer matches.{hint}")
-    return dataclasses.replace(report, variables=variables, activations=activations)
+def filter_layers(report: Report, layers: str | None) -> Report:
+    """Keep only the variable and layer-output rows of layers that ``layers`` selects
+    (``--layers``: see :mod:`gradscope.selection`); ``None`` keeps every row."""
+    selector = parse_selector("--layers", layers)
+    if selector is None:
+        return report
+    rows: list[VariableRow | ActivationRow] = [*report.variables, *report.activations]
+    kept = {id(row) for row in select(rows, _row_names, None, selector, layer_what="layer")}
+    return dataclasses.replace(
+        report,
+        variables=tuple(row for row in report.variables if id(row) in kept),
+        activations=tuple(row for row in report.activations if id(row) in kept),
+    )
