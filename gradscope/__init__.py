@@ -58,10 +58,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .api import inspect, inspect_file
-    from .check_report import CheckReport
+    from .commands.check.report import CheckReport
+    from .commands.check.run import check, check_file
     from .curvature import HessianOptions, hessian, hessian_file
     from .diff import diff_files
-    from .gradcheck import check, check_file
 
 _LAZY = {
     "inspect": "api",
@@ -69,9 +69,9 @@ _LAZY = {
     "hessian": "curvature",
     "hessian_file": "curvature",
     "HessianOptions": "curvature",
-    "check": "gradcheck",
-    "check_file": "gradcheck",
-    "CheckReport": "check_report",
+    "check": "commands.check.run",
+    "check_file": "commands.check.run",
+    "CheckReport": "commands.check.report",
     "diff_files": "diff",
 }
 

@@ -34,8 +34,8 @@ from cli_helpers import error_line, invoke
 from conftest import SAMPLE_PAIRS
 
 import gradscope
-from gradscope import gradcheck
-from gradscope.check_report import CheckReport
+from gradscope.commands.check import float64, options, run
+from gradscope.commands.check.report import CheckReport
 from gradscope.errors import ExitCode, UsageError
 from gradscope.loading.custom_objects import import_custom_objects
 
@@ -223,7 +223,7 @@ def test_float32_fallback_still_catches_the_wrong_gradient(cube_case: Any) -> No
         report = json.loads(result.stdout)
         precision = report["precision"]
         assert precision["dtype"] == "float32" and precision["cast"] is False
-        assert precision["tol"] == gradcheck.DEFAULT_TOL["float32"]
+        assert precision["tol"] == options.DEFAULT_TOL["float32"]
         assert "float32" in precision["note"] and "Cast" in precision["note"]
         assert precision["note"] in result.stderr
         cube_row = next(row for row in report["variables"] if row["path"] == "cube/scale")
@@ -241,7 +241,7 @@ def test_float32_fallback_still_catches_the_wrong_gradient(cube_case: Any) -> No
 @pytest.mark.parametrize("name", list(SAMPLE_PAIRS))
 def test_sample_models_pass(name: str) -> None:
     model_file, data_file = (SAMPLES / f for f in SAMPLE_PAIRS[name])
-    report = gradcheck.check_file(model_file, data_file)
+    report = run.check_file(model_file, data_file)
     assert report.passed, [(r.path, r.max_rel_error) for r in report.failed]
     assert report.precision.dtype == "float64" and report.precision.cast
     inspected = gradscope.inspect_file(model_file, data_file, keep_tensors=True)
@@ -265,7 +265,7 @@ def test_sample_models_pass(name: str) -> None:
 
 def test_training_mode_fixes_the_dropout_mask(keras: Any) -> None:
     """cnn: Dropout and BatchNorm in training mode; every evaluation sees the same mask."""
-    report = gradcheck.check_file(SAMPLES / "cnn.keras", SAMPLES / "cnn.npz", training=True)
+    report = run.check_file(SAMPLES / "cnn.keras", SAMPLES / "cnn.npz", training=True)
     assert report.training and report.passed, [(r.path, r.max_rel_error) for r in report.failed]
     assert keras.config.floatx() == "float32"
 
@@ -285,7 +285,7 @@ def test_in_memory_model_is_left_as_it_was(keras: Any) -> None:
     before = [np.array(v.numpy()) for v in model.variables]
     policy = global_state.get_global_attribute("dtype_policy", None)
     python_random = random.getstate()
-    report = gradcheck.check(model, x, y, training=True, samples=4)
+    report = run.check(model, x, y, training=True, samples=4)
     assert report.passed and report.precision.cast
     assert random.getstate() == python_random  # the copy's seeds were drawn and put back
     for variable, value in zip(model.variables, before, strict=True):
@@ -302,11 +302,11 @@ def test_sum_of_outputs_is_differenced_in_float64(keras: Any) -> None:
     hidden = keras.layers.Dense(8, activation="sigmoid", name="hidden")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3, name="out")(hidden))
     x = np.random.default_rng(4).normal(size=(6, 5)).astype(np.float32)
-    report = gradcheck.check(model, x)
+    report = run.check(model, x)
     assert report.loss.kind == "sum_of_outputs"
     assert report.passed
     assert max(row.max_abs_error or 0.0 for row in report.rows) < 1e-8
-    overridden = gradcheck.check_file(
+    overridden = run.check_file(
         SAMPLES / "regression_keras3.h5", SAMPLES / "regression_keras3.npz", loss="huber"
     )
     assert overridden.loss.kind == "override" and overridden.passed
@@ -323,7 +323,7 @@ def test_random_layer_is_refused(keras: Any, tmp_path: Path) -> None:
     inputs = keras.Input((3,), name="x")
     model = keras.Model(inputs, keras.layers.Dense(1, name="out")(Noisy(name="noisy")(inputs)))
     with pytest.raises(UsageError, match="not a deterministic function of the weights"):
-        gradcheck.check(model, np.ones((4, 3), np.float32))
+        run.check(model, np.ones((4, 3), np.float32))
 
 
 # -- options, JSON, table and CSV -------------------------------------------------------------
@@ -359,7 +359,7 @@ def test_json_contract(mlp_json: dict[str, Any]) -> None:
         assert set(row) == row_keys, row["path"]
         assert row["kind"] == ("variable" if row in report["variables"] else "input")
         size = row["size"]
-        assert len(row["coordinates"]) == min(size, 5 + gradcheck.TOP_ENTRIES)
+        assert len(row["coordinates"]) == min(size, 5 + options.TOP_ENTRIES)
         assert len({tuple(p["index"]) for p in row["coordinates"]}) == len(row["coordinates"])
         for point in row["coordinates"]:
             assert set(point) == point_keys
@@ -379,10 +379,10 @@ def test_largest_gradients_are_always_checked(mlp_json: dict[str, Any]) -> None:
     assert inspected.tensors is not None
     for row in mlp_json["variables"]:
         grad = np.abs(inspected.tensors.variables[row["path"]])
-        if grad.size <= 5 + gradcheck.TOP_ENTRIES:
+        if grad.size <= 5 + options.TOP_ENTRIES:
             continue
         checked = {tuple(p["index"]) for p in row["coordinates"]}
-        top = np.argsort(-grad, axis=None)[: gradcheck.TOP_ENTRIES]
+        top = np.argsort(-grad, axis=None)[: options.TOP_ENTRIES]
         for flat in top:
             assert tuple(int(i) for i in np.unravel_index(flat, grad.shape)) in checked
 
@@ -430,10 +430,10 @@ def test_table_and_csv(mlp_json: dict[str, Any]) -> None:
 
 
 def test_report_object(mlp_json: dict[str, Any]) -> None:
-    report = gradcheck.check_file(MLP, MLP_DATA, samples=5, precision="float32")
+    report = run.check_file(MLP, MLP_DATA, samples=5, precision="float32")
     assert isinstance(report, CheckReport) and report.passed
     assert report.precision.dtype == "float32" and not report.precision.cast
-    assert report.precision.tol == gradcheck.DEFAULT_TOL["float32"]
+    assert report.precision.tol == options.DEFAULT_TOL["float32"]
     assert json.loads(report.to_json())["schema"] == mlp_json["schema"]
 
 
@@ -470,7 +470,7 @@ def test_keras_dtype_restores_state_after_an_error(keras: Any) -> None:
     from keras.src.backend.common import global_state
 
     policy = global_state.get_global_attribute("dtype_policy", None)
-    with pytest.raises(RuntimeError), gradcheck.keras_dtype("float64"):
+    with pytest.raises(RuntimeError), float64.keras_dtype("float64"):
         assert keras.config.floatx() == "float64"
         raise RuntimeError("boom")
     assert keras.config.floatx() == "float32"

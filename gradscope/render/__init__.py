@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-from gradscope.check_report import CheckReport
+from gradscope.commands.check.report import CheckReport
 from gradscope.diff import DiffReport
 from gradscope.report import HessianReport, Report
 
@@ -50,7 +50,7 @@ def render(
     if isinstance(report, DiffReport):
         return _render_diff(report, fmt, width=width, color=color)
     if isinstance(report, CheckReport):
-        from gradscope.render import check
+        from gradscope.commands.check import render as check
 
         return check.format_report(report, fmt, width=width, color=color)
     if fmt is OutputFormat.JSON:

@@ -1,4 +1,4 @@
-"""Renderers of a :class:`~gradscope.check_report.CheckReport`: table, JSON and CSV.
+"""Renderers of a :class:`~gradscope.commands.check.report.CheckReport`: table, JSON and CSV.
 
 JSON is ``report.to_json()`` (schema ``gradscope.check/1``).  The table reuses the
 inspect table's building blocks (header grid, light tables, number formatting): a
@@ -15,7 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.check_report import CheckReport, CheckRow
+from gradscope.commands.check.report import CheckReport, CheckRow
 from gradscope.render import OutputFormat, format_shape
 from gradscope.render.table import (
     MISSING,
@@ -99,6 +99,8 @@ def _index_text(index: tuple[int, ...]) -> str:
 
 
 def _result_cell(row: CheckRow) -> Text:
+    if row.unchecked:
+        return Text("unchecked", style="bold yellow")
     if row.passed is None:
         return Text(MISSING)
     if row.passed:
@@ -157,29 +159,49 @@ def inputs_table(rows: tuple[CheckRow, ...]) -> Table:
 
 
 def precision_line(report: CheckReport) -> str:
-    """In which dtype, with which step and tolerance."""
+    """In which dtype and why, with which step and tolerance."""
     precision = report.precision
     what = "a float64 copy of the model" if precision.cast else f"the model, in {precision.dtype}"
+    if precision.fallback:
+        what += " (fallback: no float64 copy, see the note)"
+    elif not precision.cast:
+        what += f" ({precision.reason})"
     return (
         f"{what}; central differences, step {precision.step:.2g}·max(1,|w|); "
         f"tol {precision.tol:g} on |Δ|/max(|g_ad|,|g_fd|,{fmt_float(precision.floor)})"
     )
 
 
+def _names(rows: tuple[CheckRow, ...]) -> str:
+    return ", ".join(row.path for row in rows[:6]) + (" ..." if len(rows) > 6 else "")
+
+
+def unchecked_text(report: CheckReport) -> str:
+    """What the verdict says of the tensors none of whose sampled entries was checked."""
+    unchecked = report.unchecked
+    tail = "allowed by --allow-unchecked" if report.allow_unchecked else "not a pass"
+    return (
+        f"{len(unchecked)} tensors unchecked, every sampled entry at a kink of the loss "
+        f"({tail}): {_names(unchecked)}"
+    )
+
+
 def result_line(report: CheckReport) -> str:
-    """``passed: ...`` or ``FAILED: ...`` with the failing tensors."""
+    """``passed: ...`` or ``FAILED: ...`` with the failing (and unchecked) tensors."""
     checked = [row for row in report.rows if row.passed is not None]
     entries = sum(row.checked for row in report.rows)
+    unchecked = f"; {unchecked_text(report)}" if report.unchecked else ""
     if report.passed:
         return (
             f"passed: {len(checked)} of {len(checked)} tensors ({entries:,} entries) "
-            f"within tol {report.precision.tol:g}"
+            f"within tol {report.precision.tol:g}{unchecked}"
         )
     failed = report.failed
-    names = ", ".join(row.path for row in failed[:6]) + (" ..." if len(failed) > 6 else "")
+    if not failed:
+        return f"FAILED: {unchecked_text(report)}"
     return (
         f"FAILED: {len(failed)} of {len(checked)} tensors exceed tol "
-        f"{report.precision.tol:g}: {names}"
+        f"{report.precision.tol:g}: {_names(failed)}{unchecked}"
     )
 
 

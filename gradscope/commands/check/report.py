@@ -6,6 +6,10 @@ coordinates, and whether that is within the tolerance.  Like the inspect report 
 only Python scalars, strings and tuples; :meth:`CheckReport.to_dict` is exactly the JSON
 structure, with non-finite floats written as ``null`` (the row's ``nonfinite`` count
 says why a value is missing).
+
+Keys added since the first release of ``gradscope.check/1`` (additions keep the schema
+name; a renamed or removed key would bump it): ``unchecked`` and ``allow_unchecked`` at
+the top level, ``requested``, ``fallback`` and ``reason`` in ``precision``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .report import BatchInfo, LossInfo, ModelInfo, _JsonMixin, finite_or_none, size_of
+from ...report import BatchInfo, LossInfo, ModelInfo, _JsonMixin, finite_or_none, size_of
 
 CHECK_SCHEMA = "gradscope.check/1"
 
@@ -25,8 +29,9 @@ class CheckedCoordinate:
     """One compared entry: its index in the tensor, both derivatives and their errors.
 
     ``smooth`` is ``False`` when the loss has a kink within one step of the point (its
-    one-sided differences disagree by at least the error): the central difference is
-    then no derivative, and the entry is left out of the row's errors and verdict.
+    difference quotients do not scale with the step as a smooth function's do): the
+    central difference is then no derivative, and the entry is left out of the row's
+    errors and verdict.
     """
 
     index: tuple[int, ...]
@@ -55,7 +60,8 @@ class CheckRow:
 
     ``checked`` counts the compared coordinates that enter the verdict (``nonsmooth``
     ones do not); ``passed`` is ``None`` when nothing could be checked (an integer
-    input), with a ``note`` saying why.  ``coordinates`` lists every compared entry.
+    input, or every sampled entry at a kink: :attr:`unchecked`), with a ``note`` saying
+    why.  ``coordinates`` lists every compared entry.
     """
 
     kind: RowKind
@@ -72,6 +78,11 @@ class CheckRow:
     passed: bool | None
     coordinates: tuple[CheckedCoordinate, ...] = ()
     note: str | None = None
+
+    @property
+    def unchecked(self) -> bool:
+        """Entries were sampled, and every one was left out as non-smooth."""
+        return self.checked == 0 and self.nonsmooth > 0
 
     @property
     def worst(self) -> CheckedCoordinate | None:
@@ -115,6 +126,10 @@ class CheckPrecision:
     below which errors are judged in absolute terms.  Both are given for the step of an
     entry with ``|w| <= 1``; an entry taken with a step ``h`` (its ``step``) has
     ``noise * step / h``.
+
+    ``requested`` is the precision asked for (``auto``, ``float64``, ``float32``);
+    ``fallback`` is ``True`` when a float64 copy was wanted and could not be made, and
+    ``reason`` says why the check ran in ``dtype`` (for a fallback: what failed).
     """
 
     dtype: str
@@ -124,6 +139,9 @@ class CheckPrecision:
     noise: float
     floor: float
     note: str | None = None
+    requested: str = "auto"
+    fallback: bool = False
+    reason: str = "a float64 copy of the model"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,12 +152,19 @@ class CheckPrecision:
             "noise": finite_or_none(self.noise),
             "floor": finite_or_none(self.floor),
             "note": self.note,
+            "requested": self.requested,
+            "fallback": self.fallback,
+            "reason": self.reason,
         }
 
 
 @dataclass(frozen=True)
 class CheckReport(_JsonMixin):
-    """Everything one ``check`` run found, as plain data."""
+    """Everything one ``check`` run found, as plain data.
+
+    ``allow_unchecked`` says whether a tensor none of whose sampled entries could be
+    checked (each within one step of a kink) may count as a pass.
+    """
 
     model: ModelInfo
     batch: BatchInfo
@@ -151,6 +176,7 @@ class CheckReport(_JsonMixin):
     variables: tuple[CheckRow, ...]
     inputs: tuple[CheckRow, ...]
     schema: str = CHECK_SCHEMA
+    allow_unchecked: bool = False
 
     @property
     def rows(self) -> tuple[CheckRow, ...]:
@@ -162,9 +188,16 @@ class CheckReport(_JsonMixin):
         return tuple(row for row in self.rows if row.passed is False)
 
     @property
+    def unchecked(self) -> tuple[CheckRow, ...]:
+        """The rows with sampled entries none of which could be checked (each within
+        one step of a kink of the loss): no evidence that their gradient is right."""
+        return tuple(row for row in self.rows if row.unchecked)
+
+    @property
     def passed(self) -> bool:
-        """Whether every checked row is within the tolerance."""
-        return not self.failed
+        """Whether every checked row is within the tolerance, and every row with sampled
+        entries had one that could be checked (unless ``allow_unchecked``)."""
+        return not self.failed and (self.allow_unchecked or not self.unchecked)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure of schema ``gradscope.check/1`` (see the README)."""
@@ -177,4 +210,6 @@ class CheckReport(_JsonMixin):
             "seed": self.seed,
             "variables": [row.to_dict() for row in self.variables],
             "inputs": [row.to_dict() for row in self.inputs],
+            "unchecked": [row.path for row in self.unchecked],
+            "allow_unchecked": self.allow_unchecked,
         }
