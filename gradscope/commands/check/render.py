@@ -180,8 +180,9 @@ def unchecked_text(report: CheckReport) -> str:
     """What the verdict says of the tensors none of whose sampled entries was checked."""
     unchecked = report.unchecked
     tail = "allowed by --allow-unchecked" if report.allow_unchecked else "not a pass"
+    count = "1 tensor" if len(unchecked) == 1 else f"{len(unchecked)} tensors"
     return (
-        f"{len(unchecked)} tensors unchecked, every sampled entry at a kink of the loss "
+        f"{count} unchecked, every sampled entry at a kink of the loss "
         f"({tail}): {_names(unchecked)}"
     )
 
