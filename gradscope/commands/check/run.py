@@ -265,8 +265,7 @@ class _Function:
         self.variables = list(model.trainable_variables)
         self._state = [(v, v.numpy()) for v in model.non_trainable_variables] if training else []
         self._override: Any = None
-        if spec.kind == "override" and dtype == "float64":
-            assert spec.override is not None
+        if spec.kind == "override" and dtype == "float64" and spec.override is not None:
             self._override = wide_loss(_loss_object(spec.override))
         self._targets_t = None if self.targets is None else _tensors(self.targets)
         self._weight_t = None if self.weight is None else tf.constant(self.weight)
