@@ -58,11 +58,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .check_report import CheckReport
+    from .commands.check.report import CheckReport
+    from .commands.check.run import check, check_file
     from .commands.inspect import InspectOptions, inspect, inspect_file
     from .curvature import HessianOptions, hessian, hessian_file
     from .diff import diff_files
-    from .gradcheck import check, check_file
 
 _LAZY = {
     "inspect": "commands.inspect",
@@ -71,9 +71,9 @@ _LAZY = {
     "hessian": "curvature",
     "hessian_file": "curvature",
     "HessianOptions": "curvature",
-    "check": "gradcheck",
-    "check_file": "gradcheck",
-    "CheckReport": "check_report",
+    "check": "commands.check.run",
+    "check_file": "commands.check.run",
+    "CheckReport": "commands.check.report",
     "diff_files": "diff",
 }
 

@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
+from .commands.check.options import DEFAULT_TOL, TOP_ENTRIES, CheckOptions
 from .errors import ExitCode, GradscopeError, UsageError
 from .health import Thresholds
 from .render import OutputFormat
@@ -592,24 +593,43 @@ def check(
     ] = None,
     inputs: Annotated[
         bool, typer.Option("--inputs/--no-inputs", help="Also check the float model inputs.")
-    ] = True,
+    ] = CheckOptions.inputs,
     samples: Annotated[
         int,
-        typer.Option("--samples", help="Random entries per tensor, besides the 4 largest |g|."),
-    ] = 16,
+        typer.Option(
+            "--samples", help=f"Random entries per tensor, besides the {TOP_ENTRIES} largest |g|."
+        ),
+    ] = CheckOptions.samples,
     tol: Annotated[
         float | None,
         typer.Option(
-            "--tol", help="Largest relative error that passes [default: 1e-5; float32: 1e-2]."
+            "--tol",
+            help="Largest relative error that passes "
+            f"[default: {DEFAULT_TOL['float64']:g}; float32: {DEFAULT_TOL['float32']:g}].",
         ),
-    ] = None,
+    ] = CheckOptions.tol,
     precision: Annotated[
         str,
         typer.Option(
             "--precision",
             help="auto (float64 copy, float32 if it cannot be cast), float64 or float32.",
         ),
-    ] = "auto",
+    ] = CheckOptions.precision,
+    require_float64: Annotated[
+        bool,
+        typer.Option(
+            "--require-float64",
+            help="A model that cannot be cast to float64 is an error (exit 2), "
+            "not a float32 check.",
+        ),
+    ] = CheckOptions.require_float64,
+    allow_unchecked: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unchecked",
+            help="A tensor whose sampled entries are all at kinks of the loss may pass.",
+        ),
+    ] = CheckOptions.allow_unchecked,
     output_format: FormatOpt = OutputFormat.TABLE,
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
@@ -619,15 +639,16 @@ def check(
 ) -> None:
     """Check the autodiff gradient against central finite differences (in float64).
 
-    Exit 1 when a relative error exceeds --tol (after printing the whole report).
+    Exit 1 when a relative error exceeds --tol, or when a tensor has no checkable entry
+    (after printing the whole report).
     """
     outcome: list[Any] = []
 
     def action() -> str:
         _keras_on_tensorflow(quiet)
-        from . import gradcheck
+        from .commands.check import run
 
-        report = gradcheck.check_file(
+        report = run.check_file(
             model,
             data,
             limit=limit,
@@ -638,10 +659,12 @@ def check(
             inputs=inputs,
             samples=samples,
             tol=tol,
-            precision=precision.lower(),  # type: ignore[arg-type]  # checked by the library
+            precision=precision.lower(),  # type: ignore[arg-type]  # checked by CheckOptions
             custom_objects=custom_objects,
             unsafe=unsafe,
             max_memory=_max_memory(max_memory),
+            allow_unchecked=allow_unchecked,
+            require_float64=require_float64,
         )
         if report.precision.note is not None:
             _note(report.precision.note, quiet)
@@ -650,11 +673,19 @@ def check(
 
     _emit(run_guarded(action, debug))
     report = outcome[0]
-    if not report.passed:
+    if report.failed:
         failed = ", ".join(row.path for row in report.failed)
         _note(
             f"check failed: relative error above --tol {report.precision.tol:g} in {failed}", quiet
         )
+    if report.unchecked and not report.allow_unchecked:
+        unchecked = ", ".join(row.path for row in report.unchecked)
+        _note(
+            f"check failed: no sampled entry of {unchecked} could be checked (each is within "
+            "one step of a kink of the loss); --allow-unchecked accepts that",
+            quiet,
+        )
+    if not report.passed:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 

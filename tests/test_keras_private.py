@@ -76,7 +76,7 @@ def test_compile_loss_is_the_weighted_data_loss(keras: Any, two_outputs: Any) ->
 def test_loss_weights_and_the_public_loss(keras: Any, two_outputs: Any) -> None:
     weights = hooks.loss_weights(two_outputs)
     assert weights == {"a": 2.0, "b": 0.5}, broke("loss_weights", keras, f"gave {weights!r}")
-    # gradcheck rebuilds the compiled loss from the public ``model.loss``.
+    # gradscope check rebuilds the compiled loss from the public ``model.loss``.
     assert two_outputs.loss == {"a": "mse", "b": "mae"}, f"model.loss is {two_outputs.loss!r}"
 
 
