@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ...errors import UsageError
-from ...validation import flag, integer, one_of, optional_text, positive_number
+from ...selection import parse_selector
+from ...validation import flag, integer, one_of, positive_number
 
 Precision = Literal["auto", "float64", "float32"]
 PRECISIONS: tuple[str, ...] = ("auto", "float64", "float32")
@@ -59,7 +60,7 @@ class CheckOptions:
 
     def validate(self) -> None:
         """Refuse a field gradscope cannot use (run on construction)."""
-        optional_text("variables", self.variables)
+        parse_selector("--vars", self.variables)
         flag("inputs", self.inputs)
         integer("samples", self.samples, minimum=0)
         if self.tol is not None:

@@ -27,8 +27,6 @@ point (random numbers drawn outside Keras's seed state) is refused.
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import functools
 import math
 import zlib
@@ -40,18 +38,8 @@ from typing import Any
 import numpy as np
 
 from ... import _keras_private, _tf
-from ...api import (
-    ArrayLike,
-    InspectOptions,
-    RestoredState,
-    guard_proxy_step,
-    load_for_cli,
-    model_info_of,
-    prepare_loss_and_batch,
-    variable_owners,
-)
 from ...engine.capture import walk_layers
-from ...errors import LossError, MismatchError, UsageError, first_line, received
+from ...errors import LossError, MismatchError, UsageError, first_line
 from ...loading.data import Batch, Batches
 from ...loading.models import LoadOptions
 from ...loading.pipelines import data_argument, parse_pipeline_spec
@@ -59,6 +47,17 @@ from ...loading.signature import ModelSignature, model_signature
 from ...loading.synthetic import DEFAULT_ROWS
 from ...losses import LossSpec, total_loss
 from ...report import LossInfo, ModelInfo
+from ...selection import parse_selector, select
+from ...session import (
+    ArrayLike,
+    RestoredState,
+    guard_proxy_step,
+    load_for_cli,
+    model_info_of,
+    prepare_loss_and_batch,
+    variable_owners,
+)
+from ..inspect.options import InspectOptions
 from .finite_differences import Tolerance, compare
 from .float64 import Choice, function_in_precision, wide_arrays, wide_loss
 from .options import DEFAULT_PRECISION, DEFAULT_SAMPLES, TOP_ENTRIES, CheckOptions, Precision
@@ -187,17 +186,11 @@ class Selected:
     layer_class: str
 
 
-def _matches(selected: Selected, pattern: str) -> bool:
-    path = selected.variable.path
-    names = (path, path.split("/")[-1], selected.layer, selected.layer.split("/")[-1])
-    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
-
-
 def select_variables(model: Any, globs: str | None) -> list[Selected]:
     """The trainable variables matching ``globs`` (all of them for ``None``).
 
-    Every glob must match something: one that matches nothing is a usage error naming
-    the closest variable and layer names.
+    ``globs`` is a ``--vars`` selector (:mod:`gradscope.selection`): every glob must
+    match something, or it is a usage error naming the close variable and layer names.
     """
     owners = variable_owners(model, walk_layers(model))
     everything = []
@@ -206,20 +199,8 @@ def select_variables(model: Any, globs: str | None) -> list[Selected]:
         layer = node.path if node else model.name
         cls = type(node.layer).__name__ if node else type(model).__name__
         everything.append(Selected(variable, position, layer, cls))
-    if globs is None:
-        return everything
-    patterns = [p.strip() for p in globs.split(",") if p.strip()]
-    if not patterns:
-        raise UsageError(f"--vars: expected comma-separated globs. {received(repr(globs))}")
-    for pattern in patterns:
-        if not any(_matches(s, pattern) for s in everything):
-            known = sorted({s.variable.path for s in everything} | {s.layer for s in everything})
-            close = difflib.get_close_matches(pattern, known, n=3, cutoff=0.5)
-            shown = close or known[:8]
-            label = "Close names" if close else "Variables and layers"
-            hint = f" {label}: {', '.join(shown)}." if shown else " The model has none."
-            raise UsageError(f"--vars {pattern!r}: no trainable variable matches.{hint}")
-    return [s for s in everything if any(_matches(s, p) for p in patterns)]
+    selector = parse_selector("--vars", globs)
+    return select(everything, lambda s: (s.variable.path, s.layer), selector)
 
 
 # -- the loss as a function of the variables and inputs ----------------------------------
