@@ -170,10 +170,19 @@ def _use_color() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+def _columns() -> int | None:
+    """``COLUMNS`` as a width, or ``None`` when it is unset or not a positive integer:
+    like a shell or rich, a malformed value is ignored rather than an error."""
+    text = os.environ.get("COLUMNS", "").strip()
+    return int(text) if text.isdecimal() and int(text) > 0 else None
+
+
 def _table_width() -> int | None:
-    if sys.stdout.isatty():
-        return None if "COLUMNS" not in os.environ else int(os.environ["COLUMNS"])
-    return int(os.environ.get("COLUMNS", "160"))
+    """The table width: ``COLUMNS``, else the terminal's (``None``), else 160 in a pipe."""
+    columns = _columns()
+    if columns is None and not sys.stdout.isatty():
+        return 160
+    return columns
 
 
 def _finish(

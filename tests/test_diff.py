@@ -416,6 +416,20 @@ def test_table_lists_every_row(reports: dict[str, Path]) -> None:
     assert "Non-finite changes" not in text and "Added and removed" not in text
 
 
+@pytest.mark.parametrize("columns", ["abc", "-5", "0", "", "12x"])
+def test_a_malformed_columns_variable_is_ignored(reports: dict[str, Path], columns: str) -> None:
+    # A pipe without COLUMNS gets the documented 160 cells; a value that is not a positive
+    # integer is ignored (it used to be an internal error), as shells and rich do.
+    args = ["diff", str(reports["full"]), str(reports["part"])]
+    default = CliRunner().invoke(app, args, env={"COLUMNS": None})
+    result = CliRunner().invoke(app, args, env={"COLUMNS": columns})
+    assert result.exit_code == default.exit_code == 0, result.stderr
+    assert result.stderr == "" and result.stdout == default.stdout
+    widest = max(map(len, default.stdout.splitlines()))
+    narrow = CliRunner().invoke(app, args, env={"COLUMNS": "90"})
+    assert max(map(len, narrow.stdout.splitlines())) <= 90 < widest <= 160
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
