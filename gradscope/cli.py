@@ -446,7 +446,8 @@ def inspect(
             from .export.tensorboard import write_inspect
 
             _note(f"wrote {write_inspect(report, tensorboard)}", quiet)
-        assert report.health is not None
+        if report.health is None:  # inspect always diagnoses its report
+            raise RuntimeError("the inspect report has no health section")
         fired.extend(kind for kind in wanted if kind in report.health.kinds())
         return text
 

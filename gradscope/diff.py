@@ -382,9 +382,8 @@ def change(
     ``log10(b) - log10(a)``, which cannot overflow even when ``b / a`` does.
     """
     reason = _reason(_state(a, a_nonfinite), _state(b, b_nonfinite))
-    if reason is not None:
+    if reason is not None or a is None or b is None:  # a reason whenever one is None
         return Change(a, b, 0.0 if reason == "zero_b" else None, None, reason)
-    assert a is not None and b is not None
     log10_ratio = math.log10(b) - math.log10(a)
     ratio = b / a
     if not math.isfinite(ratio):
