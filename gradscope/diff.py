@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from gradscope.errors import DataLoadError, UsageError, received
 from gradscope.report import SCHEMA as INSPECT_SCHEMA
-from gradscope.report import finite_or_none
+from gradscope.report import (
+    ActivationRow,
+    InputRow,
+    Report,
+    TensorStats,
+    VariableRow,
+    finite_or_none,
+)
 
 __all__ = [
     "DIFF_SCHEMA",
@@ -400,7 +407,7 @@ def _loss_change(a: float | None, b: float | None) -> LossChange:
     return LossChange(a, b, delta, None if math.isfinite(delta) else "overflow")
 
 
-# --- reading and validating an inspect report -------------------------------------------
+# --- reading an inspect report -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -438,177 +445,59 @@ class _Parsed:
     inputs: dict[str, _Tensor]
 
 
-_ABSENT = object()
-"""Marks a key that is not there at all (as opposed to ``null``)."""
+def _stats(stats: TensorStats | None) -> _Stats | None:
+    return None if stats is None else _Stats(finite_or_none(stats.l2), stats.nonfinite)
 
 
-@dataclass(frozen=True)
-class _Found:
-    """What was found, already in words (``a JSON list``), for an error message."""
-
-    text: str
-
-
-def _short(value: Any) -> str:
-    """``repr`` of a found value, cut to one short line for an error message."""
-    text = "missing" if value is _ABSENT else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Reader:
-    """Reads one inspect report; every problem is a :class:`DataLoadError` naming it."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def fail(self, where: str, expected: str, found: Any) -> NoReturn:
-        """Raise the one-line error; ``found`` is a value (shown by ``repr``) or a
-        :class:`_Found` description."""
-        location = f"{self.name}: {where}" if where else self.name
-        shown = found.text if isinstance(found, _Found) else _short(found)
-        raise DataLoadError(f"{location}: expected {expected}. {received(shown)}")
-
-    @staticmethod
-    def get(obj: Mapping[str, Any], key: str) -> Any:
-        """``obj[key]``, or :data:`_ABSENT` (shown as ``missing``) when there is no such key."""
-        return obj.get(key, _ABSENT)
-
-    def mapping(self, obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-        value = self.get(obj, key)
-        if not isinstance(value, dict):
-            self.fail(f"{where}{key}", "an object", value)
-        return value
-
-    def items(self, obj: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
-        value = self.get(obj, key)
-        if not isinstance(value, list):
-            self.fail(key, "a list", value)
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                self.fail(f"{key}[{i}]", "an object", item)
-        return value
-
-    def text(self, obj: Mapping[str, Any], key: str, where: str) -> str:
-        value = self.get(obj, key)
-        if not isinstance(value, str):
-            self.fail(f"{where}{key}", "a string", value)
-        return value
-
-    def number(self, obj: Mapping[str, Any], key: str, where: str, *, norm: bool) -> float | None:
-        """A finite number or ``null``; a norm must also be non-negative."""
-        value = self.get(obj, key)
-        if value is None:
-            return None
-        what = "a non-negative number or null" if norm else "a number or null"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(f"{where}{key}", what, value)
-        if not math.isfinite(value) or (norm and value < 0):
-            self.fail(f"{where}{key}", what, value)
-        return float(value)
-
-    def count(self, obj: Mapping[str, Any], key: str, where: str) -> int:
-        value = self.get(obj, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            self.fail(f"{where}{key}", "a non-negative integer", value)
-        return value
-
-    def stats(self, obj: Mapping[str, Any], key: str, where: str) -> _Stats | None:
-        value = self.get(obj, key)
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            self.fail(f"{where}{key}", "a statistics object or null", value)
-        inner = f"{where}{key}."
-        return _Stats(
-            self.number(value, "l2", inner, norm=True), self.count(value, "nonfinite", inner)
-        )
-
-    @staticmethod
-    def optional_text(obj: Mapping[str, Any], key: str) -> str:
-        """A descriptive string (layer, class): ``""`` when absent, never an error."""
-        return _optional_str(obj.get(key)) or ""
-
-    @staticmethod
-    def shape(obj: Mapping[str, Any]) -> tuple[int, ...]:
-        """A row's shape, descriptive only: ``()`` when absent or malformed."""
-        value = obj.get("shape")
-        if isinstance(value, list) and all(_optional_int(d) is not None for d in value):
-            return tuple(value)
-        return ()
-
-
-def _optional_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _optional_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _section(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """A descriptive sub-object (``model``, ``batch``, ``loss``); ``{}`` when malformed."""
-    value = doc.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _side(doc: Mapping[str, Any], file: str | None) -> ReportSide:
-    """The descriptive part of a report: lenient (``?`` when absent), since only the
-    numbers are compared and those are validated strictly."""
-    model, batch, loss = _section(doc, "model"), _section(doc, "batch"), _section(doc, "loss")
+def _side(report: Report, file: str | None) -> ReportSide:
+    """What the report describes: the notes compare these between A and B."""
+    model, batch = report.model, report.batch
     return ReportSide(
         file=file,
-        model=_optional_str(model.get("name")) or "?",
-        model_path=_optional_str(model.get("path")),
-        batch_source=_optional_str(batch.get("source")) or "?",
-        batch_path=_optional_str(batch.get("path")),
-        batch_size=_optional_int(batch.get("size")),
-        batch_seed=_optional_int(batch.get("seed")),
-        loss_source=_optional_str(loss.get("source")) or "?",
-        training=doc.get("training") is True,
+        model=model.name,
+        model_path=model.path,
+        batch_source=batch.source,
+        batch_path=batch.path,
+        batch_size=batch.size,
+        batch_seed=batch.seed,
+        loss_source=report.loss.source,
+        training=report.training,
     )
 
 
-def _variable(reader: _Reader, row: Mapping[str, Any], where: str) -> _Tensor:
+def _variable(row: VariableRow) -> _Tensor:
     return _Tensor(
         kind="variable",
-        path=reader.text(row, "path", where),
-        layer=reader.optional_text(row, "layer"),
-        layer_class=reader.optional_text(row, "class"),
-        shape=reader.shape(row),
-        grad=reader.stats(row, "grad", where),
-        weight_l2=reader.number(row, "weight_l2", where, norm=True),
-        ratio=reader.number(row, "ratio", where, norm=True),
+        path=row.path,
+        layer=row.layer,
+        layer_class=row.layer_class,
+        shape=row.shape,
+        grad=_stats(row.grad),
+        weight_l2=finite_or_none(row.weight_l2),
+        ratio=finite_or_none(row.ratio),
     )
 
 
-def _activation(reader: _Reader, row: Mapping[str, Any], where: str) -> _Tensor:
-    path = reader.text(row, "path", where)
+def _activation(row: ActivationRow) -> _Tensor:
     return _Tensor(
         kind="activation",
-        path=path,
-        layer=path,
-        layer_class=reader.optional_text(row, "class"),
-        shape=reader.shape(row),
-        grad=reader.stats(row, "grad", where),
-        value=reader.stats(row, "value", where),
+        path=row.path,
+        layer=row.path,
+        layer_class=row.layer_class,
+        shape=row.shape,
+        grad=_stats(row.grad),
+        value=_stats(row.value),
     )
 
 
-def _input(reader: _Reader, row: Mapping[str, Any], where: str) -> _Tensor:
-    name = reader.text(row, "name", where)
-    return _Tensor("input", name, "", "", reader.shape(row), reader.stats(row, "grad", where))
+def _input(row: InputRow) -> _Tensor:
+    return _Tensor("input", row.name, "", "", row.shape, _stats(row.grad))
 
 
-def _rows(
-    reader: _Reader,
-    doc: Mapping[str, Any],
-    key: str,
-    read: Callable[[_Reader, Mapping[str, Any], str], _Tensor],
-) -> dict[str, _Tensor]:
+def _keyed(tensors: Iterable[_Tensor]) -> dict[str, _Tensor]:
     """Rows keyed by path, in report order; a repeated path gets ``#2``, ``#3``, ... ."""
     out: dict[str, _Tensor] = {}
-    for i, row in enumerate(reader.items(doc, key)):
-        tensor = read(reader, row, f"{key}[{i}].")
+    for tensor in tensors:
         name, n = tensor.path, 1
         while name in out:
             n += 1
@@ -617,30 +506,17 @@ def _rows(
     return out
 
 
-def _check_schema(reader: _Reader, doc: Any) -> dict[str, Any]:
-    """The document as a mapping of schema ``gradscope.inspect/1``, or a one-line error."""
-    expected = f"a gradscope inspect report (JSON object with schema '{INSPECT_SCHEMA}')"
-    if not isinstance(doc, dict):
-        reader.fail("", expected, _Found(f"a JSON {type(doc).__name__}"))
-    schema = doc.get("schema", _ABSENT)
-    if schema != INSPECT_SCHEMA:
-        found = "an object without a 'schema' key" if schema is _ABSENT else f"schema {schema!r}"
-        reader.fail("", expected, _Found(found))
-    return doc
-
-
 def _parse(doc: Any, name: str, file: str | None) -> _Parsed:
-    """Validate ``doc`` as an inspect report and keep what the diff compares."""
-    reader = _Reader(name)
-    doc = _check_schema(reader, doc)
-    loss = reader.mapping(doc, "loss", "")
+    """Read ``doc`` as an inspect report (:meth:`Report.from_dict`, which names ``name``
+    in its errors) and keep what the diff compares."""
+    report = Report.from_dict(doc, source=name)
     return _Parsed(
-        side=_side(doc, file),
-        loss=reader.number(loss, "value", "loss.", norm=False),
-        global_grad_norm=reader.number(doc, "global_grad_norm", "", norm=True),
-        variables=_rows(reader, doc, "variables", _variable),
-        activations=_rows(reader, doc, "activations", _activation),
-        inputs=_rows(reader, doc, "inputs", _input),
+        side=_side(report, file),
+        loss=finite_or_none(report.loss.value),
+        global_grad_norm=finite_or_none(report.global_grad_norm),
+        variables=_keyed(map(_variable, report.variables)),
+        activations=_keyed(map(_activation, report.activations)),
+        inputs=_keyed(map(_input, report.inputs)),
     )
 
 

@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from gradscope.cli import app
 from gradscope.diff import DIFF_SCHEMA, diff_reports
 from gradscope.errors import ExitCode
+from gradscope.report import BatchInfo, LossInfo, ModelInfo, Report, TensorStats, VariableRow
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
@@ -533,17 +534,22 @@ def test_bad_option_is_a_usage_error(
 
 def test_diff_never_imports_tensorflow(tmp_path: Path) -> None:
     """A real process: ``gradscope diff`` on two reports loads no TensorFlow/Keras/h5py."""
-    doc = {
-        "schema": "gradscope.inspect/1",
-        "loss": {"value": 1.0},
-        "global_grad_norm": 2.0,
-        "variables": [{"path": "d/kernel", "grad": {"l2": 2.0, "nonfinite": 0},
-                       "weight_l2": 1.0, "ratio": 2.0}],
-        "activations": [],
-        "inputs": [],
-    }  # fmt: skip
-    doc_b = copy.deepcopy(doc)
-    doc_b["variables"][0]["grad"]["l2"] = 50.0
+
+    def report(grad_l2: float) -> Doc:
+        """A complete inspect report of one variable, built without TensorFlow."""
+        grad = TensorStats(grad_l2, 1.0, 0.0, 1.0, 0.0, 0)
+        return Report(
+            model=ModelInfo("m", "Sequential", None, "keras", 2, 1),
+            batch=BatchInfo("synthetic", 4, seed=0),
+            loss=LossInfo(1.0, "compiled: mse", "compiled"),
+            training=False,
+            variables=(VariableRow("d/kernel", "d", "Dense", (2,), "float32", grad, 1.0, 2.0),),
+            inputs=(),
+            activations=(),
+            global_grad_norm=grad_l2,
+        ).to_dict()
+
+    doc, doc_b = report(2.0), report(50.0)
     path_a, path_b = write(tmp_path, "a.json", doc), write(tmp_path, "b.json", doc_b)
     script = (
         "import sys\nfrom gradscope.cli import main\n"
