@@ -59,8 +59,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .api import inspect, inspect_file
     from .check_report import CheckReport
+    from .commands.diff import diff_files
     from .curvature import HessianOptions, hessian, hessian_file
-    from .diff import diff_files
     from .gradcheck import check, check_file
 
 _LAZY = {
@@ -72,7 +72,7 @@ _LAZY = {
     "check": "gradcheck",
     "check_file": "gradcheck",
     "CheckReport": "check_report",
-    "diff_files": "diff",
+    "diff_files": "commands.diff",
 }
 
 

@@ -698,7 +698,7 @@ def diff(
     fired: list[str] = []
 
     def action() -> str:
-        from .diff import diff_files, parse_fail_on
+        from .commands.diff import diff_files, parse_fail_on
         from .render import render
 
         wanted = parse_fail_on(fail_on)

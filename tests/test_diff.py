@@ -27,7 +27,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gradscope.cli import app
-from gradscope.diff import DIFF_SCHEMA, diff_reports
+from gradscope.commands.diff import DIFF_SCHEMA, diff_reports
 from gradscope.errors import ExitCode
 from gradscope.report import BatchInfo, LossInfo, ModelInfo, Report, TensorStats, VariableRow
 

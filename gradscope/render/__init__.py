@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 
 from gradscope.check_report import CheckReport
-from gradscope.diff import DiffReport
+from gradscope.commands.diff import DiffReport
 from gradscope.report import HessianReport, Report
 
 __all__ = ["OutputFormat", "format_shape", "render"]
@@ -74,7 +74,7 @@ def render(
 
 def _render_diff(report: DiffReport, fmt: OutputFormat, *, width: int | None, color: bool) -> str:
     """A ``gradscope diff`` report (schema ``gradscope.diff/1``) in format ``fmt``."""
-    from gradscope.render import diff
+    from gradscope.commands.diff import render as diff
 
     if fmt is OutputFormat.TABLE:
         return diff.format_table(report, width=width, color=color)

@@ -15,7 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.diff import (
+from gradscope.commands.diff.compare import (
     REASONS,
     Change,
     CheckResult,
