@@ -568,3 +568,23 @@ def test_diff_never_imports_tensorflow(tmp_path: Path) -> None:
     assert heavy.strip() == ""
     variable = json.loads(out)["variables"][0]["grad_l2"]
     assert variable["ratio"] == 25.0 and variable["log10_ratio"] == pytest.approx(math.log10(25))
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("gradscope.diff", "diff_files", "gradscope.commands.diff.compare"),
+        ("gradscope.diff", "DiffReport", "gradscope.commands.diff.report"),
+        ("gradscope.render.diff", "format_json", "gradscope.commands.diff.render"),
+    ],
+)
+def test_the_old_module_paths_still_work_with_a_deprecation_warning(
+    old: str, name: str, new: str
+) -> None:
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match=f"import {name} from {new}"):
+        value = getattr(importlib.import_module(old), name)
+    assert value is getattr(importlib.import_module(new), name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = importlib.import_module(old).nope

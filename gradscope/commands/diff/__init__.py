@@ -7,9 +7,9 @@ and :mod:`.render` writes it as a table, JSON or CSV.  Nothing here imports Tens
 
 from __future__ import annotations
 
-from .compare import (
+from .compare import FAIL_CONDITIONS, change, diff_files, diff_reports, load_report, parse_fail_on
+from .report import (
     DIFF_SCHEMA,
-    FAIL_CONDITIONS,
     REASONS,
     ActivationDiff,
     Change,
@@ -22,11 +22,6 @@ from .compare import (
     ReportSide,
     TopChange,
     VariableDiff,
-    change,
-    diff_files,
-    diff_reports,
-    load_report,
-    parse_fail_on,
 )
 
 __all__ = [

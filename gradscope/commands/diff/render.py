@@ -1,4 +1,4 @@
-"""Renderers of a :class:`~gradscope.diff.DiffReport`: table, JSON and CSV.
+"""Renderers of a :class:`~gradscope.commands.diff.report.DiffReport`: table, JSON and CSV.
 
 The table reuses the inspect table's building blocks (header grid, light tables, number
 formatting).  A ratio that does not exist is shown as ``inf``, ``0/0`` or ``—``, and the
@@ -15,7 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.commands.diff.compare import (
+from gradscope.commands.diff.report import (
     REASONS,
     Change,
     CheckResult,
