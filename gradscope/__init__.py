@@ -60,9 +60,9 @@ __all__ = [
 if TYPE_CHECKING:
     from .commands.check.report import CheckReport
     from .commands.check.run import check, check_file
+    from .commands.diff import diff_files
     from .commands.inspect import InspectOptions, inspect, inspect_file
     from .curvature import HessianOptions, hessian, hessian_file
-    from .diff import diff_files
 
 _LAZY = {
     "inspect": "commands.inspect",
@@ -74,7 +74,7 @@ _LAZY = {
     "check": "commands.check.run",
     "check_file": "commands.check.run",
     "CheckReport": "commands.check.report",
-    "diff_files": "diff",
+    "diff_files": "commands.diff",
 }
 
 

@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from .errors import UsageError
 
@@ -58,11 +59,45 @@ def _fd2_captured() -> Iterator[None]:
             os.close(saved_fd)
 
 
+_NOISY_MODULES = r"(tensorflow|keras|tf_keras|absl|h5py)(\.|$)"
+"""The packages whose Python warnings are hidden while they are imported."""
+
+
 def _quiet_environment() -> None:
     """Ask TensorFlow and Keras to keep their logs to errors only."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf_keras|h5py)(\.|$)")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@contextlib.contextmanager
+def _import_warnings_hidden() -> Iterator[None]:
+    """Hide the Python warnings TensorFlow, Keras, absl and h5py raise while imported.
+
+    Only for the duration of the import, and only warnings raised from those packages:
+    the process's warning filters are a caller's (a notebook's), so gradscope leaves them
+    as a plain ``import tensorflow`` would.  The filters the libraries install while they
+    are imported (numpy's, urllib3's) are kept; only gradscope's own filter is dropped.
+    Like :class:`warnings.catch_warnings`, this is not thread-safe: it runs once, on the
+    first use of TensorFlow.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=_NOISY_MODULES)
+        ours = list(warnings.filters)
+        yield
+        final = list(warnings.filters)
+    # What comes after the last filter there was before the import was appended.
+    last = final.index(ours[-1]) if ours[-1] in final else len(final)
+    for entry in reversed([e for e in final[:last] if e not in ours]):
+        _add_filter(entry, append=False)
+    for entry in [e for e in final[last + 1 :] if e not in ours]:
+        _add_filter(entry, append=True)
+
+
+def _add_filter(entry: Any, append: bool) -> None:
+    """Install a ``warnings.filters`` entry again, through the public API."""
+    action, message, category, module, lineno = entry
+    pattern = "" if message is None else message.pattern
+    where = "" if module is None else module.pattern
+    warnings.filterwarnings(action, pattern, category, where, lineno, append)
 
 
 # -- the Keras backend ------------------------------------------------------------------
@@ -167,7 +202,7 @@ def check_backend() -> None:
 def _import_quietly() -> None:
     check_backend()  # before the import: never load Keras on another backend
     _quiet_environment()
-    with _fd2_captured():
+    with _import_warnings_hidden(), _fd2_captured():
         import keras as keras_module
         import tensorflow as tf_module
     tf_module.get_logger().setLevel(logging.ERROR)

@@ -7,9 +7,9 @@ Old names still resolve here, with a ``DeprecationWarning``.
 
 from __future__ import annotations
 
-from ._moved import forwarding
+from ._deprecated import forwarder
 
-__getattr__ = forwarding(
+__getattr__ = forwarder(
     "gradscope.api",
     ("gradscope.commands.inspect.run", "gradscope.commands.inspect.options", "gradscope.session"),
 )

@@ -175,10 +175,19 @@ def _use_color() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+def _columns() -> int | None:
+    """``COLUMNS`` as a width, or ``None`` when it is unset or not a positive integer:
+    like a shell or rich, a malformed value is ignored rather than an error."""
+    text = os.environ.get("COLUMNS", "").strip()
+    return int(text) if text.isdecimal() and int(text) > 0 else None
+
+
 def _table_width() -> int | None:
-    if sys.stdout.isatty():
-        return None if "COLUMNS" not in os.environ else int(os.environ["COLUMNS"])
-    return int(os.environ.get("COLUMNS", "160"))
+    """The table width: ``COLUMNS``, else the terminal's (``None``), else 160 in a pipe."""
+    columns = _columns()
+    if columns is None and not sys.stdout.isatty():
+        return 160
+    return columns
 
 
 def _finish(
@@ -442,7 +451,8 @@ def inspect(
             from .export.tensorboard import write_inspect
 
             _note(f"wrote {write_inspect(report, tensorboard)}", quiet)
-        assert report.health is not None
+        if report.health is None:  # inspect always diagnoses its report
+            raise RuntimeError("the inspect report has no health section")
         fired.extend(kind for kind in wanted if kind in report.health.kinds())
         return text
 
@@ -723,7 +733,7 @@ def diff(
     fired: list[str] = []
 
     def action() -> str:
-        from .diff import diff_files, parse_fail_on
+        from .commands.diff import diff_files, parse_fail_on
         from .render import render
 
         wanted = parse_fail_on(fail_on)

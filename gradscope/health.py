@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import validation
+from ._reading import Fields
 from .report import ActivationRow, Report, TensorStats, VariableRow, finite_or_none
 
 Kind = Literal["nonfinite", "vanishing", "exploding", "dead", "stalled"]
@@ -108,6 +109,32 @@ class Health:
             "findings": [finding.to_dict() for finding in self.findings],
             "thresholds": self.thresholds.to_dict(),
         }
+
+
+def read_health(f: Fields) -> Health:
+    """The :class:`Health` whose ``to_dict()`` ``f`` holds (``ok`` is derived, not read)."""
+    t = f.object("thresholds")
+    thresholds = Thresholds(**{name: t.number(name) for name in Thresholds.__dataclass_fields__})
+    return Health(tuple(_read_finding(row) for row in f.objects("findings")), thresholds)
+
+
+def _read_finding(f: Fields) -> Finding:
+    values = f.object("values")
+    return Finding(
+        kind=f.choice("kind", KINDS),  # type: ignore[arg-type]
+        message=f.text("message"),
+        where=f.texts("where"),
+        values={key: _finding_value(values, key) for key in values.data},
+        threshold=f.optional_number("threshold"),
+    )
+
+
+def _finding_value(f: Fields, key: str) -> float | int | None:
+    """A finding's number: an integer stays one (a count), ``null`` stays ``None``."""
+    value = f.get(key)
+    return (
+        value if isinstance(value, int) and not isinstance(value, bool) else f.optional_number(key)
+    )
 
 
 @dataclass(frozen=True)

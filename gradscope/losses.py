@@ -46,6 +46,13 @@ class LossSpec:
     def needs_targets(self) -> bool:
         return self.kind != "sum_of_outputs"
 
+    def override_loss(self) -> LossFn:
+        """The ``--loss`` function, which an ``override`` spec always has; a
+        ``RuntimeError`` (an internal error, never a user's) for any other spec."""
+        if self.override is None:
+            raise RuntimeError(f"a loss of kind {self.kind!r} has no override function")
+        return self.override
+
 
 def loss_name(loss: Any) -> str | None:
     """A short snake_case name for a Keras loss given as a string, object or function."""
@@ -215,9 +222,8 @@ def total_loss(
     if spec.kind == "sum_of_outputs":
         return _sum_of_outputs(y_pred)
     if spec.kind == "override":
-        assert spec.override is not None
         reg, _ = regularization(model)
-        data = _override_data_loss(spec.override, y_true, y_pred, sample_weight)
+        data = _override_data_loss(spec.override_loss(), y_true, y_pred, sample_weight)
         return _sum_wide([data, reg])
     compute = model.compute_loss
     kwargs = (
@@ -253,8 +259,7 @@ def probability_path_loss(
     Returns ``None`` when the data loss cannot be evaluated separately.
     """
     if spec.kind == "override":
-        assert spec.override is not None
-        return _override_data_loss(spec.override, y_true, detached_outputs, sample_weight)
+        return _override_data_loss(spec.override_loss(), y_true, detached_outputs, sample_weight)
     if spec.kind == "compiled":
         compile_loss = _keras_private.compile_loss(model)
         if compile_loss is None:
@@ -270,10 +275,10 @@ def check_loss_runs(spec: LossSpec, model: Any, y_true: Any, y_pred: Any) -> Non
     """
     if spec.kind == "sum_of_outputs":
         return
+    override = spec.override_loss() if spec.kind == "override" else None
     try:
-        if spec.kind == "override":
-            assert spec.override is not None
-            _override_data_loss(spec.override, y_true, y_pred, None)
+        if override is not None:
+            _override_data_loss(override, y_true, y_pred, None)
         else:
             compile_loss = _keras_private.compile_loss(model)
             if compile_loss is not None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ._reading import ABSENT, Fields, Found
 from .render import renders_with
 
 if TYPE_CHECKING:
@@ -482,6 +483,198 @@ class Report(_JsonMixin):
         if self.per_sample is not None:
             out["per_sample"] = self.per_sample.to_dict()
         return out
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "report") -> Report:
+        """The report whose :meth:`to_dict` is ``data``: the exact inverse, for a report
+        saved as JSON (``gradscope inspect --format json``).
+
+        A ``null`` where a float belongs (a non-finite value) reads as NaN, and
+        ``tensors`` (never in the JSON) is ``None``.  Anything that is not such a
+        document raises :class:`~gradscope.errors.DataLoadError` naming ``source``, the
+        key and what was found.
+        """
+        return _read_report(_document(data, source, SCHEMA, "a gradscope inspect report"))
+
+
+# -- reading a report back: the inverse of to_dict ------------------------------------------
+
+
+def _document(data: Any, source: str, schema: str, what: str) -> Fields:
+    """``data`` as the top-level object of a report of ``schema``, or a one-line error."""
+    top = Fields({}, source)
+    expected = f"{what} (JSON object with schema '{schema}')"
+    if not isinstance(data, dict):
+        top.fail(None, expected, Found(f"a JSON {type(data).__name__}"))
+    found = data.get("schema", ABSENT)
+    if found != schema:
+        shown = "an object without a 'schema' key" if found is ABSENT else f"schema {found!r}"
+        top.fail(None, expected, Found(shown))
+    return Fields(data, source)
+
+
+def _stats_values(f: Fields) -> dict[str, Any]:
+    return {
+        "l2": f.number("l2", norm=True),
+        "max_abs": f.number("max_abs", norm=True),
+        "mean": f.number("mean"),
+        "std": f.number("std", norm=True),
+        "zero_frac": f.number("zero_frac"),
+        "nonfinite": f.count("nonfinite"),
+    }
+
+
+def _read_stats(f: Fields | None) -> TensorStats | None:
+    return None if f is None else TensorStats(**_stats_values(f))
+
+
+def _read_value_stats(f: Fields | None) -> ValueStats | None:
+    if f is None:
+        return None
+    return ValueStats(**_stats_values(f), dead_frac=f.optional_number("dead_frac"))
+
+
+def _statistics(f: Fields, key: str) -> Fields | None:
+    return f.optional_object(key, "a statistics object or null")
+
+
+def _read_variable(f: Fields) -> VariableRow:
+    return VariableRow(
+        path=f.text("path"),
+        layer=f.text("layer"),
+        layer_class=f.text("class"),
+        shape=f.shape(),
+        dtype=f.text("dtype"),
+        grad=_read_stats(_statistics(f, "grad")),
+        weight_l2=f.number("weight_l2", norm=True),
+        ratio=f.optional_number("ratio", norm=True),
+        note=f.optional_text("note"),
+        rows_touched=f.optional_int("rows_touched"),
+        adapts=f.optional_text("adapts"),
+    )
+
+
+def _read_input(f: Fields) -> InputRow:
+    return InputRow(
+        name=f.text("name"),
+        shape=f.shape(),
+        dtype=f.text("dtype"),
+        grad=_read_stats(_statistics(f, "grad")),
+        note=f.optional_text("note"),
+    )
+
+
+def _read_activation(f: Fields) -> ActivationRow:
+    return ActivationRow(
+        layer=f.text("layer"),
+        path=f.text("path"),
+        layer_class=f.text("class"),
+        call=f.count("call"),
+        output=f.count("output"),
+        shape=f.shape(),
+        dtype=f.text("dtype"),
+        grad=_read_stats(_statistics(f, "grad")),
+        value=_read_value_stats(_statistics(f, "value")),
+        note=f.optional_text("note"),
+        activation=f.optional_text("activation"),
+    )
+
+
+def _read_loss(f: Fields) -> LossInfo:
+    return LossInfo(
+        value=f.number("value"),
+        source=f.text("source"),
+        kind=f.choice("kind", ("compiled", "override", "sum_of_outputs")),  # type: ignore[arg-type]
+        regularization=f.number("regularization"),
+        regularization_terms=f.count("regularization_terms"),
+    )
+
+
+def _read_batch(f: Fields) -> BatchInfo:
+    return BatchInfo(
+        source=f.choice("source", ("file", "synthetic")),  # type: ignore[arg-type]
+        size=f.count("size"),
+        path=f.optional_text("path"),
+        seed=f.optional_int("seed"),
+        has_targets=f.flag("has_targets"),
+        keys=f.texts("keys"),
+    )
+
+
+def _read_model(f: Fields) -> ModelInfo:
+    return ModelInfo(
+        name=f.text("name"),
+        class_name=f.text("class"),
+        path=f.optional_text("path"),
+        format=f.text("format"),
+        trainable_params=f.count("trainable_params"),
+        layers=f.count("layers"),
+        notes=f.texts("notes") if f.has("notes") else (),
+    )
+
+
+def _read_spread(f: Fields) -> NormSpread:
+    return NormSpread(f.number("min"), f.number("median"), f.number("max"))
+
+
+def _read_batches(f: Fields) -> BatchesReport:
+    return BatchesReport(
+        count=f.count("count"),
+        batch_size=f.count("batch_size"),
+        rows=f.count("rows"),
+        max_batches=f.optional_int("max_batches"),
+        losses=_read_spread(f.object("loss")),
+        global_norms=_read_spread(f.object("global_norm")),
+        variables=tuple(
+            VariableSpread(
+                path=v.text("path"),
+                norms=_read_spread(v.object("norms")),
+                variance=v.number("variance"),
+                snr=v.number("snr"),
+            )
+            for v in f.objects("variables")
+        ),
+    )
+
+
+def _read_per_sample_row(f: Fields) -> PerSampleRow:
+    top = f.objects("top")
+    return PerSampleRow(
+        path=f.text("path"),
+        norms=_read_spread(f.object("norms")),
+        top=tuple(t.count("index") for t in top),
+        top_norms=tuple(t.number("norm", norm=True) for t in top),
+    )
+
+
+def _read_per_sample(f: Fields) -> PerSampleReport:
+    return PerSampleReport(
+        examples=f.count("examples"),
+        total=_read_per_sample_row(f.object("total")),
+        variables=tuple(_read_per_sample_row(v) for v in f.objects("variables")),
+        method=f.text("method"),
+    )
+
+
+def _read_report(f: Fields) -> Report:
+    from .health import read_health
+
+    health, batches, per_sample = (
+        f.optional_object(k) for k in ("health", "batches", "per_sample")
+    )
+    return Report(
+        model=_read_model(f.object("model")),
+        batch=_read_batch(f.object("batch")),
+        loss=_read_loss(f.object("loss")),
+        training=f.flag("training"),
+        variables=tuple(_read_variable(row) for row in f.objects("variables")),
+        inputs=tuple(_read_input(row) for row in f.objects("inputs")),
+        activations=tuple(_read_activation(row) for row in f.objects("activations")),
+        global_grad_norm=f.number("global_grad_norm", norm=True),
+        batches=None if batches is None else _read_batches(batches),
+        per_sample=None if per_sample is None else _read_per_sample(per_sample),
+        health=None if health is None else read_health(health),
+    )
 
 
 HESSIAN_SCHEMA = "gradscope.hessian/1"

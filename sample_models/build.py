@@ -29,7 +29,8 @@ Files written (model + data batch):
   (vanishing gradients)
 * ``legacy_keras2.h5`` / ``legacy_keras2.npz`` legacy HDF5 Sequential saved by Keras 2
   (``tf_keras``), categorical crossentropy; built in a subprocess (``build.py --legacy-only``)
-  and skipped, keeping the committed files, if tf_keras is not installed
+  and skipped, keeping the committed files, if tf_keras is not installed (it is the
+  ``samples`` extra: ``pip install -e '.[samples]'``)
 * ``regression_keras3.h5`` / ``regression_keras3.npz`` Keras 3 model saved in legacy HDF5
   format with ``loss="mse"``; Keras 3.15 cannot rebuild that alias on
   ``load_model(path)`` (compile=True), only ``compile=False`` works
@@ -468,7 +469,7 @@ def _run_legacy_subprocess() -> None:
             return
         print(
             "skipped legacy_keras2.h5 / legacy_keras2.npz: tf_keras is not installed "
-            "(existing files left in place)",
+            "(pip install -e '.[samples]'; existing files left in place)",
             flush=True,
         )
         return

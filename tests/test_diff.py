@@ -27,8 +27,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gradscope.cli import app
-from gradscope.diff import DIFF_SCHEMA, diff_reports
+from gradscope.commands.diff import DIFF_SCHEMA, diff_reports
 from gradscope.errors import ExitCode
+from gradscope.report import BatchInfo, LossInfo, ModelInfo, Report, TensorStats, VariableRow
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
@@ -416,6 +417,20 @@ def test_table_lists_every_row(reports: dict[str, Path]) -> None:
     assert "Non-finite changes" not in text and "Added and removed" not in text
 
 
+@pytest.mark.parametrize("columns", ["abc", "-5", "0", "", "12x"])
+def test_a_malformed_columns_variable_is_ignored(reports: dict[str, Path], columns: str) -> None:
+    # A pipe without COLUMNS gets the documented 160 cells; a value that is not a positive
+    # integer is ignored (it used to be an internal error), as shells and rich do.
+    args = ["diff", str(reports["full"]), str(reports["part"])]
+    default = CliRunner().invoke(app, args, env={"COLUMNS": None})
+    result = CliRunner().invoke(app, args, env={"COLUMNS": columns})
+    assert result.exit_code == default.exit_code == 0, result.stderr
+    assert result.stderr == "" and result.stdout == default.stdout
+    widest = max(map(len, default.stdout.splitlines()))
+    narrow = CliRunner().invoke(app, args, env={"COLUMNS": "90"})
+    assert max(map(len, narrow.stdout.splitlines())) <= 90 < widest <= 160
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -519,17 +534,22 @@ def test_bad_option_is_a_usage_error(
 
 def test_diff_never_imports_tensorflow(tmp_path: Path) -> None:
     """A real process: ``gradscope diff`` on two reports loads no TensorFlow/Keras/h5py."""
-    doc = {
-        "schema": "gradscope.inspect/1",
-        "loss": {"value": 1.0},
-        "global_grad_norm": 2.0,
-        "variables": [{"path": "d/kernel", "grad": {"l2": 2.0, "nonfinite": 0},
-                       "weight_l2": 1.0, "ratio": 2.0}],
-        "activations": [],
-        "inputs": [],
-    }  # fmt: skip
-    doc_b = copy.deepcopy(doc)
-    doc_b["variables"][0]["grad"]["l2"] = 50.0
+
+    def report(grad_l2: float) -> Doc:
+        """A complete inspect report of one variable, built without TensorFlow."""
+        grad = TensorStats(grad_l2, 1.0, 0.0, 1.0, 0.0, 0)
+        return Report(
+            model=ModelInfo("m", "Sequential", None, "keras", 2, 1),
+            batch=BatchInfo("synthetic", 4, seed=0),
+            loss=LossInfo(1.0, "compiled: mse", "compiled"),
+            training=False,
+            variables=(VariableRow("d/kernel", "d", "Dense", (2,), "float32", grad, 1.0, 2.0),),
+            inputs=(),
+            activations=(),
+            global_grad_norm=grad_l2,
+        ).to_dict()
+
+    doc, doc_b = report(2.0), report(50.0)
     path_a, path_b = write(tmp_path, "a.json", doc), write(tmp_path, "b.json", doc_b)
     script = (
         "import sys\nfrom gradscope.cli import main\n"
@@ -548,3 +568,23 @@ def test_diff_never_imports_tensorflow(tmp_path: Path) -> None:
     assert heavy.strip() == ""
     variable = json.loads(out)["variables"][0]["grad_l2"]
     assert variable["ratio"] == 25.0 and variable["log10_ratio"] == pytest.approx(math.log10(25))
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("gradscope.diff", "diff_files", "gradscope.commands.diff.compare"),
+        ("gradscope.diff", "DiffReport", "gradscope.commands.diff.report"),
+        ("gradscope.render.diff", "format_json", "gradscope.commands.diff.render"),
+    ],
+)
+def test_the_old_module_paths_still_work_with_a_deprecation_warning(
+    old: str, name: str, new: str
+) -> None:
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match=f"import {name} from {new}"):
+        value = getattr(importlib.import_module(old), name)
+    assert value is getattr(importlib.import_module(new), name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = importlib.import_module(old).nope

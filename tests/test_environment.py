@@ -264,6 +264,44 @@ def test_every_model_command_sets_the_backend_and_notes_it_first(
     assert calls == [command, command]
 
 
+# -- the caller's warning filters ---------------------------------------------------------
+
+_FILTERS = "import warnings\nprint(repr([str(f) for f in warnings.filters]))\n"
+
+_GRADSCOPE_RUN = """
+import warnings
+import numpy as np
+import gradscope
+from gradscope import _tf
+
+_tf.keras()  # the first use of TensorFlow imports it
+print(repr([str(f) for f in warnings.filters]))
+keras = _tf.keras()
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+model.compile(loss="mse")
+x = np.ones((4, 3), np.float32)
+gradscope.inspect(model, x, np.zeros((4, 2), np.float32))
+print(repr([str(f) for f in warnings.filters]))
+warnings.warn("the caller's own deprecation", DeprecationWarning)
+"""
+
+
+@pytest.mark.slow
+def test_gradscope_leaves_the_callers_warning_filters_alone(tmp_path: Path) -> None:
+    # A plain `import keras, tensorflow` (the order gradscope imports them in) is the
+    # reference: the filters the libraries install themselves are theirs.
+    env = subprocess_env(keras_home(tmp_path), "tensorflow")
+    env.pop("PYTHONWARNINGS", None)
+    plain = run_python(["-c", "import keras, tensorflow\n" + _FILTERS], env)
+    assert plain.returncode == 0, plain.stderr
+    proc = run_python(["-c", _GRADSCOPE_RUN], env)
+    assert proc.returncode == 0, proc.stderr
+    after_import, after_inspect = proc.stdout.splitlines()
+    assert after_import == after_inspect == plain.stdout.strip()
+    # Python shows a DeprecationWarning raised from __main__ by default: still so.
+    assert "DeprecationWarning: the caller's own deprecation" in proc.stderr
+
+
 # -- classes from packages that are not installed ----------------------------------------------
 
 

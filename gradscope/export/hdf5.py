@@ -36,12 +36,8 @@ def _layers_by_path(report: Report) -> dict[tuple[str, str], str]:
     return layers
 
 
-def _write_group(
-    handle: object, kind: str, tensors: Mapping[str, np.ndarray], report: Report
-) -> None:
-    import h5py
-
-    assert isinstance(handle, h5py.File)
+def _write_group(handle: Any, kind: str, tensors: Mapping[str, np.ndarray], report: Report) -> None:
+    """One dataset per tensor, in ``handle`` (an open, writable ``h5py.File``)."""
     layers = _layers_by_path(report)
     loss = report.loss.value
     for path, array in tensors.items():

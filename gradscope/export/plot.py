@@ -469,7 +469,8 @@ def _finite_pairs(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float]
 def _density_panel(ax: Axes, block: HessianBlock) -> list[str]:
     from matplotlib.ticker import MaxNLocator
 
-    assert block.density is not None
+    if block.density is None:  # the caller keeps only blocks with a density
+        raise RuntimeError(f"block {', '.join(block.vars)} has no spectral density")
     grid, values = _finite_pairs(block.density.grid, block.density.values)
     edge: list[str] = []
     if grid:

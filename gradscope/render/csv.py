@@ -9,7 +9,7 @@ in :mod:`gradscope.commands.inspect.render`; its old names here still resolve, w
 
 from __future__ import annotations
 
-from gradscope._moved import forwarding
+from gradscope._deprecated import forwarder
 
 __all__ = ["Row", "format_float"]
 
@@ -26,7 +26,7 @@ def format_float(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-__getattr__ = forwarding(
+__getattr__ = forwarder(
     "gradscope.render.csv",
     ("gradscope.commands.inspect.render",),
     renames={"format_report": "format_csv", "COLUMNS": "CSV_COLUMNS"},

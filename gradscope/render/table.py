@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gradscope._moved import forwarding
+from gradscope._deprecated import forwarder
 from gradscope.report import BatchInfo, HessianReport, LossInfo, ModelInfo, Report
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "summary_grid",
 ]
 
-__getattr__ = forwarding(
+__getattr__ = forwarder(
     "gradscope.render.table",
     ("gradscope.commands.inspect.render",),
     renames={"format_report": "format_table"},
