@@ -26,7 +26,7 @@ import numpy as np
 
 from gradscope import _tf
 from gradscope.api import InspectOptions, prepare_loss_and_batch
-from gradscope.curvature import HessianOptions, hessian_file
+from gradscope.commands.hessian import HessianOptions, hessian_file
 from gradscope.engine.hessian import HessianOperator
 from gradscope.engine.spectral import lanczos
 from gradscope.loading.data import load_batch

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .commands.hessian.report import CrossBlock, HessianBlock, HessianReport
 from .report import (
     ActivationRow,
     BatchInfo,
-    CrossBlock,
     GradientTensors,
-    HessianBlock,
-    HessianReport,
     InputRow,
     LossInfo,
     ModelInfo,
@@ -59,16 +57,16 @@ __all__ = [
 if TYPE_CHECKING:
     from .api import inspect, inspect_file
     from .check_report import CheckReport
-    from .curvature import HessianOptions, hessian, hessian_file
+    from .commands.hessian import HessianOptions, hessian, hessian_file
     from .diff import diff_files
     from .gradcheck import check, check_file
 
 _LAZY = {
     "inspect": "api",
     "inspect_file": "api",
-    "hessian": "curvature",
-    "hessian_file": "curvature",
-    "HessianOptions": "curvature",
+    "hessian": "commands.hessian.run",
+    "hessian_file": "commands.hessian.run",
+    "HessianOptions": "commands.hessian.options",
     "check": "gradcheck",
     "check_file": "gradcheck",
     "CheckReport": "check_report",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import enum
 
 from gradscope.check_report import CheckReport
+from gradscope.commands.hessian.report import HessianReport
 from gradscope.diff import DiffReport
-from gradscope.report import HessianReport, Report
+from gradscope.report import Report
 
 __all__ = ["OutputFormat", "format_shape", "render"]
 
@@ -58,7 +59,7 @@ def render(
 
         return json.format_report(report)
     if isinstance(report, HessianReport):
-        from gradscope.render import hessian
+        from gradscope.commands.hessian import render as hessian
 
         if fmt is OutputFormat.TABLE:
             return hessian.format_table(report, width=width, color=color)

@@ -1,4 +1,4 @@
-"""Renderers of a :class:`~gradscope.report.HessianReport`: table and CSV.
+"""Renderers of a :class:`~gradscope.commands.hessian.report.HessianReport`: table and CSV.
 
 JSON is ``report.to_json()``, as for ``inspect``.  The table reuses the inspect table's
 building blocks (header grid, light tables, number formatting).
@@ -24,7 +24,8 @@ from gradscope.render.table import (
     strip_trailing_spaces,
     summary_grid,
 )
-from gradscope.report import HessianBlock, HessianReport
+
+from .report import HessianBlock, HessianReport
 
 BLOCK_COLUMNS: tuple[Column, ...] = (
     ("vars", "path"),
@@ -139,9 +140,10 @@ def cross_table(report: HessianReport) -> Table:
 
 
 def format_table(report: HessianReport, *, width: int | None = None, color: bool = False) -> str:
-    """The report as a header and one table of blocks."""
+    """The report as a header (with the run's fallback notes) and one table of blocks."""
     buffer = io.StringIO()
-    parts: list[RenderableType] = [summary_grid(run_lines(report)), Text(""), blocks_table(report)]
+    lines = [*run_lines(report), *(("note", note) for note in report.notes)]
+    parts: list[RenderableType] = [summary_grid(lines), Text(""), blocks_table(report)]
     if report.cross:
         parts.extend([Text(""), cross_table(report)])
     make_console(buffer, width, color).print(Group(*parts))

@@ -14,14 +14,14 @@ import contextlib
 import fnmatch
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from ._progress import Progress
-from .api import (
+from ..._progress import Progress
+from ...api import (
     ArrayLike,
     InspectOptions,
     RestoredState,
@@ -31,45 +31,24 @@ from .api import (
     prepare_loss_and_batch,
     variable_owners,
 )
-from .engine import spectral
-from .engine.capture import walk_layers
-from .engine.graph_memory import format_bytes
-from .engine.hessian import HessianOperator, HvpMode, exact_block_bytes
-from .engine.step_memory import default_max_memory, parse_size
-from .errors import ResourceError, UsageError
-from .loading.data import Batch, Batches, as_batches, split_batch
-from .loading.models import LoadOptions
-from .loading.pipelines import data_argument
-from .loading.signature import ModelSignature, model_signature
-from .loading.synthetic import DEFAULT_ROWS
-from .report import CrossBlock, Density, HessianBlock, HessianReport, LossInfo, ModelInfo
+from ...engine import spectral
+from ...engine.capture import walk_layers
+from ...engine.graph_memory import format_bytes
+from ...engine.hessian import HessianOperator, exact_block_bytes
+from ...engine.step_memory import parse_size
+from ...errors import ResourceError, UsageError
+from ...loading.data import Batch, Batches, as_batches, split_batch
+from ...loading.models import LoadOptions
+from ...loading.pipelines import data_argument
+from ...loading.signature import ModelSignature, model_signature
+from ...loading.synthetic import DEFAULT_ROWS
+from ...report import LossInfo, ModelInfo
+from .options import HessianOptions, resolve_seed
+from .report import CrossBlock, Density, HessianBlock, HessianReport
 
-Granularity = Literal["variable", "layer", "model"]
-Method = Literal["auto", "exact", "lanczos"]
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 DENSITY_RUNS = 4
 DENSITY_ITERATIONS = 40
-
-
-@dataclass(frozen=True)
-class HessianOptions:
-    """What to compute: selection, granularity, method and the matrix-free settings."""
-
-    variables: str | None = None
-    layers: str | None = None
-    block: Granularity = "variable"
-    method: Method = "auto"
-    top_k: int = 3
-    trace: bool = False
-    density: bool = False
-    max_memory: int = field(default_factory=default_max_memory)
-    tol: float = 1e-3
-    max_iter: int = 100
-    probes: int = 99
-    seed: int = 0
-    cross: bool = False
-    eigenvectors: bool = False
-    hvp: HvpMode = "reverse"
 
 
 @dataclass(frozen=True)
@@ -305,17 +284,20 @@ def cross_blocks(
     blocks: Sequence[_Block],
     options: HessianOptions,
     training: bool,
+    notes: _Notes | None = None,
 ) -> tuple[CrossBlock, ...]:
     """Off-diagonal blocks between every pair of selected variables.
 
     They come from one exact Hessian over all the selected variables, so that block
-    must fit ``--max-memory``.
+    must fit ``--max-memory``.  Its fallbacks go to ``notes``.
     """
     variables = [v for block in blocks for v in block.variables]
     operator = HessianOperator(model, signature, spec, batch, variables, training=training)
     exact_options = replace(options, method="exact")
     plan = _plan(operator, exact_options, "--cross: the exact Hessian over all selected variables")
     matrix = operator.exact(plan.rows_per_pass)
+    if notes is not None:
+        notes.add("--cross", operator.notes)
     bounds = np.cumsum([0, *operator.sizes])
     result = []
     for i in range(len(variables)):
@@ -330,6 +312,27 @@ def cross_blocks(
                 )
             )
     return tuple(result)
+
+
+class _Notes:
+    """The fallbacks of a run, each said once with the blocks it happened to."""
+
+    def __init__(self) -> None:
+        self._where: dict[str, list[str]] = {}
+
+    def add(self, where: str, notes: Sequence[str]) -> None:
+        """Record ``notes`` (an operator's :attr:`~HessianOperator.notes`) for ``where``."""
+        for note in notes:
+            self._where.setdefault(note, []).append(where)
+
+    def lines(self) -> tuple[str, ...]:
+        """One line per distinct note, naming up to three of its blocks."""
+        out = []
+        for note, places in self._where.items():
+            shown = "; ".join(places[:3])
+            more = f" (+{len(places) - 3} more)" if len(places) > 3 else ""
+            out.append(f"{note}: {shown}{more}")
+        return tuple(out)
 
 
 def _expected_steps(size: int, method: str, options: HessianOptions) -> int:
@@ -362,6 +365,12 @@ def _block_result(
     )
 
 
+def _block_label(block: _Block) -> str:
+    """The block as the notes name it: its first variables."""
+    names = ", ".join(v.path for v in block.variables[:2])
+    return f"[{names}{', ...' if len(block.variables) > 2 else ''}]"
+
+
 def run_hessian(
     model: Any,
     signature: ModelSignature,
@@ -374,8 +383,10 @@ def run_hessian(
     """The shared hessian pipeline: loss and batch as ``inspect``, then each block.
 
     With several batches every Hessian-vector product (and every exact row) is the
-    row-weighted mean over the batches, which are read one at a time.
+    row-weighted mean over the batches, which are read one at a time.  The seed is
+    ``inspect_options.seed`` (``options.seed``, when given, must be the same).
     """
+    options, _ = resolve_seed(options, inspect_options.seed)
     progress = progress or Progress()
     first = data.first if isinstance(data, Batches) else data
     spec, batch = prepare_loss_and_batch(model, signature, first, inspect_options)
@@ -389,6 +400,7 @@ def run_hessian(
     blocks = select_blocks(model, options)
     training = inspect_options.training
     results = []
+    notes = _Notes()
     loss_value = float("nan")
     with RestoredState(model, training):
         for index, block in enumerate(blocks):
@@ -407,10 +419,11 @@ def run_hessian(
             steps = _expected_steps(operator.size, plan.method, options)
             progress.block(index, len(blocks), name, steps)
             results.append(_block_result(operator, block, plan, options, progress))
+            notes.add(_block_label(block), operator.notes)
             loss_value = operator.loss_value()
         cross: tuple[CrossBlock, ...] = ()
         if options.cross:
-            cross = cross_blocks(model, signature, spec, whole, blocks, options, training)
+            cross = cross_blocks(model, signature, spec, whole, blocks, options, training, notes)
     loss = LossInfo(value=loss_value, source=spec.source, kind=spec.kind)
     return HessianReport(
         model=model_info,
@@ -419,6 +432,7 @@ def run_hessian(
         training=training,
         blocks=tuple(results),
         cross=cross,
+        notes=notes.lines(),
     )
 
 
@@ -430,7 +444,7 @@ def hessian(
     sample_weight: ArrayLike = None,
     loss: str | None = None,
     training: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
     rows: int = DEFAULT_ROWS,
     options: HessianOptions | None = None,
     batch_size: int | None = None,
@@ -441,10 +455,12 @@ def hessian(
     With ``batch_size`` the data is cut into batches (at most ``max_batches``) and the
     curvature is that of their row-weighted mean loss.  ``x`` may be a pipeline, as in
     :func:`gradscope.inspect`: every product then averages over its batches, which are
-    read once and kept, so every product sees the same rows.
+    read once and kept, so every product sees the same rows.  ``seed`` and
+    ``options.seed`` are one setting (give either; both must agree): it seeds the
+    synthetic batch, dropout and the random probes alike.
     """
+    options, seed = resolve_seed(options, seed)
     signature = model_signature(model)
-    options = options or HessianOptions(seed=seed)
     data = data_argument(
         signature, x, y, sample_weight,
         batch_size=batch_size, max_batches=max_batches, budget=options.max_memory,
@@ -465,7 +481,7 @@ def hessian_file(
     limit: int | None = None,
     loss: str | None = None,
     training: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
     options: HessianOptions | None = None,
     progress: Progress | None = None,
     custom_objects: str | Path | None = None,
@@ -477,10 +493,10 @@ def hessian_file(
 
     ``custom_objects``, ``unsafe``, ``batch_size`` and ``max_batches`` are as in
     :func:`gradscope.inspect_file`: with ``batch_size`` the file is streamed and every
-    Hessian-vector product averages over the batches.
+    Hessian-vector product averages over the batches.  ``seed`` is as in :func:`hessian`.
     """
+    options, seed = resolve_seed(options, seed)
     load = LoadOptions.of(custom_objects, unsafe, loss)
-    options = options or HessianOptions(seed=seed)
     inspect_options = InspectOptions(
         loss, training, seed, limit or DEFAULT_ROWS, batch_size=batch_size,
         max_batches=max_batches, max_memory=options.max_memory,
