@@ -615,6 +615,29 @@ def test_a_bug_in_forward_mode_is_not_a_fallback(
     assert operator.notes == []
 
 
+def test_what_counts_as_not_supported() -> None:
+    """TensorFlow's own LookupError/ValueError (and a lost tangent) are "not supported
+    here"; the same types raised outside TensorFlow, and other types, are not."""
+    import tensorflow as tf
+
+    from gradscope.engine.hessian import TangentLost, not_supported_reason
+
+    @tf.function(autograph=False)
+    def bad_shape() -> Any:
+        return tf.reshape(tf.zeros([3]), [2])
+
+    with pytest.raises(ValueError) as raised:
+        bad_shape()
+    reason = not_supported_reason(raised.value)
+    assert reason is not None and reason.startswith("InvalidArgumentError: Cannot reshape")
+    assert not_supported_reason(TangentLost("lost")) is not None
+    for error in (ValueError("ours"), LookupError("ours"), RuntimeError("x")):
+        try:
+            raise error
+        except Exception as exc:
+            assert not_supported_reason(exc) is None
+
+
 def test_one_seed_drives_the_batch_and_the_probes(regression) -> None:  # type: ignore[no-untyped-def]
     """``seed=`` and ``options.seed`` are one setting: given either way, the synthetic batch
     and the random trace probes follow it, so the two reports are the same."""

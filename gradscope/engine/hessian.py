@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -67,8 +68,6 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def _raised_in_tensorflow(exc: BaseException) -> bool:
     """Whether the innermost frame of ``exc`` is TensorFlow's own code."""
-    import os
-
     tf_root = os.path.dirname(_tf.tensorflow().__file__ or "")
     frames = traceback.extract_tb(exc.__traceback__)
     return bool(frames) and os.path.abspath(frames[-1].filename).startswith(tf_root + os.sep)
@@ -83,13 +82,15 @@ def not_supported_reason(exc: BaseException) -> str | None:
     :class:`ValueError` from its graph builders, e.g. ``Tried to take gradients (or
     similar) of a variable without handle data`` (forward mode through Keras's RNN loop)
     and ``Required handle data not set`` (``pfor`` through the same loop's gradient).
-    Only failures raised inside TensorFlow itself count; an error raised by gradscope or
-    Keras code, or of any other type, is not "not supported".
+    Only failures first raised inside TensorFlow itself count (the root of the
+    exception chain, whatever its type: a graph builder's ``ValueError`` may wrap the C
+    API's ``InvalidArgumentError``); an error first raised by gradscope or Keras code, or
+    of any other type, is not "not supported".
     """
-    if isinstance(exc, TangentLost):
-        return str(exc)
     root = _root_cause(exc)
-    if not isinstance(root, LookupError | ValueError) or not _raised_in_tensorflow(root):
+    if isinstance(exc, TangentLost) or isinstance(root, TangentLost):
+        return "forward mode lost the tangent of a connected variable"
+    if not isinstance(exc, LookupError | ValueError) or not _raised_in_tensorflow(root):
         return None
     return f"{type(root).__name__}: {_first_line(root)}"
 
