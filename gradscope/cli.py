@@ -444,10 +444,19 @@ def hessian(
     ] = _HESSIAN["layers"],
     block: Annotated[
         str,
-        typer.Option("--block", help=f"Block granularity: {', '.join(hessian_options.BLOCKS)}."),
+        typer.Option(
+            "--block",
+            metavar="|".join(hessian_options.BLOCKS),
+            help="One block per variable, per layer, or one for the whole selection.",
+        ),
     ] = _HESSIAN["block"],
     method: Annotated[
-        str, typer.Option("--method", help=f"{', '.join(hessian_options.METHODS)}.")
+        str,
+        typer.Option(
+            "--method",
+            metavar="|".join(hessian_options.METHODS),
+            help="Exact blocks, matrix-free Lanczos, or exact when it fits --max-memory.",
+        ),
     ] = _HESSIAN["method"],
     top_k: Annotated[int, typer.Option("--top-k", help="Number of top eigenvalues.")] = _HESSIAN[
         "top_k"
@@ -475,6 +484,7 @@ def hessian(
         str,
         typer.Option(
             "--hvp",
+            metavar="|".join(hessian_options.HVP_MODES),
             help="Hessian-vector products: reverse (back-over-back) or forward (over-back).",
         ),
     ] = _HESSIAN["hvp"],
@@ -492,13 +502,11 @@ def hessian(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Hessian blocks of the loss: exact where they fit, Lanczos/Hutch++/SLQ otherwise.
-
-    The options are checked by :class:`HessianOptions` itself, as for a Python caller;
-    choices are matched case-insensitively, as click's choices were.
-    """
+    """Hessian blocks of the loss: exact where they fit, Lanczos/Hutch++/SLQ otherwise."""
 
     def action() -> str:
+        # HessianOptions checks every option, as for a Python caller; the choices are
+        # matched case-insensitively, as click's choices were.
         memory = _max_memory(max_memory)
         options = hessian_options.HessianOptions(
             variables=variables,

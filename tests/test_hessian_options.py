@@ -132,3 +132,27 @@ def test_one_seed(options: HessianOptions | None, seed: int | None, expected: in
 def test_two_different_seeds_are_refused() -> None:
     with pytest.raises(UsageError, match=r"Received: seed=7, options.seed=3$"):
         resolve_seed(HessianOptions(seed=3), 7)
+
+
+def test_old_module_paths_still_work_with_a_warning() -> None:
+    """``gradscope.curvature`` and ``gradscope.render.hessian`` moved; reading a name from
+    them warns and returns the new object.  ``gradscope.report`` stays public: no warning."""
+    import warnings
+
+    import gradscope.curvature
+    import gradscope.render.hessian
+    import gradscope.report
+    from gradscope.commands.hessian import HessianReport, render, run
+
+    with pytest.warns(DeprecationWarning, match="gradscope.curvature is deprecated"):
+        assert gradscope.curvature.hessian_file is run.hessian_file
+    with pytest.warns(DeprecationWarning, match="gradscope.curvature is deprecated"):
+        assert gradscope.curvature.HessianOptions is HessianOptions
+    with pytest.warns(DeprecationWarning, match="gradscope.render.hessian is deprecated"):
+        assert gradscope.render.hessian.format_csv is render.format_csv
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradscope.report.HessianReport is HessianReport
+        assert gradscope.HessianReport is HessianReport
+    with pytest.raises(AttributeError):
+        _ = gradscope.curvature.no_such_name  # type: ignore[attr-defined]
