@@ -458,9 +458,10 @@ def hessian(
             help="Exact blocks, matrix-free Lanczos, or exact when it fits --max-memory.",
         ),
     ] = _HESSIAN["method"],
-    top_k: Annotated[int, typer.Option("--top-k", help="Number of top eigenvalues.")] = _HESSIAN[
-        "top_k"
-    ],
+    top_k: Annotated[
+        int,
+        typer.Option("--top-k", help="Number of top eigenvalues."),
+    ] = _HESSIAN["top_k"],
     tol: Annotated[
         float, typer.Option("--tol", help="Lanczos: relative residual to stop at.")
     ] = _HESSIAN["tol"],
