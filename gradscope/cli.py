@@ -428,6 +428,11 @@ _HESSIAN = hessian_options.defaults()
 """The library's defaults of the ``hessian`` options: the CLI declares none of its own."""
 
 
+def _choice(flag: str, choices: Sequence[str], text: str) -> Any:
+    """A string option shown as ``a|b|c``; the library checks the value, not click."""
+    return typer.Option(flag, metavar="|".join(choices), help=text)
+
+
 @app.command()
 def hessian(
     model: ModelArg,
@@ -444,18 +449,18 @@ def hessian(
     ] = _HESSIAN["layers"],
     block: Annotated[
         str,
-        typer.Option(
+        _choice(
             "--block",
-            metavar="|".join(hessian_options.BLOCKS),
-            help="One block per variable, per layer, or one for the whole selection.",
+            hessian_options.BLOCKS,
+            "One block per variable, per layer, or one for the whole selection.",
         ),
     ] = _HESSIAN["block"],
     method: Annotated[
         str,
-        typer.Option(
+        _choice(
             "--method",
-            metavar="|".join(hessian_options.METHODS),
-            help="Exact blocks, matrix-free Lanczos, or exact when it fits --max-memory.",
+            hessian_options.METHODS,
+            "Exact blocks, matrix-free Lanczos, or exact when it fits --max-memory.",
         ),
     ] = _HESSIAN["method"],
     top_k: Annotated[
@@ -483,10 +488,10 @@ def hessian(
     max_memory: MaxMemoryOpt = None,
     hvp: Annotated[
         str,
-        typer.Option(
+        _choice(
             "--hvp",
-            metavar="|".join(hessian_options.HVP_MODES),
-            help="Hessian-vector products: reverse (back-over-back) or forward (over-back).",
+            hessian_options.HVP_MODES,
+            "Hessian-vector products: reverse (back-over-back) or forward (over-back).",
         ),
     ] = _HESSIAN["hvp"],
     save: Annotated[
