@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from gradscope import InspectOptions, _tf
-from gradscope.curvature import HessianOptions, hessian_file
+from gradscope.commands.hessian import HessianOptions, hessian_file
 from gradscope.engine.hessian import HessianOperator
 from gradscope.engine.spectral import lanczos
 from gradscope.loading.data import load_batch

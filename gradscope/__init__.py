@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .commands.hessian.report import CrossBlock, HessianBlock, HessianReport
 from .report import (
     ActivationRow,
     BatchInfo,
-    CrossBlock,
     GradientTensors,
-    HessianBlock,
-    HessianReport,
     InputRow,
     LossInfo,
     ModelInfo,
@@ -61,16 +59,16 @@ if TYPE_CHECKING:
     from .commands.check.report import CheckReport
     from .commands.check.run import check, check_file
     from .commands.diff import diff_files
+    from .commands.hessian import HessianOptions, hessian, hessian_file
     from .commands.inspect import InspectOptions, inspect, inspect_file
-    from .curvature import HessianOptions, hessian, hessian_file
 
 _LAZY = {
     "inspect": "commands.inspect",
     "inspect_file": "commands.inspect",
     "InspectOptions": "commands.inspect",
-    "hessian": "curvature",
-    "hessian_file": "curvature",
-    "HessianOptions": "curvature",
+    "hessian": "commands.hessian",
+    "hessian_file": "commands.hessian",
+    "HessianOptions": "commands.hessian",
     "check": "commands.check.run",
     "check_file": "commands.check.run",
     "CheckReport": "commands.check.report",

@@ -8,7 +8,6 @@ printed as one line with its documented exit code; ``--debug`` adds the tracebac
 
 from __future__ import annotations
 
-import enum
 import os
 import sys
 import traceback
@@ -22,6 +21,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .commands.check.options import DEFAULT_TOL, TOP_ENTRIES, CheckOptions
+from .commands.hessian import options as hessian_options
 from .errors import ExitCode, GradscopeError, UsageError
 from .health import Thresholds
 from .render import OutputFormat
@@ -30,29 +30,6 @@ T = TypeVar("T")
 
 _THRESHOLDS = Thresholds()
 """The default health thresholds: the CLI's defaults are the library's."""
-
-
-class BlockKind(str, enum.Enum):
-    """``--block``: one Hessian block per variable, per layer, or for the whole selection."""
-
-    VARIABLE = "variable"
-    LAYER = "layer"
-    MODEL = "model"
-
-
-class MethodKind(str, enum.Enum):
-    """``--method``: exact blocks, matrix-free Lanczos, or exact when it fits."""
-
-    AUTO = "auto"
-    EXACT = "exact"
-    LANCZOS = "lanczos"
-
-
-class HvpKind(str, enum.Enum):
-    """``--hvp``: how a Hessian-vector product is differentiated."""
-
-    REVERSE = "reverse"
-    FORWARD = "forward"
 
 
 # typer >= 0.25 vendors click; reach its exception classes through typer's public ones.
@@ -462,6 +439,15 @@ def inspect(
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
+_HESSIAN = hessian_options.defaults()
+"""The library's defaults of the ``hessian`` options: the CLI declares none of its own."""
+
+
+def _choice(flag: str, choices: Sequence[str], text: str) -> Any:
+    """A string option shown as ``a|b|c``; the library checks the value, not click."""
+    return typer.Option(flag, metavar="|".join(choices), help=text)
+
+
 @app.command()
 def hessian(
     model: ModelArg,
@@ -469,45 +455,60 @@ def hessian(
     limit: LimitOpt = None,
     loss: LossOpt = None,
     training: TrainingOpt = False,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = hessian_options.DEFAULT_SEED,
     variables: Annotated[
         str | None, typer.Option("--vars", help="Only variables matching these globs.")
-    ] = None,
+    ] = _HESSIAN["variables"],
     layers: Annotated[
         str | None, typer.Option("--layers", help="Only variables of layers matching these globs.")
-    ] = None,
+    ] = _HESSIAN["layers"],
     block: Annotated[
-        BlockKind, typer.Option("--block", case_sensitive=False, help="Block granularity.")
-    ] = BlockKind.VARIABLE,
+        str,
+        _choice(
+            "--block",
+            hessian_options.BLOCKS,
+            "One block per variable, per layer, or one for the whole selection.",
+        ),
+    ] = _HESSIAN["block"],
     method: Annotated[
-        MethodKind, typer.Option("--method", case_sensitive=False, help="exact, lanczos or auto.")
-    ] = MethodKind.AUTO,
-    top_k: Annotated[int, typer.Option("--top-k", help="Number of top eigenvalues.")] = 3,
+        str,
+        _choice(
+            "--method",
+            hessian_options.METHODS,
+            "Exact blocks, matrix-free Lanczos, or exact when it fits --max-memory.",
+        ),
+    ] = _HESSIAN["method"],
+    top_k: Annotated[
+        int,
+        typer.Option("--top-k", help="Number of top eigenvalues."),
+    ] = _HESSIAN["top_k"],
     tol: Annotated[
         float, typer.Option("--tol", help="Lanczos: relative residual to stop at.")
-    ] = 1e-3,
+    ] = _HESSIAN["tol"],
     max_iter: Annotated[
         int, typer.Option("--max-iter", help="Lanczos: at most this many HVPs per block.")
-    ] = 100,
-    trace: Annotated[bool, typer.Option("--trace", help="Estimate the trace (Hutch++).")] = False,
+    ] = _HESSIAN["max_iter"],
+    trace: Annotated[
+        bool, typer.Option("--trace", help="Estimate the trace (Hutch++).")
+    ] = _HESSIAN["trace"],
     density: Annotated[
         bool, typer.Option("--density", help="Spectral density (stochastic Lanczos quadrature).")
-    ] = False,
+    ] = _HESSIAN["density"],
     cross: Annotated[
         bool, typer.Option("--cross", help="Off-diagonal blocks between each pair of variables.")
-    ] = False,
+    ] = _HESSIAN["cross"],
     eigenvectors: Annotated[
         bool, typer.Option("--eigenvectors", help="With --save: also the top-k eigenvectors.")
-    ] = False,
+    ] = _HESSIAN["eigenvectors"],
     max_memory: MaxMemoryOpt = None,
     hvp: Annotated[
-        HvpKind,
-        typer.Option(
+        str,
+        _choice(
             "--hvp",
-            case_sensitive=False,
-            help="Hessian-vector products: reverse (back-over-back) or forward (over-back).",
+            hessian_options.HVP_MODES,
+            "Hessian-vector products: reverse (back-over-back) or forward (over-back).",
         ),
-    ] = HvpKind.REVERSE,
+    ] = _HESSIAN["hvp"],
     save: Annotated[
         Path | None, typer.Option("--save", help="Write exact blocks and spectra to this .h5 file.")
     ] = None,
@@ -525,21 +526,14 @@ def hessian(
     """Hessian blocks of the loss: exact where they fit, Lanczos/Hutch++/SLQ otherwise."""
 
     def action() -> str:
-        _keras_on_tensorflow(quiet)
-        from . import curvature
-        from ._progress import progress_bar
-        from .engine.step_memory import default_max_memory
-        from .export import hessian_hdf5
-
-        _check_output_targets(save, hessian_hdf5.SUFFIXES, plot, tensorboard, force)
-        for option, value in (("--top-k", top_k), ("--max-iter", max_iter), ("--tol", tol)):
-            if value <= 0:
-                raise UsageError(f"{option}: expected a positive number. Received: {value}")
-        options = curvature.HessianOptions(
+        # HessianOptions checks every option, as for a Python caller; the choices are
+        # matched case-insensitively, as click's choices were.
+        memory = _max_memory(max_memory)
+        options = hessian_options.HessianOptions(
             variables=variables,
             layers=layers,
-            block=block.value,
-            method=method.value,
+            block=block.lower(),  # type: ignore[arg-type]
+            method=method.lower(),  # type: ignore[arg-type]
             top_k=top_k,
             tol=tol,
             max_iter=max_iter,
@@ -547,18 +541,23 @@ def hessian(
             density=density or plot is not None,
             cross=cross,
             eigenvectors=eigenvectors,
-            max_memory=_max_memory(max_memory) or default_max_memory(),
+            hvp=hvp.lower(),  # type: ignore[arg-type]
             seed=seed,
-            hvp=hvp.value,
+            **({} if memory is None else {"max_memory": memory}),
         )
+        _keras_on_tensorflow(quiet)
+        from ._progress import progress_bar
+        from .commands.hessian.run import hessian_file
+        from .export import hessian_hdf5
+
+        _check_output_targets(save, hessian_hdf5.SUFFIXES, plot, tensorboard, force)
         with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
-            report = curvature.hessian_file(
+            report = hessian_file(
                 model,
                 data,
                 limit=limit,
                 loss=loss,
                 training=training,
-                seed=seed,
                 options=options,
                 progress=progress,
                 custom_objects=custom_objects,
@@ -566,6 +565,8 @@ def hessian(
                 batch_size=batch_size,
                 max_batches=max_batches,
             )
+        for note in report.notes:  # fallbacks, on stderr like the model's notes
+            _note(note, quiet)
         text = _finish(
             report, output_format, save, hessian_hdf5.write_blocks, "Hessian blocks", quiet
         )

@@ -5,6 +5,11 @@ TensorFlow or rich objects, so it can be pickled by the caller, compared in test
 rendered by any renderer.  :meth:`Report.to_dict` gives exactly the structure of the JSON
 output (schema ``gradscope.inspect/1``); non-finite floats become ``None`` there so the
 JSON stays valid, and the ``nonfinite`` counts say why a value is missing.
+
+The pieces every report shares (:class:`ModelInfo`, :class:`BatchInfo`,
+:class:`LossInfo`, :func:`finite_or_none`, the JSON mixin) live here too.  The
+``hessian`` report types live in :mod:`gradscope.commands.hessian.report`; this module
+still exports their names.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from ._reading import ABSENT, Fields, Found
 from .render import renders_with
 
 if TYPE_CHECKING:
+    from .commands.hessian.report import HESSIAN_SCHEMA as HESSIAN_SCHEMA
+    from .commands.hessian.report import CrossBlock as CrossBlock
+    from .commands.hessian.report import Density as Density
+    from .commands.hessian.report import HessianBlock as HessianBlock
+    from .commands.hessian.report import HessianReport as HessianReport
     from .health import Health
 
 SCHEMA = "gradscope.inspect/1"
@@ -677,125 +687,15 @@ def _read_report(f: Fields) -> Report:
     )
 
 
-HESSIAN_SCHEMA = "gradscope.hessian/1"
+_MOVED = frozenset({"HESSIAN_SCHEMA", "CrossBlock", "Density", "HessianBlock", "HessianReport"})
+"""The hessian report types, which live in :mod:`gradscope.commands.hessian.report`."""
 
 
-@dataclass(frozen=True)
-class Density:
-    """A spectral density estimate: ``density`` values on an ascending eigenvalue grid."""
+def __getattr__(name: str) -> Any:
+    """The hessian report types, from their own module (imported on first use: that
+    module imports this one).  ``gradscope.report`` stays public, so no warning."""
+    if name in _MOVED:
+        from .commands.hessian import report
 
-    grid: tuple[float, ...]
-    values: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "grid": [finite_or_none(g) for g in self.grid],
-            "values": [finite_or_none(v) for v in self.values],
-        }
-
-
-@dataclass(frozen=True)
-class HessianBlock:
-    """Curvature of the loss with respect to one block of variables.
-
-    Exact blocks fill every field but ``residuals``; Lanczos blocks leave the fields
-    that need the whole matrix (``frobenius``, ``asymmetry``, ``negative_count``, the
-    diagonal) as ``None``.  ``eigenvalues`` are the top-k, descending.  Exact blocks also
-    keep the matrix itself and its whole spectrum (ascending), and with ``eigenvectors``
-    the unit eigenvectors of ``eigenvalues`` (columns, same order), for ``--save``; they
-    are not part of the JSON.
-    """
-
-    vars: tuple[str, ...]
-    layers: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-    size: int
-    method: str
-    eigenvalues: tuple[float, ...]
-    min_eigenvalue: float
-    trace: float | None
-    trace_stderr: float | None
-    frobenius: float | None
-    condition: float | None
-    negative_count: int | None
-    asymmetry: float | None
-    diagonal: dict[str, float] | None
-    iterations: int | None
-    residuals: tuple[float, ...] | None
-    min_residual: float | None
-    converged: bool | None
-    density: Density | None
-    seconds: float
-    matrix: np.ndarray | None = field(default=None, compare=False, repr=False)
-    eigenvalues_all: np.ndarray | None = field(default=None, compare=False, repr=False)
-    eigenvectors: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "vars": list(self.vars),
-            "layers": list(self.layers),
-            "shapes": [list(s) for s in self.shapes],
-            "size": self.size,
-            "method": self.method,
-            "eigenvalues": [finite_or_none(e) for e in self.eigenvalues],
-            "min_eigenvalue": finite_or_none(self.min_eigenvalue),
-            "trace": finite_or_none(self.trace),
-            "trace_stderr": finite_or_none(self.trace_stderr),
-            "frobenius": finite_or_none(self.frobenius),
-            "condition": finite_or_none(self.condition),
-            "negative_count": self.negative_count,
-            "asymmetry": finite_or_none(self.asymmetry),
-            "diagonal": None
-            if self.diagonal is None
-            else {k: finite_or_none(v) for k, v in self.diagonal.items()},
-            "iterations": self.iterations,
-            "residuals": None
-            if self.residuals is None
-            else [finite_or_none(r) for r in self.residuals],
-            "min_residual": finite_or_none(self.min_residual),
-            "converged": self.converged,
-            "seconds": self.seconds,
-        }
-        if self.density is not None:
-            out["density"] = self.density.to_dict()
-        return out
-
-
-@dataclass(frozen=True)
-class CrossBlock:
-    """An off-diagonal Hessian block between two variables: d2L / (d a d b)."""
-
-    vars: tuple[str, str]
-    shape: tuple[int, int]
-    frobenius: float
-    max_abs: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "vars": list(self.vars),
-            "shape": list(self.shape),
-            "frobenius": finite_or_none(self.frobenius),
-            "max_abs": finite_or_none(self.max_abs),
-        }
-
-
-@renders_with("gradscope.render.hessian")
-@dataclass(frozen=True)
-class HessianReport(_JsonMixin):
-    """Everything one ``hessian`` run found, as plain data."""
-
-    model: ModelInfo
-    batch: BatchInfo
-    loss: LossInfo
-    training: bool
-    blocks: tuple[HessianBlock, ...]
-    cross: tuple[CrossBlock, ...] = ()
-    schema: str = HESSIAN_SCHEMA
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON structure of schema ``gradscope.hessian/1`` (see the README)."""
-        return {
-            **self._run_dict(),
-            "blocks": [block.to_dict() for block in self.blocks],
-            "cross": [block.to_dict() for block in self.cross],
-        }
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

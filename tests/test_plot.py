@@ -48,7 +48,7 @@ def mlp_report() -> Report:
 
 @pytest.fixture(scope="module")
 def mlp_hessian() -> HessianReport:
-    from gradscope.curvature import HessianOptions, hessian_file
+    from gradscope.commands.hessian import HessianOptions, hessian_file
 
     options = HessianOptions(density=True, method="lanczos", block="layer")
     return hessian_file(SAMPLE_MODELS / "mlp.keras", SAMPLE_MODELS / "mlp.npz", options=options)

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradscope import api, curvature
+from gradscope import api
+from gradscope.commands.hessian import run as hessian_run
 from gradscope.render import OutputFormat, render
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "linear", "gelu", "softplus"]
@@ -124,8 +125,8 @@ def test_inspect_is_finite_and_its_outputs_parse(keras: Any, arch: Architecture)
 def test_hessian_is_finite_and_symmetric(keras: Any, arch: Architecture) -> None:
     model, x, y = build(keras, arch)
     last = model.layers[-1].name
-    options = curvature.HessianOptions(layers=last, block="layer", method="exact", top_k=1)
-    report = curvature.hessian(model, x, y, options=options)
+    options = hessian_run.HessianOptions(layers=last, block="layer", method="exact", top_k=1)
+    report = hessian_run.hessian(model, x, y, options=options)
     block = report.blocks[0]
     assert block.matrix is not None and np.all(np.isfinite(block.matrix))
     assert block.asymmetry is not None and block.asymmetry < 1e-4

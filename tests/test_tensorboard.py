@@ -225,7 +225,7 @@ def test_a_failed_summary_leaves_no_event_file(report, tmp_path: Path) -> None: 
 
 
 def test_hessian_eigenvalues_trace_and_density(model, batch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from gradscope.curvature import HessianOptions
+    from gradscope.commands.hessian import HessianOptions
 
     options = HessianOptions(block="layer", top_k=2, trace=True, density=True)
     report = gradscope.hessian(model, *batch, options=options)

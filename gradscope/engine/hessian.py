@@ -22,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import re
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +46,64 @@ MAX_ROWS_PER_PASS = 256
 """More rows per vectorized pass stop paying off: the pass is then compute-bound."""
 
 HvpMode = Literal["reverse", "forward"]
+
+
+class TangentLost(LookupError):
+    """Forward mode lost the tangent of a connected variable (a loaded SavedModel
+    function, say): the product would silently read as zero."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first exception of the chain: Keras and ``tf.function`` re-raise TensorFlow's
+    failure as a new exception of the same type, whose cause (or context) is the
+    original."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _raised_in_tensorflow(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is TensorFlow's own code."""
+    tf_root = os.path.dirname(_tf.tensorflow().__file__ or "")
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(tf_root + os.sep)
+
+
+def not_supported_reason(exc: BaseException) -> str | None:
+    """Why TensorFlow cannot build this graph here (forward mode, ``pfor``), or ``None``
+    when ``exc`` is anything else, a bug to let through.
+
+    What TensorFlow raises when a model has no forward-mode or vectorized form: a
+    :class:`LookupError` for an op without a gradient (or forward-mode rule), and a
+    :class:`ValueError` from its graph builders, e.g. ``Tried to take gradients (or
+    similar) of a variable without handle data`` (forward mode through Keras's RNN loop)
+    and ``Required handle data not set`` (``pfor`` through the same loop's gradient).
+    Only failures first raised inside TensorFlow itself count (the root of the
+    exception chain, whatever its type: a graph builder's ``ValueError`` may wrap the C
+    API's ``InvalidArgumentError``); an error first raised by gradscope or Keras code, or
+    of any other type, is not "not supported".
+    """
+    root = _root_cause(exc)
+    if isinstance(exc, TangentLost) or isinstance(root, TangentLost):
+        return "forward mode lost the tangent of a connected variable"
+    if not isinstance(exc, LookupError | ValueError) or not _raised_in_tensorflow(root):
+        return None
+    return f"{type(root).__name__}: {_first_line(root)}"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first informative line of a TensorFlow message, at most 200 characters."""
+    lines = (_ANSI.sub("", line).strip() for line in str(exc).splitlines())
+    useful = [line for line in lines if line and not line.startswith("in user code")]
+    text = useful[0] if useful else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @contextlib.contextmanager
@@ -128,6 +189,8 @@ class HessianOperator:
         self._loss_fn = tf.function(self._loss_pair, autograph=False)
         self.hvp_calls = 0
         self.loss_of_last_call: float | None = None
+        self.notes: list[str] = []
+        """Every switch to another method, with its reason (for the report's notes)."""
 
     def _arguments(self, batch: Batch) -> tuple[Any, Any, Any]:
         """The batch as the tensors the compiled functions take: inputs, targets, weight."""
@@ -207,9 +270,8 @@ class HessianOperator:
         tangents = iter(accumulator.jvp(connected))
         products = [None if g is None else next(tangents) for g in grads]
         if any(g is not None and p is None for g, p in zip(grads, products, strict=True)):
-            # The tangent was lost on the way (a loaded SavedModel function, say): the
-            # product would silently read as zero.  Back-over-back does not lose it.
-            raise LookupError("forward mode lost the tangent of a connected variable")
+            # Back-over-back does not lose it.
+            raise TangentLost("forward mode lost the tangent of a connected variable")
         filled = [
             tf.zeros_like(v) if p is None else p for v, p in zip(primals, products, strict=True)
         ]
@@ -241,18 +303,24 @@ class HessianOperator:
     def hvp(self, vector: np.ndarray) -> np.ndarray:
         """``H @ vector`` for a flat float64 ``vector`` over the block (float64 result).
 
-        With ``hvp_mode="forward"``, a model that cannot be traced in forward mode is
-        differentiated back-over-back from then on.
+        With ``hvp_mode="forward"``, a model that TensorFlow cannot differentiate in
+        forward mode (:func:`not_supported_reason`) is differentiated back-over-back from
+        then on, and :attr:`notes` says so.
         """
         tf = _tf.tensorflow()
         self.hvp_calls += 1
         tensor = tf.constant(vector, dtype=self._dtype)
         try:
             return self._over_batches(lambda batch: self._hvp_fn(tensor, batch))  # type: ignore[no-any-return]
-        except (TypeError, ValueError, LookupError, NotImplementedError):
-            if self._hvp_fn is self._reverse_fn:
+        except (LookupError, ValueError) as exc:
+            reason = not_supported_reason(exc)
+            if self._hvp_fn is self._reverse_fn or reason is None:
                 raise
             self._hvp_fn = self._reverse_fn
+            self.notes.append(
+                "forward-mode Hessian-vector products are not supported here "
+                f"({reason}); used reverse mode (back-over-back) instead"
+            )
             return self._over_batches(lambda batch: self._hvp_fn(tensor, batch))  # type: ignore[no-any-return]
 
     # -- exact blocks -----------------------------------------------------------------
@@ -306,7 +374,14 @@ class HessianOperator:
         try:
             with _quiet_tensorflow_logger():
                 return self._exact_in_passes(rows, on_rows)
-        except (ValueError, TypeError, LookupError, NotImplementedError):
+        except (LookupError, ValueError) as exc:
+            reason = not_supported_reason(exc)
+            if reason is None:
+                raise
+            self.notes.append(
+                f"the exact block could not be vectorized ({reason}); computed it one "
+                f"Hessian-vector product per row instead ({self.size:,} products)"
+            )
             return self._exact_by_products(on_rows)
 
     def _exact_in_passes(self, rows: int, on_rows: Callable[[int], None] | None) -> np.ndarray:
@@ -343,5 +418,6 @@ class HessianOperator:
         block when there was one (same weights, same batches), else one forward pass."""
         if self.loss_of_last_call is None:
             self._over_batches(self._loss_fn)
-        assert self.loss_of_last_call is not None
+        if self.loss_of_last_call is None:
+            raise RuntimeError("internal: a pass over the batches left no loss value")
         return self.loss_of_last_call
