@@ -27,7 +27,7 @@ step is a ``tf.function`` run with Grappler off (``gradscope/engine/gradients.py
 no op is fused, folded or reordered: it executes the very op sequence the reference
 runs eagerly through the same Keras layers, the same CPU kernels on the same operands,
 and each op's gradient is the same registered gradient function.  Neither side adds a
-cast the other lacks (the float32 variables are cast to float16 by the layers on both
+cast the other lacks (the layers cast the float32 variables to float16 or bfloat16 on both
 sides; the loss is computed in float32 by the same ``compute_loss``).  Deterministic
 kernels on equal inputs give equal bits, so every float16/bfloat16 layer output, its
 gradient, the float32 variable and input gradients and the loss are equal (observed:
