@@ -518,3 +518,45 @@ def assert_stats(got: Any, array: np.ndarray, rtol: float, what: str) -> None:
         assert abs(value - expected) <= rtol * abs(expected) + absolute, (
             f"{what}: {name} {value} != {expected}"
         )
+
+
+# -- one tape for everything: the reference for many models or many batches -----------
+
+
+@dataclass
+class TapeGradients:
+    """The loss and, from one eager tape, the gradient of every trainable variable (by
+    path; ``None`` where the loss does not depend on it) and of every float input leaf
+    (in ``tf.nest.flatten`` order; ``None`` for the others), as float64 numpy."""
+
+    loss: float
+    variables: dict[str, np.ndarray | None]
+    inputs: list[np.ndarray | None]
+
+
+def one_tape_gradients(
+    model: Any, x: Any, loss_of: Callable[[Any], Any], *, training: bool = False
+) -> TapeGradients:
+    """``loss_of(model(x, training=training))`` and all its gradients, one eager tape.
+
+    ``loss_of`` is written by the caller (a hand-written loss, or ``model.compute_loss``
+    through :func:`model_loss`).  The model's non-trainable state (dropout seeds,
+    BatchNorm statistics) is put back afterwards, so that gradscope, run next from the
+    same state, draws the same dropout masks.
+    """
+    tf = _tf.tensorflow()
+    state = _State(model)
+    leaves = _leaves(x)
+    floats = [leaf for leaf in leaves if leaf.dtype.is_floating]
+    variables = list(model.trainable_variables)
+    try:
+        with tf.GradientTape() as tape:
+            tape.watch(floats)
+            loss = loss_of(model(tf.nest.pack_sequence_as(x, leaves), training=training))
+        grads = tape.gradient(loss, [*variables, *floats])
+    finally:
+        state.restore()
+    wide = iter(None if g is None else _np64(g) for g in grads)
+    named = {v.path: next(wide) for v in variables}
+    inputs = [next(wide) if leaf.dtype.is_floating else None for leaf in leaves]
+    return TapeGradients(float(loss), named, inputs)
