@@ -44,7 +44,7 @@ Doc = dict[str, Any]
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory, keras: Any) -> dict[str, Path]:
     """JSON files of real inspect reports: ``full``, ``part``, ``nan`` and ``scaled``."""
-    from gradscope.api import inspect_file
+    from gradscope import inspect_file
 
     folder = tmp_path_factory.mktemp("reports")
     batch = dict(np.load(SAMPLES / "mlp.npz"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gradscope.api import InspectOptions, batch_from_arrays, prepare_loss_and_batch
+from gradscope import InspectOptions
 from gradscope.cli import app
 from gradscope.commands.hessian import HessianOptions
 from gradscope.commands.hessian import run as hessian_run
@@ -25,6 +25,7 @@ from gradscope.engine.hessian import (
 )
 from gradscope.errors import ExitCode, ResourceError, UsageError
 from gradscope.loading.signature import model_signature
+from gradscope.session import batch_from_arrays, prepare_loss_and_batch
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -332,7 +333,7 @@ def test_rows_within_a_budget() -> None:
 
 
 def _probs_operator() -> HessianOperator:
-    from gradscope.api import load_for_cli
+    from gradscope.session import load_for_cli
 
     model, signature, batch, _ = load_for_cli(SAMPLES / "mlp.keras", SAMPLES / "mlp.npz", None, 0)
     spec, batch = prepare_loss_and_batch(model, signature, batch, InspectOptions())

@@ -43,8 +43,7 @@ BAD_FIELDS: list[tuple[str, Any, str]] = [
     (
         "variables",
         "",
-        "--vars: expected comma-separated globs, such as 'dense_1/*,kernel'. "
-        "Received: --vars=''",
+        "--vars: expected comma-separated globs, such as 'dense_1/*,kernel'. Received: --vars=''",
     ),
 ]
 

@@ -41,7 +41,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gradscope import api
+import gradscope as api
 from gradscope.commands.hessian import run as hessian_run
 from gradscope.render import OutputFormat, render
 from tests.reference import TapeGradients, assert_stats, one_tape_gradients

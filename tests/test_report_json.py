@@ -104,7 +104,7 @@ def every_field_report() -> Report:
 
 @pytest.fixture(scope="module")
 def real_reports(tmp_path_factory: pytest.TempPathFactory, keras: Any) -> dict[str, Report]:
-    from gradscope.api import inspect_file
+    from gradscope import inspect_file
 
     batch = dict(np.load(MLP_DATA))
     batch["x"] = batch["x"].copy()

@@ -5,7 +5,7 @@ file) select the variables, group them into blocks, and for each block either bu
 exact Hessian (when it fits ``max_memory``) or work matrix-free with Hessian-vector
 products: Lanczos for the extreme eigenvalues, Hutchinson/Hutch++ for the trace, and
 stochastic Lanczos quadrature for the spectral density.  Model, data and loss handling
-are the same as ``inspect``'s (:mod:`gradscope.api`).
+are the same as ``inspect``'s (:mod:`gradscope.session`).
 """
 
 from __future__ import annotations
