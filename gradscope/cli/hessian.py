@@ -1,0 +1,186 @@
+"""``gradscope hessian``: exact curvature blocks and matrix-free spectra."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..commands.hessian import options as hessian_options
+from ..render import OutputFormat
+from .app import (
+    _check_output_targets,
+    _emit,
+    _finish,
+    _keras_on_tensorflow,
+    _max_memory,
+    _note,
+    app,
+    run_guarded,
+)
+from .options import (
+    BatchSizeOpt,
+    CustomObjectsOpt,
+    DataOpt,
+    DebugOpt,
+    ForceOpt,
+    FormatOpt,
+    LimitOpt,
+    LossOpt,
+    MaxBatchesOpt,
+    MaxMemoryOpt,
+    ModelArg,
+    PlotOpt,
+    QuietOpt,
+    SeedOpt,
+    TensorBoardOpt,
+    TrainingOpt,
+    UnsafeOpt,
+)
+
+_HESSIAN = hessian_options.defaults()
+"""The library's defaults of the ``hessian`` options: the CLI declares none of its own."""
+
+
+def _choice(flag: str, choices: Sequence[str], text: str) -> Any:
+    """A string option shown as ``a|b|c``; the library checks the value, not click."""
+    return typer.Option(flag, metavar="|".join(choices), help=text)
+
+
+@app.command()
+def hessian(
+    model: ModelArg,
+    data: DataOpt = None,
+    limit: LimitOpt = None,
+    loss: LossOpt = None,
+    training: TrainingOpt = False,
+    seed: SeedOpt = hessian_options.DEFAULT_SEED,
+    variables: Annotated[
+        str | None, typer.Option("--vars", help="Only variables matching these globs.")
+    ] = _HESSIAN["variables"],
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Only variables of layers matching these globs.")
+    ] = _HESSIAN["layers"],
+    block: Annotated[
+        str,
+        _choice(
+            "--block",
+            hessian_options.BLOCKS,
+            "One block per variable, per layer, or one for the whole selection.",
+        ),
+    ] = _HESSIAN["block"],
+    method: Annotated[
+        str,
+        _choice(
+            "--method",
+            hessian_options.METHODS,
+            "Exact blocks, matrix-free Lanczos, or exact when it fits --max-memory.",
+        ),
+    ] = _HESSIAN["method"],
+    top_k: Annotated[
+        int,
+        typer.Option("--top-k", help="Number of top eigenvalues."),
+    ] = _HESSIAN["top_k"],
+    tol: Annotated[
+        float, typer.Option("--tol", help="Lanczos: relative residual to stop at.")
+    ] = _HESSIAN["tol"],
+    max_iter: Annotated[
+        int, typer.Option("--max-iter", help="Lanczos: at most this many HVPs per block.")
+    ] = _HESSIAN["max_iter"],
+    trace: Annotated[
+        bool, typer.Option("--trace", help="Estimate the trace (Hutch++).")
+    ] = _HESSIAN["trace"],
+    density: Annotated[
+        bool, typer.Option("--density", help="Spectral density (stochastic Lanczos quadrature).")
+    ] = _HESSIAN["density"],
+    cross: Annotated[
+        bool, typer.Option("--cross", help="Off-diagonal blocks between each pair of variables.")
+    ] = _HESSIAN["cross"],
+    eigenvectors: Annotated[
+        bool, typer.Option("--eigenvectors", help="With --save: also the top-k eigenvectors.")
+    ] = _HESSIAN["eigenvectors"],
+    max_memory: MaxMemoryOpt = None,
+    hvp: Annotated[
+        str,
+        _choice(
+            "--hvp",
+            hessian_options.HVP_MODES,
+            "Hessian-vector products: reverse (back-over-back) or forward (over-back).",
+        ),
+    ] = _HESSIAN["hvp"],
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Write exact blocks and spectra to this .h5 file.")
+    ] = None,
+    output_format: FormatOpt = OutputFormat.TABLE,
+    batch_size: BatchSizeOpt = None,
+    max_batches: MaxBatchesOpt = None,
+    plot: PlotOpt = None,
+    tensorboard: TensorBoardOpt = None,
+    custom_objects: CustomObjectsOpt = None,
+    unsafe: UnsafeOpt = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Hessian blocks of the loss: exact where they fit, Lanczos/Hutch++/SLQ otherwise."""
+
+    def action() -> str:
+        # HessianOptions checks every option, as for a Python caller; the choices are
+        # matched case-insensitively, as click's choices were.
+        memory = _max_memory(max_memory)
+        options = hessian_options.HessianOptions(
+            variables=variables,
+            layers=layers,
+            block=block.lower(),  # type: ignore[arg-type]
+            method=method.lower(),  # type: ignore[arg-type]
+            top_k=top_k,
+            tol=tol,
+            max_iter=max_iter,
+            trace=trace,
+            density=density or plot is not None,
+            cross=cross,
+            eigenvectors=eigenvectors,
+            hvp=hvp.lower(),  # type: ignore[arg-type]
+            seed=seed,
+            **({} if memory is None else {"max_memory": memory}),
+        )
+        _keras_on_tensorflow(quiet)
+        from .._progress import progress_bar
+        from ..commands.hessian.run import hessian_file
+        from ..export import hessian_hdf5
+
+        _check_output_targets(save, hessian_hdf5.SUFFIXES, plot, tensorboard, force)
+        with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
+            report = hessian_file(
+                model,
+                data,
+                limit=limit,
+                loss=loss,
+                training=training,
+                options=options,
+                progress=progress,
+                custom_objects=custom_objects,
+                unsafe=unsafe,
+                batch_size=batch_size,
+                max_batches=max_batches,
+            )
+        for note in report.notes:  # fallbacks, on stderr like the model's notes
+            _note(note, quiet)
+        text = _finish(
+            report, output_format, save, hessian_hdf5.write_blocks, "Hessian blocks", quiet
+        )
+        if plot is not None:
+            from ..export.plot import plot_density
+
+            plot_density(report, plot, force=force)
+            _note(f"wrote the plot to {plot}", quiet)
+        if tensorboard is not None:
+            from ..export.tensorboard import write_hessian
+
+            _note(f"wrote {write_hessian(report, tensorboard)}", quiet)
+        return text
+
+    _emit(run_guarded(action, debug))
