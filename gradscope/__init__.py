@@ -1,54 +1,110 @@
 """gradscope: gradients of every weight, input and layer output of a Keras model.
 
-The public API is :func:`inspect` (an in-memory model and arrays) and
-:func:`inspect_file` (a saved model and a batch file), returning a plain-data
-:class:`Report`; :func:`hessian` / :func:`hessian_file`, returning a
-:class:`HessianReport`; :func:`check` / :func:`check_file` (finite-difference gradient
-check), returning a :class:`CheckReport`; and :func:`diff_files`, comparing two saved
-reports.  TensorFlow is imported on first use, not when this package is imported.
+The public API, one function pair per command, each taking a validated options object
+or the same options as keywords and returning a plain-data report:
+
+* :func:`inspect` / :func:`inspect_file` -> :class:`Report` (:class:`InspectOptions`);
+* :func:`hessian` / :func:`hessian_file` -> :class:`HessianReport` (:class:`HessianOptions`);
+* :func:`check` / :func:`check_file` -> :class:`CheckReport` (:class:`CheckOptions`);
+* :func:`diff_files` / :func:`diff_reports` -> :class:`DiffReport`;
+* :class:`GradientMonitor`, the ``fit`` callback (:mod:`gradscope.keras`).
+
+The report field types, :class:`Thresholds`, :class:`Health` and :class:`Finding` are
+exported too.  TensorFlow is imported on first use, not when this package is imported.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .commands.hessian.report import CrossBlock, HessianBlock, HessianReport
-from .report import (
+from .commands.check import (
+    CheckedCoordinate,
+    CheckOptions,
+    CheckPrecision,
+    CheckReport,
+    CheckRow,
+)
+from .commands.diff import (
+    ActivationDiff,
+    Change,
+    CheckResult,
+    Checks,
+    DiffReport,
+    LossChange,
+    NonfiniteChange,
+    Presence,
+    ReportSide,
+    TopChange,
+    VariableDiff,
+    diff_files,
+    diff_reports,
+)
+from .commands.hessian import CrossBlock, Density, HessianBlock, HessianOptions, HessianReport
+from .commands.inspect import InspectOptions
+from .commands.inspect.report import (
     ActivationRow,
-    BatchInfo,
+    BatchesReport,
     GradientTensors,
     InputRow,
-    LossInfo,
-    ModelInfo,
+    NormSpread,
+    PerSampleReport,
+    PerSampleRow,
     Report,
-    TensorStats,
-    ValueStats,
     VariableRow,
+    VariableSpread,
 )
+from .health import Finding, Health, Thresholds
+from .report import BatchInfo, LossInfo, ModelInfo, TensorStats, ValueStats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationDiff",
     "ActivationRow",
     "BatchInfo",
+    "BatchesReport",
+    "Change",
+    "CheckOptions",
+    "CheckPrecision",
     "CheckReport",
+    "CheckResult",
+    "CheckRow",
+    "CheckedCoordinate",
+    "Checks",
     "CrossBlock",
+    "Density",
+    "DiffReport",
+    "Finding",
+    "GradientMonitor",
     "GradientTensors",
+    "Health",
     "HessianBlock",
     "HessianOptions",
     "HessianReport",
     "InputRow",
     "InspectOptions",
+    "LossChange",
     "LossInfo",
     "ModelInfo",
+    "NonfiniteChange",
+    "NormSpread",
+    "PerSampleReport",
+    "PerSampleRow",
+    "Presence",
     "Report",
+    "ReportSide",
     "TensorStats",
+    "Thresholds",
+    "TopChange",
     "ValueStats",
+    "VariableDiff",
     "VariableRow",
+    "VariableSpread",
     "__version__",
     "check",
     "check_file",
     "diff_files",
+    "diff_reports",
     "hessian",
     "hessian_file",
     "inspect",
@@ -56,24 +112,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .commands.check.report import CheckReport
     from .commands.check.run import check, check_file
-    from .commands.diff import diff_files
-    from .commands.hessian import HessianOptions, hessian, hessian_file
-    from .commands.inspect import InspectOptions, inspect, inspect_file
+    from .commands.hessian.run import hessian, hessian_file
+    from .commands.inspect.run import inspect, inspect_file
+    from .keras import GradientMonitor
 
 _LAZY = {
-    "inspect": "commands.inspect",
-    "inspect_file": "commands.inspect",
-    "InspectOptions": "commands.inspect",
-    "hessian": "commands.hessian",
-    "hessian_file": "commands.hessian",
-    "HessianOptions": "commands.hessian",
+    "inspect": "commands.inspect.run",
+    "inspect_file": "commands.inspect.run",
+    "hessian": "commands.hessian.run",
+    "hessian_file": "commands.hessian.run",
     "check": "commands.check.run",
     "check_file": "commands.check.run",
-    "CheckReport": "commands.check.report",
-    "diff_files": "commands.diff",
+    "GradientMonitor": "keras",
 }
+"""The entry points, imported on first use (``GradientMonitor`` imports TensorFlow)."""
 
 
 def __getattr__(name: str) -> Any:

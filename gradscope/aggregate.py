@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from . import _tf, stats
+from .commands.inspect.report import BatchesReport, NormSpread, VariableSpread
 from .engine.gradients import EngineResult
 from .loading.data import Batch
-from .report import BatchesReport, NormSpread, VariableSpread
 
 _L2, _MAX_ABS, _MEAN, _STD, _ZERO_FRAC, _NONFINITE, _DEAD = range(stats.N_FIELDS)
 

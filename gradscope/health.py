@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from . import validation
 from ._reading import Fields
-from .report import ActivationRow, Report, TensorStats, VariableRow, finite_or_none
+from .commands.inspect.report import ActivationRow, Report, VariableRow
+from .report import TensorStats, finite_or_none
 
 Kind = Literal["nonfinite", "vanishing", "exploding", "dead", "stalled"]
 KINDS: tuple[Kind, ...] = ("nonfinite", "vanishing", "exploding", "dead", "stalled")

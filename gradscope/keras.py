@@ -69,6 +69,7 @@ from typing import Any
 
 from . import _tf
 from .commands.inspect.options import InspectOptions
+from .commands.inspect.report import Report
 from .commands.inspect.run import build_report, filter_layers
 from .engine.gradients import GradientEngine
 from .errors import OutputError, UsageError, first_line, received
@@ -78,7 +79,7 @@ from .loading.data import Batch
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS
 from .losses import LossSpec
-from .report import ModelInfo, Report
+from .report import ModelInfo
 from .session import (
     RestoredState,
     batch_from_arrays,

@@ -28,8 +28,9 @@ from typer.testing import CliRunner
 
 from gradscope.cli import app
 from gradscope.commands.diff import DIFF_SCHEMA, diff_reports
+from gradscope.commands.inspect.report import Report, VariableRow
 from gradscope.errors import ExitCode
-from gradscope.report import BatchInfo, LossInfo, ModelInfo, Report, TensorStats, VariableRow
+from gradscope.report import BatchInfo, LossInfo, ModelInfo, TensorStats
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"

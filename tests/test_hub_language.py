@@ -49,7 +49,8 @@ import numpy as np
 import pytest
 
 import gradscope
-from gradscope.report import HessianReport, Report
+from gradscope.commands.inspect.report import Report
+from gradscope.report import HessianReport
 from tests import hub_language as hl
 from tests.reference import Probe, _np64, _PerturbedCall, _State, compare
 

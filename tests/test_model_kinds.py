@@ -54,10 +54,10 @@ import numpy as np
 import pytest
 
 import gradscope
+from gradscope.commands.inspect.report import Report
 from gradscope.engine.capture import LOOP_NOTE
 from gradscope.errors import MismatchError
 from gradscope.loading.signature import TensorSpec, model_signature
-from gradscope.report import Report
 from tests.reference import (
     ReferenceGradients,
     assert_stats,

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from conftest import REPO, SAMPLE_MODELS
 
+from gradscope.commands.inspect.report import Report
 from gradscope.errors import OutputError, UsageError
 from gradscope.export.plot import MAX_PANELS, _short, plot_density, plot_inspect
 from gradscope.health import diagnose
-from gradscope.report import HessianReport, Report
+from gradscope.report import HessianReport
 
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None,

@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 
 import gradscope
+from gradscope.commands.inspect.report import Report
 from gradscope.engine.capture import LOOP_NOTE
-from gradscope.report import Report, TensorStats
+from gradscope.report import TensorStats
 from tests.reference import (
     ReferenceGradients,
     Sample,

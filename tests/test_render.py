@@ -23,22 +23,12 @@ from rich.cells import cell_len
 from rich.console import Console, RenderableType
 
 from gradscope.commands.inspect import render as inspect_render
+from gradscope.commands.inspect.report import ActivationRow, InputRow, Report, VariableRow
 from gradscope.render import OutputFormat, format_shape, render
 from gradscope.render import json as json_render
 from gradscope.render import table as table_render
 from gradscope.render.table import fmt_float, fmt_percent
-from gradscope.report import (
-    ActivationRow,
-    BatchInfo,
-    InputRow,
-    LossInfo,
-    ModelInfo,
-    Report,
-    TensorStats,
-    ValueStats,
-    VariableRow,
-    size_of,
-)
+from gradscope.report import BatchInfo, LossInfo, ModelInfo, TensorStats, ValueStats, size_of
 
 NAN = float("nan")
 INF = float("inf")

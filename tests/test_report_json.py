@@ -21,24 +21,20 @@ import numpy as np
 import pytest
 from conftest import SAMPLE_MODELS
 
-from gradscope.errors import DataLoadError
-from gradscope.health import Finding, Health, Thresholds
-from gradscope.report import (
+from gradscope.commands.inspect.report import (
     ActivationRow,
     BatchesReport,
-    BatchInfo,
     InputRow,
-    LossInfo,
-    ModelInfo,
     NormSpread,
     PerSampleReport,
     PerSampleRow,
     Report,
-    TensorStats,
-    ValueStats,
     VariableRow,
     VariableSpread,
 )
+from gradscope.errors import DataLoadError
+from gradscope.health import Finding, Health, Thresholds
+from gradscope.report import BatchInfo, LossInfo, ModelInfo, TensorStats, ValueStats
 
 MLP = SAMPLE_MODELS / "mlp.keras"
 MLP_DATA = SAMPLE_MODELS / "mlp.npz"

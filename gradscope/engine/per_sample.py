@@ -75,11 +75,11 @@ import numpy as np
 
 from .. import _tf
 from .._keras_private import flatten_layers
+from ..commands.inspect.report import NormSpread, PerSampleReport, PerSampleRow
 from ..errors import ResourceError, UsageError, received
 from ..loading.data import Batch
 from ..loading.signature import ModelSignature
 from ..losses import LossSpec, check_loss_runs, total_loss
-from ..report import NormSpread, PerSampleReport, PerSampleRow
 from .graph_memory import format_bytes, items_within, split_graph_bytes
 from .pfor_matmul import REWRITTEN_NOTE, attach_converters, risky_matmuls
 from .step_memory import default_max_memory

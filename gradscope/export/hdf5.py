@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from ..commands.inspect.report import Report
 from ..errors import OutputError
-from ..report import HessianReport, Report
+from ..report import HessianReport
 
 SCHEMA = "gradscope.tensors/1"
 SUFFIXES = (".h5", ".hdf5")

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._atomic import atomic_path, check_writable
+from ..commands.inspect.report import Report
 from ..errors import OutputError, UsageError, first_line
 from ..health import Thresholds, diagnose
-from ..report import HessianBlock, HessianReport, Report
+from ..report import HessianBlock, HessianReport
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

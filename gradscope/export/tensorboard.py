@@ -82,9 +82,10 @@ from typing import Any
 import numpy as np
 
 from .. import _tf
+from ..commands.inspect.report import GradientTensors, Report, VariableRow
 from ..errors import OutputError, first_line
 from ..health import KINDS
-from ..report import GradientTensors, HessianBlock, HessianReport, Report, VariableRow
+from ..report import HessianBlock, HessianReport
 
 DEFAULT_BUCKETS = 30
 """Histogram buckets per gradient tensor, TensorBoard's own default."""

@@ -21,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope._deprecated import forwarder
-from gradscope.report import BatchInfo, HessianReport, LossInfo, ModelInfo, Report
+from gradscope.commands.inspect.report import Report
+from gradscope.report import BatchInfo, HessianReport, LossInfo, ModelInfo
 
 __all__ = [
     "MISSING",

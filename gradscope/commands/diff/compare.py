@@ -33,16 +33,10 @@ from gradscope.commands.diff.report import (
     TopChange,
     VariableDiff,
 )
+from gradscope.commands.inspect.report import SCHEMA as INSPECT_SCHEMA
+from gradscope.commands.inspect.report import ActivationRow, InputRow, Report, VariableRow
 from gradscope.errors import DataLoadError, UsageError, received
-from gradscope.report import SCHEMA as INSPECT_SCHEMA
-from gradscope.report import (
-    ActivationRow,
-    InputRow,
-    Report,
-    TensorStats,
-    VariableRow,
-    finite_or_none,
-)
+from gradscope.report import TensorStats, finite_or_none
 
 __all__ = [
     "FAIL_CONDITIONS",

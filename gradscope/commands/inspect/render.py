@@ -37,7 +37,8 @@ from ...render.table import (
     strip_trailing_spaces,
     summary_grid,
 )
-from ...report import (
+from ...report import TensorStats, size_of
+from .report import (
     ActivationRow,
     BatchesReport,
     InputRow,
@@ -45,9 +46,7 @@ from ...report import (
     PerSampleReport,
     PerSampleRow,
     Report,
-    TensorStats,
     VariableRow,
-    size_of,
 )
 
 __all__ = ["CSV_COLUMNS", "format_csv", "format_table", "render"]

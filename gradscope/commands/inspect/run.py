@@ -27,16 +27,7 @@ from ...loading.pipelines import data_argument
 from ...loading.signature import ModelSignature, model_signature
 from ...loading.synthetic import DEFAULT_ROWS
 from ...losses import LossSpec
-from ...report import (
-    ActivationRow,
-    GradientTensors,
-    InputRow,
-    LossInfo,
-    ModelInfo,
-    PerSampleReport,
-    Report,
-    VariableRow,
-)
+from ...report import LossInfo, ModelInfo
 from ...selection import output_layer_path, parse_selector, select
 from ...session import (
     ArrayLike,
@@ -48,6 +39,7 @@ from ...session import (
     variable_owners,
 )
 from .options import InspectOptions
+from .report import ActivationRow, GradientTensors, InputRow, PerSampleReport, Report, VariableRow
 
 
 def inspect_file(
