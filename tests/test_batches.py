@@ -84,7 +84,8 @@ def _assert_matches_reference(merged: Any, ref: ReferenceGradients) -> None:
     assert {row.path for row in probed} == set(ref.activations)
     for row in merged.activations:
         if row not in probed:  # an RNN cell inside its loop: a note row
-            assert row.grad is None and row.note is not None, row.path
+            assert row.grad is None, row.path
+            assert row.note is not None, row.path
             continue
         value = ref.values[row.path]
         assert row.shape == value.shape, row.path
@@ -112,7 +113,7 @@ def _whole_data_reference(name: str, limit: int | None = None) -> ReferenceGradi
 
 
 @pytest.mark.parametrize(
-    "name, batch_size", [("mlp", 8), ("mlp", 7), ("cnn", 5), ("multi_io", 6), ("text_lstm", 5)]
+    ("name", "batch_size"), [("mlp", 8), ("mlp", 7), ("cnn", 5), ("multi_io", 6), ("text_lstm", 5)]
 )
 def test_mean_of_batches_equals_the_whole_data(name: str, batch_size: int) -> None:
     model, data = SAMPLES / f"{name}.keras", SAMPLES / f"{name}.npz"
@@ -142,7 +143,8 @@ def test_spread_statistics_against_each_batch_on_its_own(keras: Any) -> None:
         grads.append({k: v for k, v in part.variables.items() if v is not None})
         losses.append(part.loss)
         weights.append(len(xb) / len(x))
-    assert merged.batches is not None and merged.tensors is not None
+    assert merged.batches is not None
+    assert merged.tensors is not None
     w = np.asarray(weights)
     assert merged.loss.value == pytest.approx(float(np.dot(w, losses)), rel=1e-6)
     assert merged.batches.losses.median == pytest.approx(float(np.median(losses)), rel=1e-6)
@@ -279,16 +281,18 @@ def test_cli_batches_json_contract() -> None:
     assert set(batches) == {
         "count", "batch_size", "rows", "max_batches", "loss", "global_norm", "variables"
     }  # fmt: skip
-    assert batches["batch_size"] == 4 and batches["rows"] == data["batch"]["size"]
+    assert batches["batch_size"] == 4
+    assert batches["rows"] == data["batch"]["size"]
     assert [v["path"] for v in batches["variables"]] == [v["path"] for v in data["variables"]]
     for row in batches["variables"]:
         assert row["norms"]["min"] <= row["norms"]["median"] <= row["norms"]["max"]
-        assert row["variance"] >= 0 and row["snr"] >= 0
+        assert row["variance"] >= 0
+        assert row["snr"] >= 0
     assert "per_sample" not in data
 
 
 @pytest.mark.parametrize(
-    "args, fragment",
+    ("args", "fragment"),
     [
         (["--batch-size", "0"], "--batch-size"),
         (["--max-batches", "2"], "needs --batch-size"),
@@ -298,4 +302,5 @@ def test_cli_batches_json_contract() -> None:
 def test_cli_batch_option_errors(args: list[str], fragment: str) -> None:
     result = _invoke(SAMPLES / "mlp.keras", "-d", SAMPLES / "mlp.npz", *args)
     assert result.exit_code == ExitCode.USAGE
-    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr

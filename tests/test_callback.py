@@ -141,7 +141,8 @@ def test_records_do_not_retrace_the_forward_pass(keras, monkeypatch) -> None:  #
     assert len(traces) == 1
     # a second fit reuses the cached step
     model.fit(x, y, epochs=1, batch_size=BATCH, callbacks=[monitor], verbose=0)
-    assert monitor.records == 18 and len(traces) == 1
+    assert monitor.records == 18
+    assert len(traces) == 1
 
 
 def test_tensorboard_events_match_the_jsonl(trained, tf) -> None:  # type: ignore[no-untyped-def]
@@ -192,11 +193,13 @@ def test_stop_on_nonfinite_stops_training(keras, stop, tmp_path: Path, capsys) -
               callbacks=[monitor, counter], verbose=0)  # fmt: skip
     lines = _lines(tmp_path / "g.jsonl")
     kinds = [{f["kind"] for f in line["health"]["findings"]} for line in lines]
-    assert "nonfinite" not in kinds[1] and "nonfinite" in kinds[2]
+    assert "nonfinite" not in kinds[1]
+    assert "nonfinite" in kinds[2]
     err = capsys.readouterr().err
     if stop:
         assert model.stop_training is True
-        assert counter.batches == 3 and monitor.records == 3
+        assert counter.batches == 3
+        assert monitor.records == 3
         assert monitor.stop_finding.kind == "nonfinite"
         # The NaN update reaches the weights; whether the probe's loss finding (listed
         # first) fires as well depends on how the backend propagates NaN in the loss.
@@ -204,7 +207,8 @@ def test_stop_on_nonfinite_stops_training(keras, stop, tmp_path: Path, capsys) -
         messages = [f["message"] for f in lines[2]["health"]["findings"]]
         assert any(m.startswith("weights hold NaN") for m in messages)
     else:
-        assert counter.batches == 12 and monitor.stop_finding is None
+        assert counter.batches == 12
+        assert monitor.stop_finding is None
         assert "stopping" not in err
 
 

@@ -169,7 +169,8 @@ def test_wrong_custom_gradient_fails(cube_case: Any) -> None:
     assert result.exit_code == ExitCode.CHECK_FAILED == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["passed"] is False
-    assert report["precision"]["dtype"] == "float64" and report["precision"]["cast"] is True
+    assert report["precision"]["dtype"] == "float64"
+    assert report["precision"]["cast"] is True
     verdict = {row["path"]: row["passed"] for row in report["variables"] + report["inputs"]}
     # the wrong rule corrupts the Cube's weight and everything upstream of it; the
     # layer after it is still right
@@ -183,8 +184,10 @@ def test_wrong_custom_gradient_fails(cube_case: Any) -> None:
     }
     assert report["failed"] == ["dense_in/kernel", "dense_in/bias", "cube/scale", "x"]
     cube_row = next(row for row in report["variables"] if row["path"] == "cube/scale")
-    assert cube_row["class"] == "Cube" and cube_row["max_rel_error"] > 0.1
-    assert "cube/scale" in result.stderr and "Traceback" not in result.stderr
+    assert cube_row["class"] == "Cube"
+    assert cube_row["max_rel_error"] > 0.1
+    assert "cube/scale" in result.stderr
+    assert "Traceback" not in result.stderr
     assert report["loss"]["value"] == pytest.approx(cube_reference(model, x, y, True)["loss"])
     _assert_columns(
         report, cube_reference(model, x, y, exact=True), cube_reference(model, x, y, exact=False)
@@ -196,7 +199,8 @@ def test_right_custom_gradient_passes(cube_case: Any) -> None:
     result = invoke("check", path, "--data", data, "--custom-objects", source, "-f", "json")
     assert result.exit_code == ExitCode.OK, result.stderr
     report = json.loads(result.stdout)
-    assert report["passed"] is True and report["failed"] == []
+    assert report["passed"] is True
+    assert report["failed"] == []
     assert all(row["passed"] for row in report["variables"] + report["inputs"])
     reference = cube_reference(model, x, y, exact=True)
     _assert_columns(report, reference, reference)
@@ -222,11 +226,14 @@ def test_float32_fallback_still_catches_the_wrong_gradient(cube_case: Any) -> No
         assert result.exit_code == code, result.stderr
         report = json.loads(result.stdout)
         precision = report["precision"]
-        assert precision["dtype"] == "float32" and precision["cast"] is False
-        assert precision["fallback"] is True and precision["requested"] == "auto"
+        assert precision["dtype"] == "float32"
+        assert precision["cast"] is False
+        assert precision["fallback"] is True
+        assert precision["requested"] == "auto"
         assert precision["reason"].startswith("no float64 copy: the copy still computes in float32")
         assert precision["tol"] == options.DEFAULT_TOL["float32"]
-        assert "float32" in precision["note"] and "Cast" in precision["note"]
+        assert "float32" in precision["note"]
+        assert "Cast" in precision["note"]
         assert precision["note"] in result.stderr
         cube_row = next(row for row in report["variables"] if row["path"] == "cube/scale")
         assert cube_row["passed"] is (gradient == "right")
@@ -316,16 +323,21 @@ def test_small_error_where_the_loss_curves_is_no_kink(square_case: Any) -> None:
     assert result.exit_code == ExitCode.CHECK_FAILED, result.stderr
     report = json.loads(result.stdout)
     row = next(row for row in report["variables"] if row["path"] == "square/w")
-    assert row["nonsmooth"] == 0 and row["checked"] == 6 and row["passed"] is False
+    assert row["nonsmooth"] == 0
+    assert row["checked"] == 6
+    assert row["passed"] is False
     for point in row["coordinates"]:  # the numeric column is the true gradient
-        assert point["smooth"] and point["autodiff"] == pytest.approx(1.003 * point["numeric"])
+        assert point["smooth"]
+        assert point["autodiff"] == pytest.approx(1.003 * point["numeric"])
     assert row["max_rel_error"] > 100 * report["precision"]["tol"]
-    assert report["failed"] == ["square/w"] and report["unchecked"] == []
+    assert report["failed"] == ["square/w"]
+    assert report["unchecked"] == []
     source, path, data = square_case("1.0")
     right = invoke("check", path, "--data", data, "--custom-objects", source, "-f", "json")
     assert right.exit_code == ExitCode.OK, right.stderr
     row = next(row for row in json.loads(right.stdout)["variables"] if row["path"] == "square/w")
-    assert row["passed"] is True and row["checked"] == 6
+    assert row["passed"] is True
+    assert row["checked"] == 6
 
 
 # -- a tensor with no checkable entry -----------------------------------------------------------
@@ -366,13 +378,18 @@ def test_unchecked_tensor_is_not_a_pass(keras: Any, tmp_path: Path) -> None:
     x, y = rng.normal(size=(8, 5)), rng.normal(size=(8, 1))
     report = run.check(model, x, y)
     row = next(row for row in report.variables if row.path == "gate/g")
-    assert row.checked == 0 and row.nonsmooth == 5 and row.passed is None
-    assert report.failed == () and [r.path for r in report.unchecked] == ["gate/g"]
+    assert row.checked == 0
+    assert row.nonsmooth == 5
+    assert row.passed is None
+    assert report.failed == ()
+    assert [r.path for r in report.unchecked] == ["gate/g"]
     assert report.passed is False
     document = json.loads(report.to_json())
-    assert document["passed"] is False and document["unchecked"] == ["gate/g"]
+    assert document["passed"] is False
+    assert document["unchecked"] == ["gate/g"]
     allowed = run.check(model, x, y, allow_unchecked=True)
-    assert allowed.passed is True and [r.path for r in allowed.unchecked] == ["gate/g"]
+    assert allowed.passed is True
+    assert [r.path for r in allowed.unchecked] == ["gate/g"]
     assert json.loads(allowed.to_json())["allow_unchecked"] is True
     # the command line: exit 1 with a note, exit 0 with --allow-unchecked
     path, data = tmp_path / "gate.keras", tmp_path / "gate.npz"
@@ -420,7 +437,8 @@ def test_model_that_cannot_run_in_float64_falls_back_with_the_reason(keras: Any)
     # the innermost error of Keras's chain ("could not be deserialized" < "Exception
     # encountered when calling" < the dtype error), which says what needs float32
     assert "requested dtype float32 for Tensor with dtype float64" in precision.reason
-    assert precision.note is not None and precision.reason in precision.note
+    assert precision.note is not None
+    assert precision.reason in precision.note
     assert report.passed
     from gradscope.commands.check.render import format_table
 
@@ -454,7 +472,8 @@ def test_require_float64_on_the_command_line(tmp_path: Path, keras: Any) -> None
     result = invoke("check", path, "--custom-objects", source, "-f", "json")
     assert result.exit_code == ExitCode.OK, result.stderr
     precision = json.loads(result.stdout)["precision"]
-    assert precision["fallback"] is True and precision["dtype"] == "float32"
+    assert precision["fallback"] is True
+    assert precision["dtype"] == "float32"
     assert "requested dtype float32 for Tensor with dtype float64" in precision["reason"]
 
 
@@ -502,7 +521,8 @@ def test_old_modules_forward_with_a_deprecation_warning() -> None:
         assert gradscope.render.check.format_report is render.format_report
     with pytest.raises(AttributeError):
         _ = gradscope.gradcheck.no_such_name
-    assert gradscope.check is run.check and gradscope.CheckReport is report.CheckReport
+    assert gradscope.check is run.check
+    assert gradscope.CheckReport is report.CheckReport
 
 
 # -- the sample models ------------------------------------------------------------------------
@@ -513,19 +533,23 @@ def test_sample_models_pass(name: str) -> None:
     model_file, data_file = (SAMPLES / f for f in SAMPLE_PAIRS[name])
     report = run.check_file(model_file, data_file)
     assert report.passed, [(r.path, r.max_rel_error) for r in report.failed]
-    assert report.precision.dtype == "float64" and report.precision.cast
+    assert report.precision.dtype == "float64"
+    assert report.precision.cast
     inspected = gradscope.inspect_file(model_file, data_file, keep_tensors=True)
     assert inspected.tensors is not None
     assert {row.path for row in report.variables} == {v.path for v in inspected.variables}
     assert report.loss.value == pytest.approx(inspected.loss.value, rel=F32_RTOL)
     for row in report.variables:
-        assert row.passed and row.checked >= max(1, len(row.coordinates) // 2), row
+        assert row.passed, row
+        assert row.checked >= max(1, len(row.coordinates) // 2), row
         expected = inspected.tensors.variables[row.path]
         for point in row.coordinates:
             assert close_to(point.autodiff, expected, point.index, F32_RTOL), (row.path, point)
     for row in report.inputs:
         if row.dtype.startswith("int"):
-            assert row.passed is None and row.checked == 0 and "not differentiable" in row.note
+            assert row.passed is None
+            assert row.checked == 0
+            assert "not differentiable" in row.note
             continue
         expected = inspected.tensors.inputs[row.path]
         assert row.passed
@@ -536,7 +560,8 @@ def test_sample_models_pass(name: str) -> None:
 def test_training_mode_fixes_the_dropout_mask(keras: Any) -> None:
     """cnn: Dropout and BatchNorm in training mode; every evaluation sees the same mask."""
     report = run.check_file(SAMPLES / "cnn.keras", SAMPLES / "cnn.npz", training=True)
-    assert report.training and report.passed, [(r.path, r.max_rel_error) for r in report.failed]
+    assert report.training, [(r.path, r.max_rel_error) for r in report.failed]
+    assert report.passed, [(r.path, r.max_rel_error) for r in report.failed]
     assert keras.config.floatx() == "float32"
 
 
@@ -596,7 +621,9 @@ def test_training_mode_is_the_function_checked(keras: Any) -> None:
     trained = tape_gradients(model, x, y, training=True)
     inferred = tape_gradients(model, x, y, training=False)
     report = run.check(model, x, y, training=True, samples=6)
-    assert report.training and report.passed and report.precision.cast
+    assert report.training
+    assert report.passed
+    assert report.precision.cast
     for row in report.rows:
         for point in row.coordinates:
             assert close_to(point.autodiff, trained[row.path], point.index, F32_RTOL), row.path
@@ -641,7 +668,8 @@ def test_in_memory_model_is_left_as_it_was(keras: Any) -> None:
     policy = global_state.get_global_attribute("dtype_policy", None)
     python_random = random.getstate()
     report = run.check(model, x, y, training=True, samples=4)
-    assert report.passed and report.precision.cast
+    assert report.passed
+    assert report.precision.cast
     assert random.getstate() == python_random  # the copy's seeds were drawn and put back
     for variable, value in zip(model.variables, before, strict=True):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
@@ -664,7 +692,8 @@ def test_sum_of_outputs_is_differenced_in_float64(keras: Any) -> None:
     overridden = run.check_file(
         SAMPLES / "regression_keras3.h5", SAMPLES / "regression_keras3.npz", loss="huber"
     )
-    assert overridden.loss.kind == "override" and overridden.passed
+    assert overridden.loss.kind == "override"
+    assert overridden.passed
     assert max(row.max_abs_error or 0.0 for row in overridden.rows) < 1e-8
 
 
@@ -699,19 +728,23 @@ def test_json_contract(mlp_json: dict[str, Any]) -> None:
         "precision", "samples", "seed", "variables", "inputs",
         "unchecked", "allow_unchecked",  # added keys come last
     ]  # fmt: skip
-    assert report["unchecked"] == [] and report["allow_unchecked"] is False
+    assert report["unchecked"] == []
+    assert report["allow_unchecked"] is False
     precision = report["precision"]
     assert list(precision) == [
         "dtype", "cast", "step", "tol", "noise", "floor", "note",
         "requested", "fallback", "reason",
     ]  # fmt: skip
-    assert precision["requested"] == "auto" and precision["fallback"] is False
+    assert precision["requested"] == "auto"
+    assert precision["fallback"] is False
     assert precision["reason"] == "a float64 copy of the model"
     eps = float(np.finfo(np.float64).eps)
     assert precision["step"] == pytest.approx(eps ** (1 / 3))
-    assert precision["tol"] == 1e-5 and precision["note"] is None
+    assert precision["tol"] == 1e-5
+    assert precision["note"] is None
     assert precision["floor"] == pytest.approx(precision["noise"] / precision["tol"])
-    assert report["samples"] == 5 and report["seed"] == 0
+    assert report["samples"] == 5
+    assert report["seed"] == 0
     row_keys = {
         "kind", "path", "layer", "class", "shape", "size", "dtype", "checked", "nonsmooth",
         "nonfinite", "max_rel_error", "max_abs_error", "passed", "coordinates",
@@ -780,23 +813,28 @@ def test_table_and_csv(mlp_json: dict[str, Any]) -> None:
     assert lines[0].startswith("model      mlp (Functional)")
     assert any(line.startswith("precision  a float64 copy of the model") for line in lines)
     assert any(line.startswith("result     passed: 7 of 7 tensors") for line in lines)
-    assert "Gradient check by variable" in lines and "Gradient check by input" in lines
+    assert "Gradient check by variable" in lines
+    assert "Gradient check by input" in lines
     assert result.stderr == ""
     table = invoke("check", MLP, "-d", MLP_DATA, "-f", "csv", "--samples", "5")
     rows = list(csv.DictReader(io.StringIO(table.stdout)))
     expected = mlp_json["variables"] + mlp_json["inputs"]
     assert [r["path"] for r in rows] == [r["path"] for r in expected]
     for got, want in zip(rows, expected, strict=True):
-        assert got["passed"] == "true" and int(got["checked"]) == want["checked"]
+        assert got["passed"] == "true"
+        assert int(got["checked"]) == want["checked"]
         assert float(got["max_rel_error"]) == pytest.approx(want["max_rel_error"])
 
 
 def test_report_object(mlp_json: dict[str, Any]) -> None:
     report = run.check_file(MLP, MLP_DATA, samples=5, precision="float32")
-    assert isinstance(report, CheckReport) and report.passed
-    assert report.precision.dtype == "float32" and not report.precision.cast
+    assert isinstance(report, CheckReport)
+    assert report.passed
+    assert report.precision.dtype == "float32"
+    assert not report.precision.cast
     assert report.precision.tol == options.DEFAULT_TOL["float32"]
-    assert report.precision.requested == "float32" and report.precision.fallback is False
+    assert report.precision.requested == "float32"
+    assert report.precision.fallback is False
     assert report.precision.reason == "precision='float32' was requested"
     assert json.loads(report.to_json())["schema"] == mlp_json["schema"]
 
@@ -851,9 +889,16 @@ def test_keras_dtype_restores_state_after_an_error(keras: Any) -> None:
     from keras.src.backend.common import global_state
 
     policy = global_state.get_global_attribute("dtype_policy", None)
-    with pytest.raises(RuntimeError), float64.keras_dtype("float64"):
-        assert keras.config.floatx() == "float64"
-        raise RuntimeError("boom")
+    seen: list[str] = []
+
+    def fail_inside() -> None:
+        with float64.keras_dtype("float64"):
+            seen.append(keras.config.floatx())
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_inside()
+    assert seen == ["float64"]
     assert keras.config.floatx() == "float32"
     assert global_state.get_global_attribute("dtype_policy", None) is policy
 
@@ -874,5 +919,6 @@ def test_check_help_does_not_import_tensorflow() -> None:
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
     )
-    assert "--samples" in proc.stdout and "--precision" in proc.stdout
+    assert "--samples" in proc.stdout
+    assert "--precision" in proc.stdout
     assert proc.stdout.strip().endswith("HEAVY False False"), proc.stdout + proc.stderr

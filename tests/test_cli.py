@@ -135,7 +135,8 @@ def test_json_schema(key: str) -> None:
     assert set(out) == TOP_LEVEL_KEYS
     assert out["schema"] == "gradscope.inspect/1"
     assert out["training"] is False
-    assert isinstance(out["global_grad_norm"], float) and out["global_grad_norm"] > 0
+    assert isinstance(out["global_grad_norm"], float)
+    assert out["global_grad_norm"] > 0
     assert {"value", "source", "kind"} <= set(out["loss"])
     assert isinstance(out["loss"]["value"], float)
     assert out["loss"]["source"].startswith("compiled: ")
@@ -178,7 +179,8 @@ def test_multi_output_loss_source_names_both_outputs_and_weight() -> None:
     assert "category" in loss["source"]
     assert "score" in loss["source"]
     assert "0.5" in loss["source"]
-    assert loss["regularization_terms"] == 1 and loss["regularization"] > 0
+    assert loss["regularization_terms"] == 1
+    assert loss["regularization"] > 0
 
 
 def test_multi_input_rows_have_gradients() -> None:
@@ -191,13 +193,15 @@ def test_integer_input_has_null_grad_and_a_note() -> None:
     (row,) = sample_json("text_lstm")["inputs"]
     assert row["name"] == "tokens"
     assert row["grad"] is None
-    assert isinstance(row["note"], str) and row["note"]
+    assert isinstance(row["note"], str)
+    assert row["note"]
 
 
 def test_nested_model_rows() -> None:
     out = sample_json("nested")
     paths = [row["path"] for row in out["activations"]]
-    assert "encoder" in paths and "encoder/enc_dense_1" in paths
+    assert "encoder" in paths
+    assert "encoder/enc_dense_1" in paths
     layers = {row["path"]: row["layer"] for row in out["variables"]}
     assert layers["enc_dense_1/kernel"] == "encoder/enc_dense_1"
 
@@ -288,7 +292,8 @@ def test_synthetic_batch_is_recorded_and_reproducible() -> None:
 @pytest.mark.parametrize("key", ["text_lstm", "multi_io"])
 def test_synthetic_batch_on_other_models(key: str) -> None:
     out = run_json("inspect", model_and_data(key)[0], "--seed", "3")
-    assert out["batch"]["synthetic"] is True and out["batch"]["seed"] == 3
+    assert out["batch"]["synthetic"] is True
+    assert out["batch"]["seed"] == 3
     assert out["loss"]["kind"] == "compiled"
     assert math.isfinite(out["loss"]["value"])
 
@@ -303,7 +308,8 @@ def test_limit_with_data() -> None:
 
 def test_limit_with_synthetic_batch() -> None:
     out = run_json("inspect", sample("mlp.keras"), "--limit", "5")
-    assert out["batch"]["size"] == 5 and out["batch"]["synthetic"] is True
+    assert out["batch"]["size"] == 5
+    assert out["batch"]["synthetic"] is True
     assert out["inputs"][0]["shape"] == [5, 20]
 
 
@@ -311,7 +317,8 @@ def test_layers_glob_keeps_only_matching_rows() -> None:
     model, data = model_and_data("mlp")
     full = sample_json("mlp")
     out = run_json("inspect", model, "--data", data, "--layers", "hidden_*")
-    assert out["variables"] and out["activations"]
+    assert out["variables"]
+    assert out["activations"]
     assert all(fnmatchcase(row["layer"], "hidden_*") for row in out["variables"])
     assert all(fnmatchcase(row["path"], "hidden_*") for row in out["activations"])
     assert out["variables"] == [r for r in full["variables"] if r["layer"].startswith("hidden_")]
@@ -319,7 +326,8 @@ def test_layers_glob_keeps_only_matching_rows() -> None:
     assert not any(r["layer"] == "probs" for r in out["variables"])
     assert out["loss"] == full["loss"]
     table = run_ok("inspect", model, "--data", data, "--layers", "hidden_*")
-    assert "hidden_1/kernel" in table and "probs/kernel" not in table
+    assert "hidden_1/kernel" in table
+    assert "probs/kernel" not in table
 
 
 def test_layers_glob_matches_nested_paths() -> None:
@@ -392,14 +400,16 @@ def test_sum_of_outputs_note_goes_to_stderr_and_quiet_hides_it(tmp_path: Path) -
     assert json.loads(noisy.stdout)["loss"]["kind"] == "sum_of_outputs"
     assert noisy.stderr == "gradscope: loss: sum of outputs (no targets in the batch)\n"
     quiet = invoke("inspect", model, "--data", tmp_path / "x.npy", "--format", "json", "--quiet")
-    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert quiet.exit_code == 0
+    assert quiet.stderr == ""
     assert json.loads(quiet.stdout) == json.loads(noisy.stdout)
 
 
 def test_successful_run_writes_nothing_to_stderr() -> None:
     model, data = model_and_data("mlp")
     code, out, err = _cached(("inspect", model, "--data", data, "--format", "json"))
-    assert code == 0 and err == ""
+    assert code == 0
+    assert err == ""
     assert out.endswith("}\n")
 
 
@@ -420,7 +430,8 @@ def test_version_in_process() -> None:
 def test_bad_option_value_is_one_line_usage_error(option: str, value: str) -> None:
     model, data = model_and_data("mlp")
     message = error_line(invoke("inspect", model, "--data", data, option, value), 2)
-    assert option in message and value in message
+    assert option in message
+    assert value in message
     if option == "--format":
         assert all(name in message for name in ("table", "json", "csv"))
 
@@ -531,7 +542,8 @@ def test_console_script_help() -> None:
         pytest.skip("the gradscope console script is not installed beside this Python")
     proc = _run([str(script), "--help"])
     assert proc.returncode == 0
-    assert "inspect" in proc.stdout and proc.stderr == ""
+    assert "inspect" in proc.stdout
+    assert proc.stderr == ""
 
 
 def test_python_m_version() -> None:

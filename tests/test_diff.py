@@ -122,7 +122,8 @@ def l2(stats: Doc | None) -> float | None:
 
 def check_change(change: Doc, a: float | None, b: float | None) -> None:
     """A reported change against ``a``, ``b``, ``b / a`` and ``log10(b / a)`` from here."""
-    assert change["a"] == a and change["b"] == b
+    assert change["a"] == a
+    assert change["b"] == b
     if a is not None and b is not None and a > 0 and b > 0:
         assert change["ratio"] == pytest.approx(b / a, rel=REL)
         assert change["log10_ratio"] == pytest.approx(math.log10(b / a), rel=REL, abs=1e-15)
@@ -198,10 +199,13 @@ def test_identical_reports_give_ratio_one_and_exit_zero(reports: dict[str, Path]
         changes += [row["grad_l2"], row["value_l2"]]
     assert len(changes) == 1 + 3 * 6 + 2 * 3
     for change in changes:
-        assert change["ratio"] == 1.0 and change["log10_ratio"] == 0.0
+        assert change["ratio"] == 1.0
+        assert change["log10_ratio"] == 0.0
         assert change["reason"] is None
     assert out["loss"]["delta"] == 0.0
-    assert out["top"] == [] and out["added"] == [] and out["removed"] == []
+    assert out["top"] == []
+    assert out["added"] == []
+    assert out["removed"] == []
     assert out["checks"]["failed"] is False
     assert not any(result["triggered"] for result in out["checks"]["results"])
 
@@ -240,7 +244,8 @@ def test_newly_nonfinite_and_recovered(reports: dict[str, Path]) -> None:
     assert len(new) >= 6 + 3  # every variable gradient, every layer-output gradient
     assert out["nonfinite"]["recovered"] == []
     for row in out["variables"]:
-        assert row["grad_l2"]["ratio"] is None and row["grad_l2"]["reason"] == "nonfinite_b"
+        assert row["grad_l2"]["ratio"] is None
+        assert row["grad_l2"]["reason"] == "nonfinite_b"
     assert out["global_grad_norm"]["reason"] == "nonfinite_b"
     assert out["loss"] == {
         "a": a["loss"]["value"],
@@ -250,16 +255,19 @@ def test_newly_nonfinite_and_recovered(reports: dict[str, Path]) -> None:
     }
     back = diff_json(reports["nan"], reports["full"])
     recovered = {(c["kind"], c["path"], c["quantity"]) for c in back["nonfinite"]["recovered"]}
-    assert recovered == set(expected) and back["nonfinite"]["new"] == []
+    assert recovered == set(expected)
+    assert back["nonfinite"]["new"] == []
 
 
 def test_fail_on_nonfinite_prints_the_report_then_exits_1(reports: dict[str, Path]) -> None:
     result = invoke("diff", reports["full"], reports["nan"], "--fail-on", "nonfinite")
     assert result.exit_code == ExitCode.CHECK_FAILED == 1
-    assert "Non-finite changes" in result.stdout and "newly non-finite" in result.stdout
+    assert "Non-finite changes" in result.stdout
+    assert "newly non-finite" in result.stdout
     assert result.stderr == "gradscope: --fail-on: nonfinite fired\n"
     quiet = invoke("diff", reports["full"], reports["nan"], "--fail-on", "nonfinite", "-q")
-    assert quiet.exit_code == 1 and quiet.stderr == ""
+    assert quiet.exit_code == 1
+    assert quiet.stderr == ""
     recovered = invoke("diff", reports["nan"], reports["full"], "--fail-on", "NonFinite")
     assert recovered.exit_code == 0, recovered.stderr
 
@@ -283,7 +291,8 @@ def test_fail_on_ratio_fires_beyond_the_factor(reports: dict[str, Path], max_rat
         ratio = next(r for r in out["checks"]["results"] if r["condition"] == "ratio")
         assert ratio == {"condition": "ratio", "requested": True, "triggered": bool(beyond),
                          "paths": beyond}  # fmt: skip
-        assert out["checks"]["max_ratio"] == max_ratio and out["checks"]["failed"] is bool(beyond)
+        assert out["checks"]["max_ratio"] == max_ratio
+        assert out["checks"]["failed"] is bool(beyond)
 
 
 def test_added_and_removed(reports: dict[str, Path], tmp_path: Path) -> None:
@@ -311,7 +320,8 @@ def test_added_and_removed(reports: dict[str, Path], tmp_path: Path) -> None:
         assert result.exit_code == 1, condition
         assert "Added and removed" in result.stdout
     table = invoke("diff", path_a, path_b, "-f", "table").stdout
-    assert "added (only in B)" in table and "removed (only in A)" in table
+    assert "added (only in B)" in table
+    assert "removed (only in A)" in table
 
 
 # -- zero and missing norms ----------------------------------------------------------------
@@ -353,7 +363,8 @@ def test_zero_and_missing_norms_give_null_and_a_reason(
     var = [row["grad_l2"] for row in out["variables"]]
     assert var[0] == {"a": 0.0, "b": l2(a0["variables"][0]["grad"]), "ratio": None,
                       "log10_ratio": None, "reason": "zero_a"}  # fmt: skip
-    assert var[1]["ratio"] == 0.0 and var[1]["log10_ratio"] is None
+    assert var[1]["ratio"] == 0.0
+    assert var[1]["log10_ratio"] is None
     assert var[1]["reason"] == "zero_b"
     assert (var[2]["ratio"], var[2]["reason"]) == (None, "zero_both")
     assert (var[3]["ratio"], var[3]["reason"]) == (None, "missing_a")
@@ -373,9 +384,12 @@ def test_zero_and_missing_norms_give_null_and_a_reason(
     assert ratio["paths"] == ["hidden_1/kernel", "hidden_1/bias"]
     table = invoke("diff", path_a, path_b, "--top", 3).stdout
     line = next(x for x in table.splitlines() if x.startswith("hidden_1/kernel "))
-    assert " inf " in line and "+inf" in line and "0 in A: infinite ratio" in line
+    assert " inf " in line
+    assert "+inf" in line
+    assert "0 in A: infinite ratio" in line
     line = next(x for x in table.splitlines() if x.startswith("hidden_2/kernel "))
-    assert "0/0" in line and "ratio undefined" in line
+    assert "0/0" in line
+    assert "ratio undefined" in line
 
 
 # -- other formats ------------------------------------------------------------------------
@@ -405,7 +419,8 @@ def test_csv_numbers_equal_json(reports: dict[str, Path]) -> None:
 
 def test_table_lists_every_row(reports: dict[str, Path]) -> None:
     result = invoke("diff", reports["full"], reports["part"], "--top", 2)
-    assert result.exit_code == 0 and result.stderr == ""
+    assert result.exit_code == 0
+    assert result.stderr == ""
     text = result.stdout
     for title in ("Largest changes", "Gradients by variable", "Gradients by layer output"):
         assert title in text
@@ -415,7 +430,8 @@ def test_table_lists_every_row(reports: dict[str, Path]) -> None:
         assert f"{row['grad_l2']['ratio']:.3e}" in line
         assert f"{row['grad_l2']['log10_ratio']:+.3f}" in line
     assert "batch size differs: A 32 vs B 8" in text
-    assert "Non-finite changes" not in text and "Added and removed" not in text
+    assert "Non-finite changes" not in text
+    assert "Added and removed" not in text
 
 
 @pytest.mark.parametrize("columns", ["abc", "-5", "0", "", "12x"])
@@ -426,7 +442,8 @@ def test_a_malformed_columns_variable_is_ignored(reports: dict[str, Path], colum
     default = CliRunner().invoke(app, args, env={"COLUMNS": None})
     result = CliRunner().invoke(app, args, env={"COLUMNS": columns})
     assert result.exit_code == default.exit_code == 0, result.stderr
-    assert result.stderr == "" and result.stdout == default.stdout
+    assert result.stderr == ""
+    assert result.stdout == default.stdout
     widest = max(map(len, default.stdout.splitlines()))
     narrow = CliRunner().invoke(app, args, env={"COLUMNS": "90"})
     assert max(map(len, narrow.stdout.splitlines())) <= 90 < widest <= 160
@@ -568,7 +585,8 @@ def test_diff_never_imports_tensorflow(tmp_path: Path) -> None:
     out, _, heavy = proc.stdout.rpartition("HEAVY=")
     assert heavy.strip() == ""
     variable = json.loads(out)["variables"][0]["grad_l2"]
-    assert variable["ratio"] == 25.0 and variable["log10_ratio"] == pytest.approx(math.log10(25))
+    assert variable["ratio"] == 25.0
+    assert variable["log10_ratio"] == pytest.approx(math.log10(25))
 
 
 @pytest.mark.parametrize(

@@ -164,8 +164,10 @@ def test_a_keras_imported_on_another_backend_is_one_clear_error(
     with pytest.raises(UsageError) as raised:
         _tf.check_backend()
     message = str(raised.value)
-    assert FIX in message and "Received: keras.config.backend()='jax'" in message
-    assert "\n" not in message and len(message) < MAX_LINE
+    assert FIX in message
+    assert "Received: keras.config.backend()='jax'" in message
+    assert "\n" not in message
+    assert len(message) < MAX_LINE
 
 
 @pytest.mark.slow
@@ -186,7 +188,8 @@ def test_the_python_api_refuses_another_backend_before_importing_keras(tmp_path:
     message, imported = proc.stdout.splitlines()
     keras_json = tmp_path / "keras_home" / "keras.json"
     assert message.startswith(f'"backend": "jax" in {keras_json} selects the \'jax\' backend')
-    assert FIX in message and len(message) < MAX_LINE
+    assert FIX in message
+    assert len(message) < MAX_LINE
     # Keras was not imported, and the caller's environment is left as it was
     assert imported == "False None"
 
@@ -206,7 +209,8 @@ def test_the_python_api_names_the_fix_when_keras_runs_on_jax(tmp_path: Path) -> 
     proc = run_python(["-c", script, str(MLP)], subprocess_env(keras_home(tmp_path), "jax"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Keras was already imported with the 'jax' backend")
-    assert FIX in proc.stdout and len(proc.stdout.strip()) < MAX_LINE
+    assert FIX in proc.stdout
+    assert len(proc.stdout.strip()) < MAX_LINE
 
 
 @pytest.mark.slow
@@ -412,7 +416,8 @@ def test_a_keras_message_quoting_the_whole_config_is_cut_short(tmp_path: Path) -
     model = rewrite_archive(MLP, tmp_path / "model.keras", edit)
     message = error_line(["inspect", model], ExitCode.MODEL)
     assert message.startswith(f"{model}: cannot load the model: `registered_name='mine>Dense'`")
-    assert "Full object config" not in message and "'units'" not in message
+    assert "Full object config" not in message
+    assert "'units'" not in message
     assert len(message) - len(str(model)) < MAX_LINE
 
 
@@ -439,7 +444,8 @@ def test_a_newer_keras_class_is_a_version_error_not_a_custom_object(
         f"{model}: cannot load the model, saved by Keras {NEWER}, newer than the installed "
         f"Keras {keras.__version__} (pip install -U keras): "
     )
-    assert "DenseFromTheFuture" in message and len(message) < MAX_LINE
+    assert "DenseFromTheFuture" in message
+    assert len(message) < MAX_LINE
     assert "--custom-objects" not in message
 
 
@@ -460,7 +466,8 @@ def test_a_newer_keras_h5_that_fails_names_both_versions(tmp_path: Path, keras: 
         f"{model}: cannot load the model, saved by Keras {NEWER}, newer than the installed "
         f"Keras {keras.__version__} (pip install -U keras): "
     )
-    assert "new_argument" in message and len(message) < MAX_LINE + len(str(model))
+    assert "new_argument" in message
+    assert len(message) < MAX_LINE + len(str(model))
 
 
 def test_a_newer_keras_file_that_loads_gets_a_note(tmp_path: Path, keras: Any) -> None:

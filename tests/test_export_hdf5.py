@@ -35,7 +35,8 @@ def one_error_line(result: Any, code: int) -> str:
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gradscope: error: "), result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gradscope: error: "), result.stderr
     return lines[0][len("gradscope: error: ") :]
 
 
@@ -173,7 +174,8 @@ def test_nested_model_keeps_both_the_submodel_and_its_layers(save_run: Any) -> N
         inner = handle["activations/encoder/enc_dense_1/grad"]
         assert encoder.attrs["path"] == "encoder"
         assert inner.attrs["path"] == "encoder/enc_dense_1"
-        assert encoder.shape == (32, 8) and inner.shape == (32, 16)
+        assert encoder.shape == (32, 8)
+        assert inner.shape == (32, 16)
         assert "activations/encoder/enc_dense_2/grad" in handle
         assert "variables/enc_dense_1/kernel/grad" in handle
 
@@ -204,8 +206,10 @@ def test_save_refuses_an_existing_file_without_force(tmp_path: Path) -> None:
     args = ("inspect", SAMPLES / "mlp.keras", "--data", SAMPLES / "mlp.npz", "--save", out, "-q")
     refused = invoke(*args)
     assert refused.exit_code == ExitCode.OUTPUT
-    assert "exists" in refused.stderr and "--force" in refused.stderr
-    assert "Traceback" not in refused.stderr and refused.stdout == ""
+    assert "exists" in refused.stderr
+    assert "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert refused.stdout == ""
     assert out.read_bytes() == b"old content"
     result = invoke(*args, "--force")
     assert result.exit_code == 0, result.stderr

@@ -152,7 +152,8 @@ def mlp(request, keras) -> MLPCase:  # type: ignore[no-untyped-def]
 def test_mlp_probabilities_are_not_clipped(mlp: MLPCase) -> None:
     """The formulas below assume Keras's [1e-7, 1 - 1e-7] clip is inactive."""
     if mlp.out_act == "softmax":
-        assert mlp.p.min() > 1e-3 and mlp.p.max() < 1 - 1e-3
+        assert mlp.p.min() > 1e-3
+        assert mlp.p.max() < 1 - 1e-3
     keras_pred = mlp.model(mlp.x, training=False).numpy()
     assert_close(keras_pred, mlp.p, what="numpy forward pass vs Keras")
 

@@ -27,7 +27,8 @@ def _kinds(report: Any) -> list[str]:
 @pytest.mark.parametrize("name", HEALTHY)
 def test_healthy_sample_models_have_no_findings(name: str) -> None:
     report = api.inspect_file(SAMPLES / f"{name}.keras", SAMPLES / f"{name}.npz")
-    assert report.health is not None and report.health.findings == ()
+    assert report.health is not None
+    assert report.health.findings == ()
     assert report.to_dict()["health"]["ok"] is True
 
 
@@ -41,7 +42,8 @@ def test_deep_sigmoid_vanishes_from_the_first_layer() -> None:
         layers[row.layer] = float(np.hypot(layers.get(row.layer, 0.0), row.grad.l2))  # type: ignore[union-attr]
     largest = max(layers.values())
     expected = tuple(name for name, norm in layers.items() if norm < 1e-4 * largest)
-    assert vanishing.where == expected and expected[0] == "dense_01"
+    assert vanishing.where == expected
+    assert expected[0] == "dense_01"
     assert vanishing.values["largest_grad_l2"] == pytest.approx(largest)
     assert vanishing.threshold == 1e-4
     looser = api.inspect_file(
@@ -89,7 +91,8 @@ def test_nonfinite_weights_are_named(keras: Any) -> None:
     kernel.assign(np.where(np.eye(3, 2) > 0, np.inf, 0.5).astype(np.float32))
     report = api.inspect(model, np.ones((4, 3), np.float32))
     weights = [f for f in report.health.findings if f.message.startswith("weights")]  # type: ignore[union-attr]
-    assert weights and weights[0].where == ("d/kernel",)
+    assert weights
+    assert weights[0].where == ("d/kernel",)
 
 
 def test_exploding_gradients(keras: Any) -> None:
@@ -136,8 +139,10 @@ def test_attention_key_bias_is_no_false_alarm(keras: Any) -> None:
         model, rng.standard_normal((4, 6, 8)).astype("f4"), rng.standard_normal((4, 6, 1))
     )
     key_bias = next(r for r in report.variables if r.path.endswith("key/bias"))
-    assert key_bias.grad is not None and key_bias.grad.l2 < 1e-6  # zero, up to rounding
-    assert report.health is not None and report.health.findings == ()
+    assert key_bias.grad is not None
+    assert key_bias.grad.l2 < 1e-6
+    assert report.health is not None
+    assert report.health.findings == ()
 
 
 def _invoke(*args: Any) -> Any:
@@ -154,11 +159,14 @@ def test_fail_on_exit_codes_and_json() -> None:
     assert set(data["health"]["findings"][0]) == {"kind", "message", "where", "values", "threshold"}
     assert "--fail-on: vanishing fired" in fired.stderr
     quiet = _invoke(*deep, "--fail-on", "nonfinite,exploding,dead")
-    assert quiet.exit_code == 0 and "Health: 2 findings" in quiet.stdout
+    assert quiet.exit_code == 0
+    assert "Health: 2 findings" in quiet.stdout
     healthy = _invoke(SAMPLES / "mlp.keras", "-d", SAMPLES / "mlp.npz", "--fail-on", "vanishing")
-    assert healthy.exit_code == 0 and "Health: no findings" in healthy.stdout
+    assert healthy.exit_code == 0
+    assert "Health: no findings" in healthy.stdout
     unknown = _invoke(*deep, "--fail-on", "vanish")
-    assert unknown.exit_code == ExitCode.USAGE and "--fail-on" in unknown.stderr
+    assert unknown.exit_code == ExitCode.USAGE
+    assert "--fail-on" in unknown.stderr
 
 
 def test_near_zero_weights_are_not_exploding(keras: Any) -> None:
@@ -181,5 +189,6 @@ def test_near_zero_weights_are_not_exploding(keras: Any) -> None:
     x, y = rng.standard_normal((16, 4)).astype("f4"), rng.standard_normal((16, 1)).astype("f4")
     report = api.inspect(model, x, y)
     scale = next(r for r in report.variables if r.layer == "scale")
-    assert scale.ratio is not None and scale.ratio > 10  # the ratio alone would fire
+    assert scale.ratio is not None
+    assert scale.ratio > 10
     assert "exploding" not in _kinds(report)

@@ -51,7 +51,7 @@ BAD_FIELDS: list[tuple[str, Any, str]] = [
 SELECTOR_OPTIONS = {"variables": "--vars", "layers": "--layers"}
 
 
-@pytest.mark.parametrize("name, value, message", BAD_FIELDS)
+@pytest.mark.parametrize(("name", "value", "message"), BAD_FIELDS)
 def test_every_field_is_validated_when_built(name: str, value: Any, message: str) -> None:
     with pytest.raises(UsageError) as built:
         HessianOptions(**{name: value})
@@ -82,7 +82,7 @@ CLI_CASES: list[tuple[list[str], dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize("args, fields", CLI_CASES)
+@pytest.mark.parametrize(("args", "fields"), CLI_CASES)
 def test_cli_shows_the_library_message(args: list[str], fields: dict[str, Any]) -> None:
     with pytest.raises(UsageError) as expected:
         HessianOptions(**fields)
@@ -105,7 +105,8 @@ def test_cli_defaults_are_the_library_defaults() -> None:
     assert fields - set(parameters) == {"probes"}
     for name in sorted(fields - {"probes", "seed", "max_memory"}):
         assert parameters[name].default == library[name], name
-    assert library["seed"] is None and parameters["seed"].default == DEFAULT_SEED
+    assert library["seed"] is None
+    assert parameters["seed"].default == DEFAULT_SEED
     # max_memory: no CLI default either; the library computes it from the machine.
     assert parameters["max_memory"].default is None
     assert "max_memory" not in library
@@ -124,7 +125,7 @@ def test_cli_choices_are_case_insensitive_as_before() -> None:
 
 
 @pytest.mark.parametrize(
-    "options, seed, expected",
+    ("options", "seed", "expected"),
     [
         (None, None, DEFAULT_SEED),
         (None, 7, 7),

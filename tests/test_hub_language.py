@@ -297,9 +297,11 @@ def test_inspect_batch_size(subject: Subject) -> None:
     the whole batch (the loss divides by rows x tokens), so equals the reference."""
     report = subject.inspect(keep_tensors=True, batch_size=2)
     _, ref = plain(subject)
-    assert report.batches is not None and report.batches.count == hl.ROWS // 2
+    assert report.batches is not None
+    assert report.batches.count == hl.ROWS // 2
     tensors = report.tensors
-    assert tensors is not None and set(tensors.variables) == set(ref.variables)
+    assert tensors is not None
+    assert set(tensors.variables) == set(ref.variables)
     for path, expected in ref.variables.items():
         what = f"{subject.name} mean gradient {path}"
         close(tensors.variables[path], expected, floor(ref), what)
@@ -332,7 +334,8 @@ def test_inspect_per_sample(subject: Subject) -> None:
     paths, norms = per_example_reference(subject)
     total = np.sqrt((norms**2).sum(axis=1))
     section = report.per_sample
-    assert section is not None and section.examples == hl.ROWS
+    assert section is not None
+    assert section.examples == hl.ROWS
     rows = {row.path: row for row in section.variables}
     for row, values in [(section.total, total)] + [
         (rows[p], norms[:, j]) for j, p in enumerate(paths)
@@ -362,7 +365,8 @@ def test_padding_gets_exactly_zero_gradient(name: str, hub: dict[str, hl.HubMode
     (path,) = [p for p in tensors.activations if p.endswith("/token_embedding@0")]
     grad = tensors.activations[path]
     padded = hub[name].padding_mask == 0
-    assert padded.any() and grad.shape[:2] == padded.shape
+    assert padded.any()
+    assert grad.shape[:2] == padded.shape
     assert np.all(grad[padded] == 0.0), f"{name}: padded positions got a gradient"
     counted = hub[name].sample_weight > 0
     assert np.all(np.abs(grad[counted]).max(axis=-1) > 0), f"{name}: counted positions"
@@ -383,7 +387,8 @@ def test_lora_rows_are_the_adapters_and_name_their_kernel(hub: dict[str, hl.HubM
     frozen = {v.path for v in model.non_trainable_variables}
     for row in report.variables:
         adapted = row.path.rsplit("/", 1)[0] + "/kernel"
-        assert row.adapts == adapted and adapted in frozen, row
+        assert row.adapts == adapted, row
+        assert adapted in frozen, row
         assert row.to_dict()["adapts"] == adapted
     assert len(report.variables) == 4
 
@@ -430,7 +435,8 @@ def test_hessian_variable_blocks(subject: Subject) -> None:
         (path,) = block.vars
         start, stop = offsets[selected.index(path)], offsets[selected.index(path) + 1]
         want = both[start:stop, start:stop]
-        assert block.method == "exact" and block.matrix is not None
+        assert block.method == "exact"
+        assert block.matrix is not None
         compare(block.matrix, want, HESSIAN_RTOL, f"{subject.name} hessian {path}")
         eigenvalues = np.linalg.eigvalsh((want + want.T) / 2)
         scale = float(np.max(np.abs(eigenvalues)))
@@ -448,8 +454,10 @@ def test_hessian_whole_model_lanczos(subject: Subject) -> None:
     options = gradscope.HessianOptions(block="model", method="lanczos", top_k=1, eigenvectors=True)
     (block,) = subject.hessian(options).blocks
     variables = list(subject.model.trainable_variables)
-    assert block.method == "lanczos" and block.size == sum(int(np.prod(v.shape)) for v in variables)
-    assert block.converged and block.eigenvectors is not None
+    assert block.method == "lanczos"
+    assert block.size == sum(int(np.prod(v.shape)) for v in variables)
+    assert block.converged
+    assert block.eigenvectors is not None
     top = block.eigenvalues[0]
     vector = np.asarray(block.eigenvectors[:, 0], np.float64)
     product = reference_hvp(subject, variables, vector)

@@ -268,7 +268,8 @@ def _check_per_sample(case: HubCase, loaded: Loaded) -> None:
             got[entry["index"]] = entry["norm"]
         want = expected[row["path"]]
         if is_zero(case, row["path"]):
-            assert want.max() <= floor and got.max() <= floor, row["path"]
+            assert want.max() <= floor, row["path"]
+            assert got.max() <= floor, row["path"]
             continue
         np.testing.assert_allclose(got, want, rtol=RTOL, err_msg=row["path"])
     total = np.sqrt(sum(norms**2 for norms in expected.values()))
@@ -320,7 +321,8 @@ def test_hessian_exact_blocks(case: HubCase, loaded: Loaded) -> None:
     for path in case.small_vars:
         block = blocks[(path,)]
         expected = explicit_hessian(loaded, path)
-        assert block.method == "exact" and block.matrix is not None
+        assert block.method == "exact"
+        assert block.matrix is not None
         compare(block.matrix, expected, RTOL, f"{case.name} hessian {path}")
         symmetric = (expected + expected.T) / 2
         spectrum = np.linalg.eigvalsh(symmetric)
@@ -386,7 +388,8 @@ def test_hessian_whole_model_lanczos(case: HubCase, loaded: Loaded) -> None:
     )  # fmt: skip
     (block,) = data["blocks"]
     assert block["size"] == sum(int(np.prod(v.shape)) for v in loaded.model.trainable_variables)
-    assert block["method"] == "lanczos" and block["converged"] is True
+    assert block["method"] == "lanczos"
+    assert block["converged"] is True
     expected = reference_top_eigenvalue(loaded)
     assert block["eigenvalues"][0] == pytest.approx(expected, rel=1e-3)
 
@@ -401,12 +404,14 @@ def test_check_passes_and_agrees_with_the_reference(case: HubCase, plain: Any) -
     result = invoke("check", case.model_path, "--data", case.data_path, "-f", "json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["passed"] is True and data["failed"] == []
+    assert data["passed"] is True
+    assert data["failed"] == []
     rows = data["variables"] + data["inputs"]
     assert len(data["variables"]) == len(ref.variables)
     for row in rows:
         if row["passed"] is None:  # integer inputs (token ids, masks) have no gradient
-            assert row["kind"] == "input" and row["note"], row
+            assert row["kind"] == "input", row
+            assert row["note"], row
             continue
         assert row["passed"] is True, row
         if row["kind"] == "variable":
@@ -436,5 +441,6 @@ def test_synthetic_batch_needs_fixed_sizes(case: HubCase) -> None:
         return
     message = error_line(["inspect", case.model_path], ExitCode.MISMATCH)
     name = "token_ids" if case.name == "bert_classifier" else "input_layer"
-    assert f"model input '{name}" in message and "unknown dimensions" in message, message
+    assert f"model input '{name}" in message, message
+    assert "unknown dimensions" in message, message
     assert "--data" in message

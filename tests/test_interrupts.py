@@ -34,7 +34,8 @@ def _interrupt_after(calls: int, original: Any) -> Any:
 def _interrupted(result: Any, folder: Path) -> None:
     assert result.exit_code == ExitCode.INTERRUPTED, result.stderr
     assert result.stderr.strip().splitlines() == ["gradscope: error: interrupted"]
-    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
     assert sorted(p.name for p in folder.iterdir()) == []
 
 

@@ -113,7 +113,10 @@ def test_wrapped_function(keras: Any) -> None:
         "wrapped_function", keras, f"gave {hooks.wrapped_function(loss)!r}"
     )
     builtin = hooks.wrapped_function(keras.losses.MeanSquaredError())
-    assert builtin is not None and builtin[0] is keras.losses.mean_squared_error, broke(
+    assert builtin is not None, broke(
+        "wrapped_function", keras, f"MeanSquaredError gave {builtin!r}"
+    )
+    assert builtin[0] is keras.losses.mean_squared_error, broke(
         "wrapped_function", keras, f"MeanSquaredError gave {builtin!r}"
     )
 
@@ -166,9 +169,9 @@ def test_call_inputs_lists_every_call(keras: Any) -> None:
     shared = keras.layers.Dense(2, name="shared")
     keras.Model([first, second], [shared(first), shared(second)])
     calls = hooks.call_inputs(shared)
-    assert len(calls) == 2 and calls[0][0] is first and calls[1][0] is second, broke(
-        "call_inputs", keras, f"gave {calls!r}"
-    )
+    assert len(calls) == 2, broke("call_inputs", keras, f"gave {calls!r}")
+    assert calls[0][0] is first, broke("call_inputs", keras, f"gave {calls!r}")
+    assert calls[1][0] is second, broke("call_inputs", keras, f"gave {calls!r}")
 
 
 def test_global_dtype_policy_can_be_read_and_unset(keras: Any) -> None:
@@ -191,7 +194,10 @@ def test_global_dtype_policy_can_be_read_and_unset(keras: Any) -> None:
 def test_global_seed_generator_state_restores_the_draws(keras: Any) -> None:
     keras.random.uniform((1,))  # makes sure the global generator exists
     generator = hooks.global_attribute("global_seed_generator")
-    assert generator is not None and hasattr(generator, "state"), broke(
+    assert generator is not None, broke(
+        "global_attribute", keras, f"'global_seed_generator' is {generator!r}"
+    )
+    assert hasattr(generator, "state"), broke(
         "global_attribute", keras, f"'global_seed_generator' is {generator!r}"
     )
     state = np.array(generator.state.numpy())

@@ -97,7 +97,8 @@ def one_line(process: subprocess.CompletedProcess[str], code: int) -> str:
     """The one stderr line of a failed subprocess run, checked."""
     assert process.returncode == code, f"exit {process.returncode}: {process.stderr[-2000:]!r}"
     lines = process.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in process.stderr, process.stderr[-2000:]
+    assert len(lines) == 1, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr, process.stderr[-2000:]
     assert process.stdout == ""
     return lines[0]
 
@@ -284,7 +285,8 @@ def test_python_api_guards_the_step_on_arrays_in_memory(keras: object) -> None:
         gradscope.inspect(model, x, max_memory=50 * 1024**2)
     message = str(caught.value)
     assert message.startswith("the batch: features holds 100,000 rows × 20 float32")
-    assert "and the step needs about" in message and "\n" not in message
+    assert "and the step needs about" in message
+    assert "\n" not in message
     report = gradscope.inspect(model, x, max_memory=50 * 1024**2, batch_size=5000, max_batches=2)
     assert report.batch.size == 10_000
 
@@ -320,7 +322,7 @@ def test_deflated_bomb_refused_before_the_step_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("columns, code", [(MLP_FEATURES, 7), (MLP_FEATURES + 1, 5)])
+@pytest.mark.parametrize(("columns", "code"), [(MLP_FEATURES, 7), (MLP_FEATURES + 1, 5)])
 def test_hdf5_bomb_refused_from_its_metadata(tmp_path: Path, columns: int, code: int) -> None:
     bomb = hdf5_bomb(tmp_path / "data.h5", (20_000_000, columns))
     assert bomb.stat().st_size < 1024**2
@@ -328,7 +330,8 @@ def test_hdf5_bomb_refused_from_its_metadata(tmp_path: Path, columns: int, code:
     if code == 7:
         assert "x holds 20,000,000 rows × 20 float32 (1.5 GiB decompressed)" in message
     else:
-        assert "expected shape (None, 20)" in message and "found (20000000, 21)" in message
+        assert "expected shape (None, 20)" in message
+        assert "found (20000000, 21)" in message
 
 
 # -- the budget ----------------------------------------------------------------------

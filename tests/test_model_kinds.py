@@ -648,7 +648,8 @@ def test_input_gradients(checked: Checked) -> None:
     for row in checked.report.inputs:
         what = f"{checked.name} input {row.name}"
         if row.name not in ref.inputs:
-            assert row.grad is None and row.note, what
+            assert row.grad is None, what
+            assert row.note, what
             assert np.dtype(row.dtype).kind != "f", what
             continue
         compare(tensors.inputs[row.name], ref.inputs[row.name], rtol, what)
@@ -662,10 +663,13 @@ def test_layer_output_rows(checked: Checked) -> None:
     assert [row.path for row in rows] == checked.kind.rows
     for row in rows:
         if row.path in checked.kind.loop_rows:
-            assert row.note == LOOP_NOTE and row.grad is None and row.value is None, row
+            assert row.note == LOOP_NOTE, row
+            assert row.grad is None, row
+            assert row.value is None, row
             assert row.layer_class.endswith("Cell"), row
         else:
-            assert row.grad is not None and row.note is None, row
+            assert row.grad is not None, row
+            assert row.note is None, row
         probe = probes_for(checked.kind.model, [row.path])[0]
         assert (row.layer, row.layer_class) == (probe.layer.name, type(probe.layer).__name__)
         assert (row.call, row.output) == (probe.call, probe.output), row
@@ -767,7 +771,8 @@ def test_padded_steps_get_no_gradient(keras, which) -> None:  # type: ignore[no-
     assert tensors is not None
     grad = tensors.activations["embed"]
     padded = kind.x == 0
-    assert padded.any() and not padded.all()
+    assert padded.any()
+    assert not padded.all()
     assert np.all(grad[padded] == 0)
     assert np.all(np.any(grad[~padded] != 0, axis=-1))
     assert np.all(tensors.variables["embed/embeddings"][0] == 0)
@@ -778,7 +783,8 @@ def test_masking_layer_padded_steps_get_no_gradient(keras) -> None:  # type: ign
     tensors = run_gradscope(kind).tensors
     assert tensors is not None
     padded = np.all(kind.x == 0, axis=-1)
-    assert padded.any() and not padded.all()
+    assert padded.any()
+    assert not padded.all()
     grads = [tensors.inputs["steps"], tensors.activations["masking"], tensors.activations["gru"]]
     for grad in grads:
         assert np.all(grad[padded] == 0)
@@ -836,16 +842,19 @@ def test_training_mode_uses_dropout_and_batch_statistics_then_restores(keras) ->
     kind = batchnorm_dropout(keras)
     before = _state(kind.model)
     paths = [v.path for v in kind.model.non_trainable_variables]
-    assert any("moving_mean" in p for p in paths) and any("seed" in p for p in paths)
+    assert any("moving_mean" in p for p in paths)
+    assert any("seed" in p for p in paths)
     first = run_gradscope(kind)
     after = _state(kind.model)
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     second = run_gradscope(kind)
     inference = gradscope.inspect(kind.model, kind.x, kind.y, keep_tensors=True)
-    assert first.tensors is not None and second.tensors is not None
+    assert first.tensors is not None
+    assert second.tensors is not None
     assert inference.tensors is not None
     drop = {row.path: row for row in first.activations}["drop"]
-    assert drop.value is not None and 0.2 < drop.value.zero_frac < 0.8
+    assert drop.value is not None
+    assert 0.2 < drop.value.zero_frac < 0.8
     kernel = first.tensors.variables["dense/kernel"]
     np.testing.assert_array_equal(kernel, second.tensors.variables["dense/kernel"])
     assert not np.allclose(kernel, inference.tensors.variables["dense/kernel"], rtol=1e-2)
@@ -858,7 +867,8 @@ def test_a_passthrough_after_softmax_keeps_the_logits_loss(keras) -> None:  # ty
     report = run_gradscope(kind)
     assert report.loss.value > 16.2
     rows = {row.path: row for row in report.activations}
-    assert rows["probs"].grad is not None and rows["linear"].grad is not None
+    assert rows["probs"].grad is not None
+    assert rows["linear"].grad is not None
 
 
 # -- 8. mixed precision ---------------------------------------------------------------------
@@ -887,15 +897,20 @@ def test_float16_overflow_is_counted_and_statistics_are_wide(keras) -> None:  # 
     report = run_gradscope(kind)
     rows = {row.path: row for row in report.activations}
     big, wide = rows["big"].value, rows["wide"].value
-    assert big is not None and wide is not None
+    assert big is not None
+    assert wide is not None
     assert big.nonfinite == 6  # rows 0 and 1, three units each
-    assert big.l2 == np.inf and big.max_abs == np.inf
-    assert wide.nonfinite == 0 and 65504 < wide.l2 < np.inf
+    assert big.l2 == np.inf
+    assert big.max_abs == np.inf
+    assert wide.nonfinite == 0
+    assert 65504 < wide.l2 < np.inf
     assert np.isfinite(report.loss.value)
     kind = float16_grad_overflow(keras)
     report = run_gradscope(kind)
     rows = {row.path: row for row in report.activations}
     amp = rows["amp"]
-    assert amp.value is not None and amp.value.nonfinite == 0
-    assert amp.grad is not None and amp.grad.nonfinite > 0
+    assert amp.value is not None
+    assert amp.value.nonfinite == 0
+    assert amp.grad is not None
+    assert amp.grad.nonfinite > 0
     assert np.isfinite(report.loss.value)

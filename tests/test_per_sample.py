@@ -451,14 +451,16 @@ def test_per_sample_report_does_not_depend_on_the_batching() -> None:
     files = (sample / "cnn.keras", sample / "cnn.npz")
     whole = api.inspect_file(*files, per_sample=True)
     batched = api.inspect_file(*files, per_sample=True, batch_size=5)
-    assert whole.per_sample is not None and batched.per_sample is not None
+    assert whole.per_sample is not None
+    assert batched.per_sample is not None
     assert whole.per_sample.examples == batched.per_sample.examples == whole.batch.size
     for a, b in zip(
         (whole.per_sample.total, *whole.per_sample.variables),
         (batched.per_sample.total, *batched.per_sample.variables),
         strict=True,
     ):
-        assert a.path == b.path and a.top == b.top
+        assert a.path == b.path
+        assert a.top == b.top
         np.testing.assert_allclose(a.top_norms, b.top_norms, rtol=1e-5)
         assert a.norms.median == pytest.approx(b.norms.median, rel=1e-5)
 
@@ -479,7 +481,8 @@ def test_cli_per_sample_json_contract() -> None:
     assert [v["path"] for v in per_sample["variables"]] == [v["path"] for v in data["variables"]]
     for row in (per_sample["total"], *per_sample["variables"]):
         norms = [t["norm"] for t in row["top"]]
-        assert norms == sorted(norms, reverse=True) and len(norms) == 5
+        assert norms == sorted(norms, reverse=True)
+        assert len(norms) == 5
         assert row["norms"]["max"] == norms[0]
         assert row["norms"]["min"] <= row["norms"]["median"] <= row["norms"]["max"]
     table = CliRunner().invoke(app, [*args, "--per-sample"])

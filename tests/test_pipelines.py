@@ -119,7 +119,8 @@ def test_tf_data_dict_inputs_of_a_multi_input_model(tf: Any, multi_io: Any) -> N
     weight = np.linspace(0.5, 1.5, 32, dtype=np.float32)
     dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(7)  # 7 x 4, then 4
     report = gradscope.inspect(multi_io, dataset, keep_tensors=True)
-    assert report.batches is not None and report.batches.count == 5
+    assert report.batches is not None
+    assert report.batches.count == 5
     assert_mean_gradient(report, *reference(multi_io, x, y, weight))
 
 
@@ -135,7 +136,8 @@ def test_py_dataset(keras: Any, mlp: Any, mlp_data: Any) -> None:
             return x[rows], y[rows]
 
     report = gradscope.inspect(mlp, Rows(), keep_tensors=True)
-    assert report.batches is not None and report.batches.count == 3
+    assert report.batches is not None
+    assert report.batches.count == 3
     assert_mean_gradient(report, *reference(mlp, x, y))
 
 
@@ -148,7 +150,8 @@ def test_generator_of_tensors_and_lists(tf: Any, mlp: Any, mlp_data: Any) -> Non
             yield [tf.constant(x[part]), y[part], weight[part]]
 
     report = gradscope.inspect(mlp, rows(), keep_tensors=True)
-    assert report.batches is not None and report.batches.count == 4
+    assert report.batches is not None
+    assert report.batches.count == 4
     assert_mean_gradient(report, *reference(mlp, x, y, weight))
 
 
@@ -158,7 +161,8 @@ def test_max_batches_caps_an_infinite_dataset(tf: Any, mlp: Any, mlp_data: Any) 
     with pytest.raises(UsageError, match=r"infinite .*max_batches"):
         gradscope.inspect(mlp, endless)
     report = gradscope.inspect(mlp, endless, max_batches=5, keep_tensors=True)
-    assert report.batches is not None and report.batches.count == 5
+    assert report.batches is not None
+    assert report.batches.count == 5
     # batches of 10, 10, 10, 2 (short, in the middle), then 10 again: rows 0-31, 0-9
     rows = np.r_[np.arange(32), np.arange(10)]
     assert report.batch.size == 42
@@ -183,7 +187,8 @@ def test_hessian_exact_block_and_lanczos_over_a_pipeline(tf: Any, mlp: Any, mlp_
         mlp, dataset, options=gradscope.HessianOptions(variables="hidden_2/bias", method="exact")
     )
     block = exact.blocks[0]
-    assert block.method == "exact" and exact.batch.size == 32
+    assert block.method == "exact"
+    assert exact.batch.size == 32
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(block.matrix, expected, rtol=0, atol=1e-4 * scale)
     top = float(np.linalg.eigvalsh(0.5 * (expected + expected.T))[-1])
@@ -205,7 +210,8 @@ def test_check_reads_only_the_first_batch(tf: Any, mlp: Any, mlp_data: Any) -> N
         raise AssertionError("check read a second batch")
 
     report = gradscope.check(mlp, rows(), variables="probs/*", inputs=False)
-    assert report.batch.size == 10 and report.passed
+    assert report.batch.size == 10
+    assert report.passed
     _, expected = reference(mlp, x[:10], y[:10])
     for row in report.rows:
         for coordinate in row.coordinates:
@@ -243,7 +249,7 @@ def test_the_kept_batches_are_bounded(mlp: Any, mlp_data: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "text, expected",
+    ("text", "expected"),
     [
         ("pipe.py:train_batches", PipelineSpec(Path("pipe.py"), "train_batches")),
         ("my:dir/Pipe.PY:make", PipelineSpec(Path("my:dir/Pipe.PY"), "make")),
@@ -301,7 +307,8 @@ def test_cli_pipeline_equals_the_npz_route(tmp_path: Path) -> None:
     spec = f"{_pipeline_file(tmp_path, PIPELINE.format(npz=str(npz)))}:batches"
     inspected = _json("inspect", MLP, "--data", spec)
     streamed = _json("inspect", MLP, "--data", npz, "--batch-size", 10)
-    assert inspected["batches"]["count"] == 4 and inspected["batch"]["path"] == spec
+    assert inspected["batches"]["count"] == 4
+    assert inspected["batch"]["path"] == spec
     for key in ("variables", "activations", "inputs", "loss", "batches", "global_grad_norm"):
         assert _numbers(inspected[key]) == pytest.approx(_numbers(streamed[key]), rel=1e-6)
     hessians = [
@@ -492,7 +499,8 @@ def test_the_readme_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kera
     scope: dict[str, Any] = {}
     exec(compile(api_code, "README.md", "exec"), scope)  # our own README
     report = scope["report"]
-    assert report.batches.count == 3 and report.batch.size == 70  # 32, 32, 6
+    assert report.batches.count == 3
+    assert report.batch.size == 70
     assert_mean_gradient(report, expected_loss, expected)
     assert scope["curvature"].blocks
 

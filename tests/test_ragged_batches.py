@@ -71,7 +71,8 @@ def test_merged_layer_statistics_count_each_batch_as_it_ran(token_model, batches
     row = next(r for r in report.activations if r.path == "embed")
     values, grads = _embedding_gradients(token_model, batches, tf)
     grad, value = _flat(grads), _flat(values)
-    assert row.grad is not None and row.value is not None
+    assert row.grad is not None
+    assert row.value is not None
     assert row.grad.l2 == pytest.approx(np.linalg.norm(grad), rel=1e-5)
     assert row.grad.mean == pytest.approx(grad.mean(), rel=1e-4, abs=1e-9)
     assert row.grad.std == pytest.approx(grad.std(), rel=1e-4)

@@ -194,7 +194,8 @@ def test_input_gradients(case: Case) -> None:
             assert row.grad is not None, row
         else:  # integer inputs (token ids) have no gradient, and say so
             assert not np.issubdtype(case.input_arrays[row.name].dtype, np.floating)
-            assert row.grad is None and row.note, row
+            assert row.grad is None, row
+            assert row.note, row
 
 
 def test_layer_output_gradients(case: Case) -> None:
@@ -235,7 +236,8 @@ def test_variable_statistics(case: Case) -> None:
             ratio = np.linalg.norm(grad) / np.linalg.norm(weights)
             assert row.ratio == pytest.approx(ratio, rel=RTOL), path
         else:  # zero weights (untrained biases): no finite ratio
-            assert row.weight_l2 == 0.0 and row.ratio is None, path
+            assert row.weight_l2 == 0.0, path
+            assert row.ratio is None, path
         assert row.shape == weights.shape
         assert row.rows_touched == case.ref.rows_touched.get(path), path
         if row.rows_touched is not None:  # an embedding table: one row per distinct token id

@@ -508,8 +508,10 @@ def test_sparkline_and_bars_follow_log10() -> None:
     scale = (-6.0, 0.0)
     bars = [table_render.log_bar(v, scale) for v in (1e-6, 1e-3, 1.0)]
     assert [len(b.rstrip()) for b in bars] == [1, 5, 8]
-    assert bars[2] == "████████" and bars[0].startswith("▍")
-    assert table_render.log_bar(None, scale) == "" and table_render.log_bar(0.0, scale) == "·"
+    assert bars[2] == "████████"
+    assert bars[0].startswith("▍")
+    assert table_render.log_bar(None, scale) == ""
+    assert table_render.log_bar(0.0, scale) == "·"
 
 
 def test_header_shows_the_gradient_profile_by_layer() -> None:
@@ -520,7 +522,8 @@ def test_header_shows_the_gradient_profile_by_layer() -> None:
     line = next(
         ln for ln in inspect_render.format_table(report).splitlines() if "‖g‖ by layer" in ln
     )
-    assert "▁▂▃▃▄▅▅▆▇▇█" in line and "(input → output)" in line
+    assert "▁▂▃▃▄▅▅▆▇▇█" in line
+    assert "(input → output)" in line
 
 
 def test_full_table_plain_text() -> None:
@@ -660,4 +663,6 @@ def test_reports_display_in_rich_ipython_and_jupyter() -> None:
     report._repr_pretty_(printer, False)
     assert printer.text_out == inspect_render.format_table(report)
     html = report._repr_html_()
-    assert html.startswith("<pre>") and "dense/kernel" in html and "font-weight: bold" in html
+    assert html.startswith("<pre>")
+    assert "dense/kernel" in html
+    assert "font-weight: bold" in html

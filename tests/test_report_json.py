@@ -136,17 +136,21 @@ def assert_same(a: Any, b: Any, where: str = "report") -> None:
     elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         np.testing.assert_array_equal(a, b, err_msg=where)
     elif isinstance(a, tuple | list):
-        assert isinstance(b, tuple | list) and len(a) == len(b), f"{where}: {a!r} vs {b!r}"
+        assert isinstance(b, tuple | list), f"{where}: {a!r} vs {b!r}"
+        assert len(a) == len(b), f"{where}: {a!r} vs {b!r}"
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{where}[{i}]")
     elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), f"{where}: {a!r} vs {b!r}"
+        assert isinstance(b, dict), f"{where}: {a!r} vs {b!r}"
+        assert list(a) == list(b), f"{where}: {a!r} vs {b!r}"
         for key in a:
             assert_same(a[key], b[key], f"{where}[{key!r}]")
     elif _null_like(a) or _null_like(b):
-        assert _null_like(a) and _null_like(b), f"{where}: {a!r} vs {b!r}"
+        assert _null_like(a), f"{where}: {a!r} vs {b!r}"
+        assert _null_like(b), f"{where}: {a!r} vs {b!r}"
     else:
-        assert a == b and isinstance(a, bool) == isinstance(b, bool), f"{where}: {a!r} vs {b!r}"
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+        assert isinstance(a, bool) == isinstance(b, bool), f"{where}: {a!r} vs {b!r}"
 
 
 def _default(field: dataclasses.Field[Any]) -> Any:

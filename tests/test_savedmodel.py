@@ -168,7 +168,8 @@ def test_savedmodel_note_reaches_json_table_and_stderr(exported: tuple[Any, Path
     assert LAYER_OUTPUTS_NOTE in json.loads(result.stdout)["model"]["notes"]
     assert LAYER_OUTPUTS_NOTE in result.stderr
     table = invoke("inspect", folder, "--quiet")
-    assert "note" in table.stdout and table.stderr == ""
+    assert "note" in table.stdout
+    assert table.stderr == ""
 
 
 @pytest.mark.parametrize("mode", ["reverse", "forward"])

@@ -62,7 +62,8 @@ def _error(items: list[Item], vars_text: str | None, layers_text: str | None) ->
         select(items, _names, variables, layers)
     message = str(caught.value)
     assert caught.value.exit_code == ExitCode.USAGE
-    assert "\n" not in message and "None" not in message
+    assert "\n" not in message
+    assert "None" not in message
     return message
 
 
@@ -122,9 +123,11 @@ def test_output_layer_path(row: str, layer: str) -> None:
 
 
 def test_describe_documents_both_options() -> None:
-    assert "(dense_1/kernel)" in describe("--vars") and "(kernel)" in describe("--vars")
+    assert "(dense_1/kernel)" in describe("--vars")
+    assert "(kernel)" in describe("--vars")
     assert "layer's path or name (dense_1)" in describe("--vars")
-    assert "(encoder/dense_1)" in describe("--layers") and "kernel" not in describe("--layers")
+    assert "(encoder/dense_1)" in describe("--layers")
+    assert "kernel" not in describe("--layers")
 
 
 # -- what --vars selects -----------------------------------------------------------------

@@ -112,7 +112,8 @@ def test_lanczos_finds_top_three_beside_a_larger_negative_eigenvalue(
     assert result.iterations < 50  # well-separated extremes converge fast
 
     vectors = result.eigenvectors
-    assert vectors is not None and vectors.shape == (200, 3)
+    assert vectors is not None
+    assert vectors.shape == (200, 3)
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(3), atol=1e-12)
     explicit = np.linalg.norm(a @ vectors - vectors * result.eigenvalues, axis=0)
     np.testing.assert_allclose(result.residuals, explicit, rtol=1e-6, atol=1e-12)
@@ -139,7 +140,8 @@ def test_lanczos_tighter_tolerance_gives_more_accurate_values(
 ) -> None:
     loose = lanczos(op(negative_dominant), 200, tol=1e-2, rng=np.random.default_rng(1))
     tight = lanczos(op(negative_dominant), 200, tol=1e-9, rng=np.random.default_rng(1))
-    assert loose.converged and tight.converged
+    assert loose.converged
+    assert tight.converged
     assert loose.iterations < tight.iterations
     np.testing.assert_allclose(tight.eigenvalues, [9.0, 8.0, 7.0], atol=1e-8)
     assert tight.min_eigenvalue == pytest.approx(-10.0, abs=1e-8)
@@ -209,7 +211,8 @@ def test_lanczos_with_n_smaller_than_k_is_exact() -> None:
     assert result.iterations == len(calls) == 2
     np.testing.assert_allclose(result.eigenvalues, exact[::-1], atol=1e-12)
     assert result.min_eigenvalue == pytest.approx(exact[0], abs=1e-12)
-    assert result.eigenvectors is not None and result.eigenvectors.shape == (2, 2)
+    assert result.eigenvectors is not None
+    assert result.eigenvectors.shape == (2, 2)
     assert result.residuals.shape == (2,)
 
 
@@ -217,7 +220,8 @@ def test_lanczos_one_by_one() -> None:
     result = lanczos(lambda v: -4.0 * v, 1, rng=np.random.default_rng(0))
     assert result.eigenvalues.tolist() == [-4.0]
     assert result.min_eigenvalue == -4.0
-    assert result.iterations == 1 and result.converged
+    assert result.iterations == 1
+    assert result.converged
 
 
 def test_lanczos_stops_on_an_exact_invariant_subspace() -> None:
@@ -235,7 +239,8 @@ def test_lanczos_stops_on_an_exact_invariant_subspace() -> None:
 
 def test_lanczos_zero_operator() -> None:
     result = lanczos(lambda v: np.zeros_like(v), 10, rng=np.random.default_rng(0))
-    assert result.iterations == 1 and result.converged
+    assert result.iterations == 1
+    assert result.converged
     assert result.eigenvalues.tolist() == [0.0]
     assert result.min_eigenvalue == 0.0
 
@@ -386,8 +391,8 @@ def test_enough_probes_give_the_exact_trace(method: TraceMethod, probes: int) ->
 
 
 def test_trace_rejects_bad_arguments() -> None:
+    bad: Any = "exact"
     with pytest.raises(ValueError, match="method"):
-        bad: Any = "exact"
         hutchinson_trace(lambda v: v, 5, rng=np.random.default_rng(0), method=bad)
     with pytest.raises(ValueError, match="probes"):
         hutchinson_trace(lambda v: v, 5, probes=0, rng=np.random.default_rng(0))
@@ -433,7 +438,8 @@ def test_density_integrates_to_one(negative_dominant: np.ndarray) -> None:
     assert (result.runs, result.iterations) == (3, 30)
     assert len(calls) == 90
     # Gauss quadrature reproduces the extreme eigenvalues: the grid covers them.
-    assert result.grid[0] < -10.0 and result.grid[-1] > 9.0
+    assert result.grid[0] < -10.0
+    assert result.grid[-1] > 9.0
     assert result.sigma == pytest.approx(0.01 * 19.0, rel=1e-3)
 
 

@@ -149,7 +149,9 @@ def test_nan_is_counted(tf, mode) -> None:  # type: ignore[no-untyped-def]
     assert got["nonfinite"] == 2
     assert got["zero_frac"] == pytest.approx(1 / 6)
     # The sums run over all entries, so they are NaN (numpy agrees).
-    assert math.isnan(got["l2"]) and math.isnan(got["mean"]) and math.isnan(got["std"])
+    assert math.isnan(got["l2"])
+    assert math.isnan(got["mean"])
+    assert math.isnan(got["std"])
     assert not math.isfinite(got["max_abs"])
 
 

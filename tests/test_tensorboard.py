@@ -83,7 +83,8 @@ def written(report, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 def test_one_event_file_and_no_leftovers(written) -> None:  # type: ignore[no-untyped-def]
     logdir, path = written
-    assert path.parent == logdir and "tfevents" in path.name
+    assert path.parent == logdir
+    assert "tfevents" in path.name
     assert sorted(p.name for p in logdir.iterdir()) == [path.name]
 
 
@@ -144,8 +145,10 @@ def test_tensorboard_dashboards_see_the_plugins(written) -> None:  # type: ignor
     acc.Reload()
     scalars = set(acc.PluginTagToContent("scalars"))
     histograms = set(acc.PluginTagToContent("histograms"))
-    assert "global_grad_norm" in scalars and "grad_norm/head/kernel" in scalars
-    assert "grad_hist/head/kernel" in histograms and "grad_hist/head/kernel" not in scalars
+    assert "global_grad_norm" in scalars
+    assert "grad_norm/head/kernel" in scalars
+    assert "grad_hist/head/kernel" in histograms
+    assert "grad_hist/head/kernel" not in scalars
     assert not any(tag.startswith("grad_norm/") for tag in histograms)
 
 
@@ -160,10 +163,13 @@ def test_histograms_count_every_entry_between_min_and_max(written, report) -> No
     ]  # fmt: skip
     for tag, array in cases:
         (step, buckets), *rest = _values(acc, tag)
-        assert not rest and step == 7 and buckets.shape == (tb.DEFAULT_BUCKETS, 3)
+        assert not rest
+        assert step == 7
+        assert buckets.shape == (tb.DEFAULT_BUCKETS, 3)
         flat = np.asarray(array, dtype=np.float64).ravel()
         assert buckets[:, 2].sum() == flat.size, tag
-        assert buckets[0, 0] == flat.min() and buckets[-1, 1] == flat.max(), tag
+        assert buckets[0, 0] == flat.min(), tag
+        assert buckets[-1, 1] == flat.max(), tag
         assert np.all(buckets[:-1, 1] == buckets[1:, 0]), tag
         inside = [
             np.sum((flat >= left) & ((flat < right) if i < len(buckets) - 1 else (flat <= right)))
@@ -188,12 +194,15 @@ def test_histogram_buckets_edge_cases() -> None:
     values = np.array([1.0, np.nan, 3.0, np.inf, 2.0, -np.inf, 3.0])
     buckets = tb.histogram_buckets(values, 4)
     assert buckets[:, 2].sum() == 4  # the finite entries
-    assert buckets[0, 0] == 1.0 and buckets[-1, 1] == 3.0
+    assert buckets[0, 0] == 1.0
+    assert buckets[-1, 1] == 3.0
     assert buckets[-1, 2] == 2  # the maximum falls in the last, closed bucket
     constant = tb.histogram_buckets(np.full((3, 2), 0.5), 5)
-    assert np.all(constant[:, :2] == 0.5) and constant[:, 2].tolist() == [0, 0, 0, 0, 6]
+    assert np.all(constant[:, :2] == 0.5)
+    assert constant[:, 2].tolist() == [0, 0, 0, 0, 6]
     empty = tb.histogram_buckets(np.array([np.nan]), 3)
-    assert empty.shape == (3, 3) and not empty.any()
+    assert empty.shape == (3, 3)
+    assert not empty.any()
 
 
 def test_logdir_that_is_a_file_is_one_line_output_error(report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -202,7 +211,8 @@ def test_logdir_that_is_a_file_is_one_line_output_error(report, tmp_path: Path) 
     for logdir in (blocker, blocker / "sub"):
         with pytest.raises(OutputError) as caught:
             tb.write_inspect(report, logdir)
-        assert "\n" not in str(caught.value) and str(logdir) in str(caught.value)
+        assert "\n" not in str(caught.value)
+        assert str(logdir) in str(caught.value)
 
 
 def test_a_failed_write_leaves_no_event_file(report, tmp_path: Path, tf, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -245,7 +255,8 @@ def test_hessian_eigenvalues_trace_and_density(model, batch, tmp_path: Path) -> 
         assert np.isclose(_value(acc, f"hessian_trace/{label}"), block.trace, rtol=FLOAT32_RTOL)
         (step, density), *_ = _values(acc, f"hessian_density/{label}")
         grid = np.asarray(block.density.grid)
-        assert step == 4 and density.shape == (grid.size, 3)
+        assert step == 4
+        assert density.shape == (grid.size, 3)
         centers = (density[:, 0] + density[:, 1]) / 2
         assert np.allclose(centers, grid)
         # counts: expected eigenvalues per bucket, so they add up to the block size

@@ -136,7 +136,9 @@ def run_guarded(action: Callable[[], T], debug: bool) -> T:
             traceback.print_exc()
         _error("out of memory: the model, the batch or its gradients do not fit; try --limit")
         raise typer.Exit(int(ExitCode.RESOURCE)) from None
-    except Exception as exc:  # an unexpected failure: still one line unless --debug
+    # The CLI's last line of defence: an unexpected failure (a bug) is still one line and
+    # exit 70, never a traceback, unless --debug.
+    except Exception as exc:  # noqa: BLE001
         if debug:
             traceback.print_exc()
         first = (str(exc).strip().splitlines() or [""])[0]

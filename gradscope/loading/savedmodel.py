@@ -54,7 +54,7 @@ def _try_keras_load(path: Path, safe_mode: bool) -> Any:
     keras = _tf.keras()
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=safe_mode)
-    except Exception:  # "File format not supported": fall back to the serving signature
+    except ValueError:  # "File format not supported": fall back to the serving signature
         return None
 
 
