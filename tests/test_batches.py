@@ -294,9 +294,12 @@ def test_cli_batches_json_contract() -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--batch-size", "0"], "--batch-size"),
+        (["--batch-size", "0"], "batch_size: expected an integer >= 1. Received: batch_size=0"),
         (["--max-batches", "2"], "needs --batch-size"),
-        (["--batch-size", "4", "--max-batches", "0"], "--max-batches"),
+        (
+            ["--batch-size", "4", "--max-batches", "0"],
+            "max_batches: expected an integer >= 1. Received: max_batches=0",
+        ),
     ],
 )
 def test_cli_batch_option_errors(args: list[str], fragment: str) -> None:
