@@ -30,6 +30,7 @@ from .options import (
     QuietOpt,
     SeedOpt,
     UnsafeOpt,
+    VarsOpt,
 )
 
 
@@ -47,10 +48,7 @@ def check(
         ),
     ] = False,
     seed: SeedOpt = 0,
-    variables: Annotated[
-        str | None,
-        typer.Option("--vars", help="Only variables matching these globs (path, name or layer)."),
-    ] = None,
+    variables: VarsOpt = None,
     inputs: Annotated[
         bool, typer.Option("--inputs/--no-inputs", help="Also check the float model inputs.")
     ] = CheckOptions.inputs,

@@ -28,6 +28,7 @@ from .options import (
     DebugOpt,
     ForceOpt,
     FormatOpt,
+    LayersOpt,
     LimitOpt,
     LossOpt,
     MaxBatchesOpt,
@@ -39,6 +40,7 @@ from .options import (
     TensorBoardOpt,
     TrainingOpt,
     UnsafeOpt,
+    VarsOpt,
 )
 
 _HESSIAN = hessian_options.defaults()
@@ -58,12 +60,8 @@ def hessian(
     loss: LossOpt = None,
     training: TrainingOpt = False,
     seed: SeedOpt = hessian_options.DEFAULT_SEED,
-    variables: Annotated[
-        str | None, typer.Option("--vars", help="Only variables matching these globs.")
-    ] = _HESSIAN["variables"],
-    layers: Annotated[
-        str | None, typer.Option("--layers", help="Only variables of layers matching these globs.")
-    ] = _HESSIAN["layers"],
+    variables: VarsOpt = _HESSIAN["variables"],
+    layers: LayersOpt = _HESSIAN["layers"],
     block: Annotated[
         str,
         _choice(

@@ -28,6 +28,7 @@ from .options import (
     DebugOpt,
     ForceOpt,
     FormatOpt,
+    LayersOpt,
     LimitOpt,
     LossOpt,
     MaxBatchesOpt,
@@ -54,10 +55,7 @@ def inspect(
     training: TrainingOpt = False,
     seed: SeedOpt = 0,
     output_format: FormatOpt = OutputFormat.TABLE,
-    layers: Annotated[
-        str | None,
-        typer.Option("--layers", help="Only layers matching these globs (comma-separated)."),
-    ] = None,
+    layers: LayersOpt = None,
     save: Annotated[
         Path | None, typer.Option("--save", help="Write the raw gradient tensors to this .h5 file.")
     ] = None,

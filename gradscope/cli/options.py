@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from ..render import OutputFormat
+from ..selection import describe
 
 # Options shared by every command that loads a model and differentiates its loss.
 ModelArg = Annotated[
@@ -119,6 +120,8 @@ MaxMemoryOpt = Annotated[
 ]
 
 
+VarsOpt = Annotated[str | None, typer.Option("--vars", help=describe("--vars"))]
+LayersOpt = Annotated[str | None, typer.Option("--layers", help=describe("--layers"))]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")]
 
 
