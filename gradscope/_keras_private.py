@@ -174,3 +174,31 @@ def set_global_attribute(name: str, value: Any) -> None:
     """Store ``value`` as Keras's global attribute ``name`` (``None`` unsets it).  See
     :func:`global_attribute`."""
     _global_state().set_global_attribute(name, value)
+
+
+def scale_loss_for_distribution(value: Any) -> Any:
+    """``value`` scaled as Keras scales the regularization losses it adds in
+    ``compute_loss``: divided by the number of replicas inside a ``tf.distribute``
+    replica context, on the Keras versions that scale a replica's loss at all.
+
+    Keras 3.15.1 divides a mean-reduced ``Loss`` and the regularization losses of
+    ``compute_loss`` by the number of replicas in sync (``reduce_values`` and
+    ``Trainer._aggregate_additional_loss``, through
+    ``keras.src.losses.loss.scale_loss_for_distribution``); Keras 3.3.3 scales neither
+    and has no such function, so ``value`` is returned unchanged there.
+    """
+    scale = getattr(_loss_module(), "scale_loss_for_distribution", None)
+    return value if scale is None else scale(value)
+
+
+def keras_scales_replica_losses() -> bool:
+    """Whether this Keras divides a replica's mean-reduced loss by the number of
+    replicas (see :func:`scale_loss_for_distribution`): True on 3.15.1, False on 3.3.3."""
+    return hasattr(_loss_module(), "scale_loss_for_distribution")
+
+
+def _loss_module() -> Any:
+    _tf.keras()
+    from keras.src.losses import loss as loss_module
+
+    return loss_module

@@ -119,7 +119,6 @@ class BatchAccumulator:
     def __init__(self, total_rows: int) -> None:
         self.total_rows = total_rows
         self.rows_seen = 0
-        self.last_rows = 0
         self.losses: list[float] = []
         self.loss = 0.0
         self._last: EngineResult | None = None
@@ -136,7 +135,6 @@ class BatchAccumulator:
         if aggregation is None:
             raise ValueError("the engine was not built with for_aggregation=True")
         rows = batch.size
-        self.last_rows = rows
         weight = rows / self.total_rows
         self.rows_seen += rows
         self.losses.append(result.loss)

@@ -143,7 +143,9 @@ def split_cpu(tf: Any, replicas: int) -> list[str]:
     return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 
-def make_strategy(tf: Any, kind: str, replicas: int | None = None) -> Any:
+def make_strategy(
+    tf: Any, kind: str, replicas: int | None = None, timeout: float | None = None
+) -> Any:
     """The ``tf.distribute.Strategy`` for ``--strategy kind`` (see the module docstring)."""
     check_strategy_options(kind, replicas)
     if kind == "default":

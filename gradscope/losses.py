@@ -224,7 +224,9 @@ def total_loss(
     if spec.kind == "override":
         reg, _ = regularization(model)
         data = _override_data_loss(spec.override_loss(), y_true, y_pred, sample_weight)
-        return _sum_wide([data, reg])
+        # Scaled inside a replica context exactly as compute_loss scales it, so that the
+        # whole loss carries one factor (see gradscope.engine.replicas).
+        return _sum_wide([data, _keras_private.scale_loss_for_distribution(reg)])
     compute = model.compute_loss
     kwargs = (
         {"training": training} if _takes_training(getattr(compute, "__func__", compute)) else {}

@@ -9,6 +9,8 @@ their own options objects, which carry the :class:`SessionSettings` fields.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,12 +21,14 @@ from . import _tf
 from ._keras_private import flatten_layers
 from .engine.capture import LayerNode
 from .engine.gradients import EngineResult, GradientEngine
+from .engine.replicas import Replicas, measure_sharing
 from .engine.step_memory import ROWS_OPTIONS, guard_step
 from .errors import MismatchError, UsageError, first_line, received
 from .loading.custom_objects import check_custom_objects_path
 from .loading.data import (
     Batch,
     Batches,
+    as_batches,
     check_data_path,
     check_input_array,
     guard_synthetic,
@@ -206,13 +210,16 @@ def load_for_cli(
     load: LoadOptions | None = None,
     options: SessionSettings | None = None,
     hint: Sequence[str] = ROWS_OPTIONS,
+    strategy: Any = None,
 ) -> tuple[Any, ModelSignature, Batch | Batches | None, ModelInfo]:
     """Check paths (before importing TensorFlow), seed Keras, load the model and batch.
 
     Both paths are checked first, so a typo fails at once; Keras's global random state
     is seeded before the model is built, so dropout in training mode is reproducible.
     The batch is checked against the model and ``options.max_memory`` from the file's
-    headers before it is read; ``hint`` names the options a refusal suggests.
+    headers before it is read; ``hint`` names the options a refusal suggests.  With a
+    ``tf.distribute`` ``strategy`` the model is loaded under its scope, so its variables
+    are mirrored on every replica.
     """
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: expected a positive number of rows. {received(limit)}")
@@ -228,7 +235,8 @@ def load_for_cli(
     _tf.keras().utils.set_random_seed(seed)
     if pipeline is None:
         _check_batching(options)
-    loaded = load_model(model_path, load)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        loaded = load_model(model_path, load)
     signature = model_signature(loaded.model)
     data: Batch | Batches | None = None
     max_memory = None if options is None else options.max_memory
@@ -294,3 +302,40 @@ def variable_owners(model: Any, nodes: list[LayerNode]) -> dict[int, LayerNode]:
         for variable in getattr(node.layer, "trainable_variables", []):
             owners.setdefault(id(variable), node)
     return owners
+
+
+def is_distributing(strategy: Any) -> bool:
+    """Whether ``strategy`` is a real ``tf.distribute`` strategy, not ``None`` or
+    TensorFlow's default one (one device, what ``tf.distribute.get_strategy()`` returns
+    outside any scope)."""
+    return strategy is not None and type(strategy).__name__ != "_DefaultDistributionStrategy"
+
+
+def replicas_for(
+    strategy: Any, model: Any, signature: ModelSignature, spec: LossSpec, data: Batch | Batches
+) -> Replicas | None:
+    """The replicas a command splits its batches across, ``None`` for one device.
+
+    How the loss splits is measured on the first batch (see
+    :func:`gradscope.engine.replicas.measure_sharing`); a file's batches are checked to
+    hold at least one row per replica before any of them runs (a pipeline's batches are
+    checked as they come).
+    """
+    if not is_distributing(strategy):
+        return None
+    batches = as_batches(data)
+    replicas = Replicas(strategy, measure_sharing(strategy, model, signature, spec, batches.first))
+    replicas.check_rows(batches.first.size, batches.first.info.path or "the batch")
+    last = batches.rows - (batches.count - 1) * batches.batch_size
+    if batches.count > 1 and 0 < last < batches.first.size:
+        replicas.check_rows(last, f"the last batch of {batches.first.info.path or 'the data'}")
+    return replicas
+
+
+def with_replica_note(info: ModelInfo, replicas: Replicas | None) -> ModelInfo:
+    """``info`` with a note saying how many replicas computed the report."""
+    if replicas is None:
+        return info
+    kind = type(replicas.strategy).__name__
+    note = f"computed over {replicas.count} replicas ({kind}), combined inside the graph"
+    return dataclasses.replace(info, notes=(*info.notes, note))

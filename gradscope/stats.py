@@ -13,7 +13,8 @@ turn a fetched row into the report's dataclasses.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,6 +23,28 @@ from .report import TensorStats, ValueStats
 
 FIELDS = ("l2", "max_abs", "mean", "std", "zero_frac", "nonfinite", "dead_frac")
 N_FIELDS = len(FIELDS)
+
+
+class Reducer(Protocol):
+    """How the partial reductions of the pieces of a tensor combine into the whole's.
+
+    A tensor split across replicas (each replica holds some rows of a batch) has the
+    statistics of the whole when its sums, counts and extremes are combined across the
+    replicas inside the graph; :class:`gradscope.engine.replicas.AcrossReplicas` does it
+    with collective ops.  Every call gets a ``[k]`` vector, one entry per tensor, in the
+    tensors' own order, so every replica issues the same collectives with the same
+    shapes whatever its share of the rows.
+    """
+
+    def sum(self, value: Any) -> Any: ...
+    def max(self, value: Any) -> Any: ...
+    def min(self, value: Any) -> Any: ...
+
+
+def _combined(reducer: Reducer | None, kind: str, value: Any) -> Any:
+    """``value`` combined over the pieces by ``reducer`` (``kind``: sum, max or min);
+    ``value`` itself for tensors held whole."""
+    return value if reducer is None else getattr(reducer, kind)(value)
 
 
 def _raw_sums(matrix: Any, is_zero: Any, count: Any, extra_zeros: Any = None) -> Any:
@@ -79,18 +102,49 @@ def _finish(raw: Any, count: Any, finite: Any, dead: Any) -> Any:
     return tf.stack([l2, max_abs, mean, std, zeros / count, count - finite, dead], axis=1)
 
 
-def _dead_fraction(is_zero: Any, shape: tuple[int, ...]) -> Any:
-    """``[k]``: per row of ``is_zero`` (tensors of ``shape``), the all-zero unit fraction.
+def _dead_units(is_zero: Any, shape: tuple[int, ...]) -> Any:
+    """Bool ``[k, units]``: per row of ``is_zero`` (tensors of ``shape``, rank >= 1),
+    which units are zero everywhere.  A unit is a position on the last axis; a rank-1
+    tensor is one unit."""
+    tf = _tf.tensorflow()
+    if len(shape) == 1:
+        return tf.reduce_all(is_zero, axis=1, keepdims=True)
+    grid = tf.reshape(is_zero, [-1, int(np.prod(shape[:-1])), shape[-1]])
+    return tf.reduce_all(grid, axis=1)
 
-    A unit is a position on the last axis; rank-1 tensors are one unit, scalars none.
+
+def _dead_fractions(
+    is_zero: Sequence[Any],
+    tensors: Sequence[Any],
+    groups: Sequence[list[int]],
+    reducer: Reducer | None,
+) -> Any:
+    """``[k]`` float64 dead-unit fractions of the tensors, in their order, from their
+    groups' ``is_zero`` matrices; NaN for scalars, which have no units.
+
+    With a ``reducer`` a unit is dead when it is zero in every piece: the pieces' live
+    indicators, one vector in the tensors' order, are summed across them (an AND of the
+    dead masks) before the fractions are taken.
     """
     tf = _tf.tensorflow()
-    if len(shape) == 0:
-        return tf.fill([tf.shape(is_zero)[0]], tf.constant(np.nan, tf.float64))
-    if len(shape) == 1:
-        return tf.cast(tf.reduce_all(is_zero, axis=1), tf.float64)
-    grid = tf.reshape(is_zero, [-1, int(np.prod(shape[:-1])), shape[-1]])
-    return tf.reduce_mean(tf.cast(tf.reduce_all(grid, axis=1), tf.float64), axis=1)
+    dead: list[Any] = [None] * len(tensors)
+    for zero, group in zip(is_zero, groups, strict=True):
+        shape = tuple(tensors[group[0]].shape.as_list())
+        if shape:
+            rows = tf.unstack(tf.cast(_dead_units(zero, shape), tf.float64), num=len(group))
+            for index, row in zip(group, rows, strict=True):
+                dead[index] = row
+    if reducer is not None:
+        present = [d for d in dead if d is not None]
+        if present:
+            live = reducer.sum(tf.concat([1.0 - d for d in present], axis=0))
+            pieces = iter(tf.split(live, [int(d.shape[0]) for d in present]))
+            dead = [
+                None if d is None else tf.cast(tf.equal(next(pieces), 0.0), tf.float64)
+                for d in dead
+            ]
+    nan = tf.constant(np.nan, tf.float64)
+    return tf.stack([nan if d is None else tf.reduce_mean(d) for d in dead])
 
 
 def live_units(tensor: Any) -> Any:
@@ -142,7 +196,18 @@ def _entry_count(tensor: Any) -> Any:
     return tf.cast(tf.size(tensor, out_type=tf.int64), tf.float64)
 
 
-def batch_stats(tensors: list[Any], *, dead_units: bool = False) -> Any:
+def _groups(tensors: Sequence[Any]) -> list[list[int]]:
+    """Indices of the tensors with equal dtype and static shape, which are reduced
+    together; a tensor whose shape is not fully known is a group of its own."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault(_group_key(index, tensor), []).append(index)
+    return list(groups.values())
+
+
+def batch_stats(
+    tensors: list[Any], *, dead_units: bool = False, reducer: Reducer | None = None
+) -> Any:
     """``[len(tensors), N_FIELDS]`` float64 stats of dense tensors, in their order.
 
     Tensors of the same dtype and shape are stacked and reduced together, so the graph
@@ -150,35 +215,67 @@ def batch_stats(tensors: list[Any], *, dead_units: bool = False) -> Any:
     is the difference between seconds and tens of seconds of tracing and graph
     optimization.  With ``dead_units`` the last field is the fraction of dead units (see
     :func:`value_stats`); otherwise it is NaN.
+
+    With a ``reducer`` each tensor is one piece of a whole (a replica's rows): the
+    statistics are the whole's, the same two passes (the mean of the whole first, then
+    the squares centered on it) as for a tensor held whole.
     """
     tf = _tf.tensorflow()
     if not tensors:
         return tf.zeros([0, N_FIELDS], tf.float64)
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        groups.setdefault(_group_key(index, tensor), []).append(index)
-    matrices, raws, deads, order = [], [], [], []
-    for indices in groups.values():
-        members = [tensors[i] for i in indices]
-        matrix = _matrix(members)
-        is_zero = tf.equal(matrix, 0)
-        raws.append(_raw_sums(matrix, is_zero, _entry_count(members[0])))
-        if dead_units:
-            deads.append(_dead_fraction(is_zero, tuple(members[0].shape.as_list())))
-        matrices.append(matrix)
-        order.extend(indices)
-    raw = tf.concat(raws, axis=0)
+    groups = _groups(tensors)
+    order = [i for group in groups for i in group]
+    back = None if order == sorted(order) else tf.constant(np.argsort(order), tf.int32)
+
+    def in_order(pieces: list[Any]) -> Any:
+        joined = tf.concat(pieces, axis=0)
+        return joined if back is None else tf.gather(joined, back)
+
+    matrices = [_matrix([tensors[i] for i in group]) for group in groups]
+    wide = [tf.cast(m, tf.float64) for m in matrices]
+    is_zero = [tf.equal(m, 0) for m in matrices]
+    counts = [_entry_count(tensors[i]) for i in range(len(tensors))]
+    count = (
+        tf.stack(counts)
+        if any(tf.is_tensor(c) for c in counts)
+        else tf.constant(counts, tf.float64)
+    )
+    first = tf.stack(
+        [
+            count,
+            in_order([tf.reduce_sum(w, axis=1) for w in wide]),
+            in_order([tf.reduce_sum(tf.cast(z, tf.float64), axis=1) for z in is_zero]),
+            in_order([_finite_counts(m) for m in matrices]),
+        ],
+        axis=1,
+    )
+    count, total, zeros, finite = tf.unstack(_combined(reducer, "sum", first), axis=1)
+    means = tf.split(tf.gather(total / count, order), [len(g) for g in groups])
+    centered = _combined(
+        reducer,
+        "sum",
+        in_order(
+            [
+                tf.reduce_sum(tf.math.squared_difference(w, mean[:, None]), axis=1)
+                for w, mean in zip(wide, means, strict=True)
+            ]
+        ),
+    )
+    highest = _combined(reducer, "max", in_order([_extreme(m, "max") for m in matrices]))
+    lowest = _combined(reducer, "min", in_order([_extreme(m, "min") for m in matrices]))
     if dead_units:
-        dead = tf.concat(deads, axis=0)
+        dead = _dead_fractions(is_zero, tensors, groups, reducer)
     else:
         dead = tf.fill([len(tensors)], tf.constant(np.nan, tf.float64))
-    counts = [_entry_count(tensors[i]) for i in order]
-    count = tf.stack(counts) if any(tf.is_tensor(c) for c in counts) else tf.constant(counts)
-    finite = tf.concat([_finite_counts(m) for m in matrices], axis=0)
-    table = _finish(raw, count, finite, dead)
-    if order == sorted(order):
-        return table
-    return tf.gather(table, np.argsort(order))
+    raw = tf.stack([highest, lowest, zeros, total, centered], axis=1)
+    return _finish(raw, count, finite, dead)
+
+
+def _extreme(matrix: Any, kind: str) -> Any:
+    """``[k]`` float64: each row's max or min, taken in the tensor's own dtype (exact)."""
+    tf = _tf.tensorflow()
+    reduce = tf.reduce_max if kind == "max" else tf.reduce_min
+    return tf.cast(reduce(matrix, axis=1), tf.float64)
 
 
 def tensor_stats(tensor: Any) -> Any:

@@ -15,6 +15,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -210,6 +211,34 @@ def _check_output_targets(
         from ..export.tensorboard import check_logdir_target
 
         check_logdir_target(tensorboard)
+
+
+@dataclass(frozen=True)
+class _Distribution:
+    """A run's ``tf.distribute`` strategy (``None``: one device), and whether this
+    process is the chief: the only one that writes stdout and files."""
+
+    strategy: Any
+    chief: bool
+
+
+def _distribution(kind: str, replicas: int | None, timeout: float | None) -> _Distribution:
+    """``--strategy``/``--replicas``/``--timeout`` checked, then the strategy built.
+
+    The options and ``TF_CONFIG`` are checked before TensorFlow is imported, and the
+    strategy is built before anything runs on TensorFlow: logical CPU devices can only
+    be made then.
+    """
+    from ..distribute import check_strategy_options, make_strategy, parse_tf_config
+
+    kind = kind.lower()
+    check_strategy_options(kind, replicas)
+    chief = parse_tf_config(os.environ).is_chief if kind == "multi-worker" else True
+    if kind == "default":
+        return _Distribution(None, True)
+    from .. import _tf
+
+    return _Distribution(make_strategy(_tf.tensorflow(), kind, replicas, timeout), chief)
 
 
 def _emit(text: str) -> None:

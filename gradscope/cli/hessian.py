@@ -13,6 +13,7 @@ from ..commands.hessian import options as hessian_options
 from ..render import OutputFormat
 from .app import (
     _check_output_targets,
+    _distribution,
     _emit,
     _finish,
     _keras_on_tensorflow,
@@ -36,8 +37,11 @@ from .options import (
     ModelArg,
     PlotOpt,
     QuietOpt,
+    ReplicasOpt,
     SeedOpt,
+    StrategyOpt,
     TensorBoardOpt,
+    TimeoutOpt,
     TrainingOpt,
     UnsafeOpt,
     VarsOpt,
@@ -120,12 +124,18 @@ def hessian(
     custom_objects: CustomObjectsOpt = None,
     unsafe: UnsafeOpt = False,
     force: ForceOpt = False,
+    strategy: StrategyOpt = "default",
+    replicas: ReplicasOpt = None,
+    timeout: TimeoutOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Hessian blocks of the loss: exact where they fit, Lanczos/Hutch++/SLQ otherwise."""
 
     def action() -> str:
+        nonlocal quiet
+        distribution = _distribution(strategy, replicas, timeout)
+        quiet = quiet or not distribution.chief  # only the chief speaks
         # HessianOptions checks every option, as for a Python caller; the choices are
         # matched case-insensitively, as click's choices were.
         memory = _max_memory(max_memory)
@@ -150,7 +160,8 @@ def hessian(
         from ..commands.hessian.run import hessian_file
         from ..export import hessian_hdf5
 
-        _check_output_targets(save, hessian_hdf5.SUFFIXES, plot, tensorboard, force)
+        if distribution.chief:
+            _check_output_targets(save, hessian_hdf5.SUFFIXES, plot, tensorboard, force)
         with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
             report = hessian_file(
                 model,
@@ -164,7 +175,10 @@ def hessian(
                 unsafe=unsafe,
                 batch_size=batch_size,
                 max_batches=max_batches,
+                strategy=distribution.strategy,
             )
+        if not distribution.chief:
+            return ""
         for note in report.notes:  # fallbacks, on stderr like the model's notes
             _note(note, quiet)
         text = _finish(

@@ -13,6 +13,7 @@ from ..health import Thresholds
 from ..render import OutputFormat
 from .app import (
     _check_output_targets,
+    _distribution,
     _emit,
     _finish,
     _keras_on_tensorflow,
@@ -36,8 +37,11 @@ from .options import (
     ModelArg,
     PlotOpt,
     QuietOpt,
+    ReplicasOpt,
     SeedOpt,
+    StrategyOpt,
     TensorBoardOpt,
+    TimeoutOpt,
     TrainingOpt,
     UnsafeOpt,
 )
@@ -100,6 +104,9 @@ def inspect(
     unsafe: UnsafeOpt = False,
     max_memory: MaxMemoryOpt = None,
     force: ForceOpt = False,
+    strategy: StrategyOpt = "default",
+    replicas: ReplicasOpt = None,
+    timeout: TimeoutOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -107,13 +114,17 @@ def inspect(
     fired: list[str] = []
 
     def action() -> str:
+        nonlocal quiet
+        distribution = _distribution(strategy, replicas, timeout)
+        quiet = quiet or not distribution.chief  # only the chief speaks
         _keras_on_tensorflow(quiet)
         from .. import health
         from .._progress import progress_bar
         from ..commands.inspect import inspect_file
         from ..export import hdf5
 
-        _check_output_targets(save, hdf5.SUFFIXES, plot, tensorboard, force)
+        if distribution.chief:
+            _check_output_targets(save, hdf5.SUFFIXES, plot, tensorboard, force)
         try:
             wanted = health.parse_fail_on(fail_on)
         except ValueError as exc:
@@ -139,7 +150,13 @@ def inspect(
                 progress=progress,
                 thresholds=thresholds,
                 max_memory=_max_memory(max_memory),
+                strategy=distribution.strategy,
             )
+        if report.health is None:  # inspect always diagnoses its report
+            raise RuntimeError("the inspect report has no health section")
+        fired.extend(kind for kind in wanted if kind in report.health.kinds())
+        if not distribution.chief:
+            return ""
         text = _finish(report, output_format, save, hdf5.write_tensors, "gradient tensors", quiet)
         if plot is not None:
             from ..export.plot import plot_inspect
@@ -150,9 +167,6 @@ def inspect(
             from ..export.tensorboard import write_inspect
 
             _note(f"wrote {write_inspect(report, tensorboard)}", quiet)
-        if report.health is None:  # inspect always diagnoses its report
-            raise RuntimeError("the inspect report has no health section")
-        fired.extend(kind for kind in wanted if kind in report.health.kinds())
         return text
 
     _emit(run_guarded(action, debug))

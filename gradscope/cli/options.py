@@ -126,3 +126,35 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stder
 
 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of errors.")]
+
+
+# tf.distribute (inspect and hessian): see gradscope.distribute.
+StrategyOpt = Annotated[
+    str,
+    typer.Option(
+        "--strategy",
+        metavar="default|mirrored|multi-worker",
+        help="Split every batch across replicas: mirrored (every local GPU, or --replicas "
+        "logical CPU devices) or multi-worker (TF_CONFIG); same results as one device.",
+    ),
+]
+
+
+ReplicasOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas",
+        help="With --strategy mirrored on a machine without GPU: split the CPU into N "
+        "logical devices.",
+    ),
+]
+
+
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="With --strategy multi-worker: fail when a worker does not answer in time.",
+    ),
+]

@@ -23,6 +23,7 @@ from ..loading.data import Batch
 from ..loading.signature import ModelSignature
 from ..losses import LossSpec, has_cached_logits, probability_path_loss, regularization, total_loss
 from .capture import CapturedOutput, LayerCapture, LayerNode, identity_chain
+from .replicas import Replicas, across_replicas, leading_rows, loss_share
 
 
 @dataclass
@@ -37,6 +38,9 @@ class TraceMeta:
     activation_connected: list[bool] = field(default_factory=list)
     regularization_terms: int = 0
     input_order: list[str] = field(default_factory=list)
+    traced_rows: int | None = None
+    """The rows of the traced batch (a replica's share with ``tf.distribute``), when
+    static: the leading dimension that the layer outputs' traced shapes carry."""
 
 
 @dataclass(frozen=True)
@@ -77,17 +81,24 @@ def _graph_optimizer(enabled: bool) -> Iterator[None]:
         tf.config.optimizer.set_experimental_options(restored)
 
 
-def _table(tensors: list[Any], *, dead_units: bool, extra_rows: list[Any] | None = None) -> Any:
+def _table(
+    tensors: list[Any],
+    *,
+    dead_units: bool,
+    extra_rows: list[Any] | None = None,
+    reducer: stats.Reducer | None = None,
+) -> Any:
     """``[len(tensors), N_FIELDS]`` stats, reduced together; NaN rows where a tensor is None.
 
     ``extra_rows`` are precomputed rows (sparse gradients) that stand in the positions
     of the tensors given as ``("row", k)`` markers.  One gather puts everything in
-    order, so the graph holds no per-tensor slicing ops.
+    order, so the graph holds no per-tensor slicing ops.  ``reducer``: the tensors are
+    one replica's rows of the whole (see :func:`stats.batch_stats`).
     """
     tf = _tf.tensorflow()
     extra_rows = extra_rows or []
     dense = [t for t in tensors if t is not None and not isinstance(t, tuple)]
-    table = stats.batch_stats(dense, dead_units=dead_units)
+    table = stats.batch_stats(dense, dead_units=dead_units, reducer=reducer)
     n_dense = len(dense)
     order, position = [], 0
     for tensor in tensors:
@@ -108,8 +119,9 @@ def _dense(gradient: Any) -> Any:
     return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
-def _entry_counts(tensors: list[Any]) -> Any:
-    """How many entries each tensor has in this run, as a float64 vector.
+def _entry_counts(tensors: list[Any], reducer: stats.Reducer | None = None) -> Any:
+    """How many entries each tensor has in this run, as a float64 vector (summed over
+    the replicas' rows with a ``reducer``).
 
     Read from the running graph, not from the traced shapes: a sequence model's layer
     outputs change length from batch to batch, and a step reused for a shape it was
@@ -118,7 +130,32 @@ def _entry_counts(tensors: list[Any]) -> Any:
     tf = _tf.tensorflow()
     if not tensors:
         return tf.zeros([0], tf.float64)
-    return tf.stack([tf.cast(tf.size(t, out_type=tf.int64), tf.float64) for t in tensors])
+    counts = tf.stack([tf.cast(tf.size(t, out_type=tf.int64), tf.float64) for t in tensors])
+    return counts if reducer is None else reducer.sum(counts)
+
+
+def _live_units(tensors: list[Any], reducer: stats.Reducer | None) -> list[Any]:
+    """Per tensor, which units are non-zero somewhere (see :func:`stats.live_units`), on
+    any replica with a ``reducer``."""
+    tf = _tf.tensorflow()
+    live = [stats.live_units(t) for t in tensors]
+    if reducer is None or not live:
+        return live
+    counts = reducer.sum(tf.concat([tf.cast(u, tf.float64) for u in live], axis=0))
+    pieces = tf.split(counts, [int(u.shape[0]) for u in live])
+    return [tf.greater(piece, 0.0) for piece in pieces]
+
+
+def _summed_over_replicas(gradients: list[Any]) -> list[Any]:
+    """Variable gradients summed over the replicas (one batched all-reduce): each
+    replica then holds the gradient of the whole batch.  Unchanged outside a replica
+    context."""
+    reducer = across_replicas()
+    present = [g for g in gradients if g is not None]
+    if reducer is None or not present:
+        return gradients
+    summed = iter(reducer.sum(present))
+    return [None if g is None else next(summed) for g in gradients]
 
 
 def batch_tensors(batch: Batch, with_targets: bool) -> tuple[Any, Any, Any]:
@@ -161,6 +198,7 @@ class GradientEngine:
         keep_tensors: bool = False,
         optimize_graph: bool = False,
         for_aggregation: bool = False,
+        replicas: Replicas | None = None,
     ) -> None:
         """``optimize_graph`` runs TensorFlow's graph optimizer (Grappler) on the step.
 
@@ -169,6 +207,8 @@ class GradientEngine:
         ``for_aggregation`` also returns what merging several batches needs
         (:mod:`gradscope.aggregate`): the dense variable gradients and, per layer output
         with value statistics, which units were non-zero somewhere in the batch.
+        ``replicas`` splits every batch across the replicas of a ``tf.distribute``
+        strategy, with the same results as one device (:mod:`.replicas`).
         """
         tf = _tf.tensorflow()
         self.model = model
@@ -178,6 +218,8 @@ class GradientEngine:
         self.keep_tensors = keep_tensors
         self.optimize_graph = optimize_graph
         self.for_aggregation = for_aggregation
+        self.replicas = replicas
+        self.sharing = None if replicas is None else replicas.sharing
         self.capture = LayerCapture(model)
         self.variables = list(model.trainable_variables)
         self.meta = TraceMeta()
@@ -194,6 +236,11 @@ class GradientEngine:
 
     def run(self, batch: Batch) -> EngineResult:
         """Run the compiled step on ``batch`` and fetch the results as numpy."""
+        if self.replicas is not None:
+            shares = self.replicas.distribute(batch, self.loss.needs_targets)
+            with _graph_optimizer(self.optimize_graph):
+                fetched = self.replicas.run_first(self._step, shares)
+            return self._to_numpy(fetched)
         inputs, targets, weight = batch_tensors(batch, self.loss.needs_targets)
         with _graph_optimizer(self.optimize_graph):
             fetched = self._step_fn(inputs, targets, weight)
@@ -206,6 +253,7 @@ class GradientEngine:
     ) -> dict[str, Any]:
         tf = _tf.tensorflow()
         meta = TraceMeta()
+        meta.traced_rows = tf.nest.flatten(inputs)[0].shape[0]
         with tf.GradientTape() as tape:
             float_inputs = {name: t for name, t in inputs.items() if t.dtype.is_floating}
             for tensor in float_inputs.values():
@@ -218,8 +266,12 @@ class GradientEngine:
             ops_before = len(graph.get_operations())
             loss = total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
             loss_ops = set(graph.get_operations()[ops_before:])
+            rows = leading_rows(inputs)
+            loss = loss_share(loss, rows, self.sharing)
             reg, meta.regularization_terms = regularization(self.model)
             probes, alt_loss = self._probability_path(tape, y_true, y_pred, weight, loss_ops)
+            if alt_loss is not None:
+                alt_loss = loss_share(alt_loss, rows, self.sharing)
         meta.outputs = recording.outputs
         meta.first_call = recording.first_call_order()
         differentiable = [c for c in recording.outputs if c.differentiable]
@@ -231,6 +283,7 @@ class GradientEngine:
         }
         targets_ = [loss] if alt_loss is None else [loss, alt_loss]
         grads = tape.gradient(targets_, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+        grads["variables"] = _summed_over_replicas(grads["variables"])
         activation_grads = self._merge_probe_grads(differentiable, grads, probes, y_pred)
         self.meta = meta
         return self._reduce(loss, reg, inputs, grads, activation_grads, recording.outputs, meta)
@@ -313,22 +366,25 @@ class GradientEngine:
         only sparse (``IndexedSlices``) variable gradients get ops of their own.
         """
         tf = _tf.tensorflow()
+        reducer = across_replicas()
         variable_grads = grads["variables"]
         meta.variable_connected = [g is not None for g in variable_grads]
         meta.variable_sparse = [isinstance(g, tf.IndexedSlices) for g in variable_grads]
         meta.input_connected = {name: g is not None for name, g in grads["inputs"].items()}
         meta.activation_connected = [g is not None for g in activation_grads]
         input_names = list(grads["inputs"])
-        input_table = _table([_dense(grads["inputs"][n]) for n in input_names], dead_units=False)
+        input_table = _table(
+            [_dense(grads["inputs"][n]) for n in input_names], dead_units=False, reducer=reducer
+        )
+        total = tf.cast(loss, tf.float64)
         result = {
-            "loss": tf.cast(loss, tf.float64),
+            "loss": total if reducer is None else reducer.sum(total),
             "regularization": tf.cast(reg, tf.float64),
             **self._variable_stats(variable_grads),
             "inputs": input_table,
-            "activation_grads": _table(activation_grads, dead_units=False),
+            "activation_grads": _table(activation_grads, dead_units=False, reducer=reducer),
             "activation_values": stats.batch_stats(
-                [c.tensor for c in outputs if c.has_value_stats],
-                dead_units=True,
+                [c.tensor for c in outputs if c.has_value_stats], dead_units=True, reducer=reducer
             ),
         }
         meta.input_order = input_names
@@ -339,12 +395,14 @@ class GradientEngine:
                     tf.unique(g.indices)[0] if isinstance(g, tf.IndexedSlices) else None
                     for g in variable_grads
                 ],
-                "live_units": [stats.live_units(c.tensor) for c in outputs if c.has_value_stats],
+                "live_units": _live_units(
+                    [c.tensor for c in outputs if c.has_value_stats], reducer
+                ),
                 "activation_grad_entries": _entry_counts(
-                    [c.tensor for c in outputs if c.differentiable]
+                    [c.tensor for c in outputs if c.differentiable], reducer
                 ),
                 "activation_value_entries": _entry_counts(
-                    [c.tensor for c in outputs if c.has_value_stats]
+                    [c.tensor for c in outputs if c.has_value_stats], reducer
                 ),
             }
         if self.keep_tensors:

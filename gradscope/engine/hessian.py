@@ -20,7 +20,6 @@ matrix-free algorithms of :mod:`gradscope.engine.spectral` can use them directly
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from ..loading.signature import ModelSignature
 from ..losses import LossSpec, total_loss
 from .gradients import batch_tensors
 from .graph_memory import items_within, split_graph_bytes
+from .replicas import Replicas, leading_rows, loss_share
 
 EXACT_BYTES_PER_ENTRY = 20
 """Bytes per Hessian entry an exact block needs: the float32 rows (4), their float64
@@ -165,9 +165,13 @@ class HessianOperator:
         *,
         training: bool = False,
         hvp_mode: HvpMode = "reverse",
+        replicas: Replicas | None = None,
     ) -> None:
         """``data`` is one batch, or several (the loss is then their row-weighted mean:
-        every product runs over every batch, read one at a time)."""
+        every product runs over every batch, read one at a time).  ``replicas`` splits
+        every batch across the replicas of a ``tf.distribute`` strategy: each computes
+        the product of its share of the loss, and the shares are summed inside the
+        graph (:mod:`.replicas`), so every worker gets the same product."""
         tf = _tf.tensorflow()
         self.model = model
         self.signature = signature
@@ -178,6 +182,8 @@ class HessianOperator:
         self.sizes = [int(np.prod(shape, dtype=np.int64)) for shape in self.shapes]
         self.size = int(sum(self.sizes))
         self.data = as_batches(data)
+        self.replicas = replicas
+        self._sharing = None if replicas is None else replicas.sharing
         # In training mode every call would advance dropout's random state and move the
         # BatchNorm statistics: the operator would change between products.  The state
         # is put back before every call, so every product sees the same function.
@@ -196,23 +202,32 @@ class HessianOperator:
         """The batch as the tensors the compiled functions take: inputs, targets, weight."""
         return batch_tensors(batch, self.loss.needs_targets)
 
-    def _over_batches(self, function: Callable[[tuple[Any, Any, Any]], Any]) -> Any:
-        """``sum_b w_b function(batch_b)`` with ``w_b = rows_b / rows``, as numpy float64.
+    def _over_batches(self, function: Any, *leading: Any) -> Any:
+        """``sum_b w_b function(*leading, batch_b)`` with ``w_b = rows_b / rows``, as
+        numpy float64.
 
-        ``function`` returns its result and the loss it computed on the way; their
-        weighted sum over the batches is kept in :attr:`loss`, so the report's loss value
-        costs no pass of its own.
+        ``function`` (a ``tf.function``) returns its result and the loss it computed on
+        the way; their weighted sum over the batches is kept in :attr:`loss`, so the
+        report's loss value costs no pass of its own.  With replicas, each batch is
+        split across them and ``function`` runs on every replica, its results summed.
         """
         total: Any = 0.0
         loss = 0.0
         for batch in self.data.iterate():
             self._reset_state()
-            value, batch_loss = function(self._arguments(batch))
+            value, batch_loss = self._on_batch(function, leading, batch)
             weight = batch.size / self.data.rows
             total = total + weight * np.asarray(value.numpy(), dtype=np.float64)
             loss += weight * float(batch_loss.numpy())
         self.loss_of_last_call = loss
         return total
+
+    def _on_batch(self, function: Any, leading: tuple[Any, ...], batch: Batch) -> Any:
+        """``function(*leading, batch)`` on one device, or summed over the replicas."""
+        if self.replicas is None:
+            return function(*leading, self._arguments(batch))
+        shares = self.replicas.distribute(batch, self.loss.needs_targets)
+        return self.replicas.run_summed(function.python_function, (*leading, shares))
 
     def _reset_state(self) -> None:
         for variable, value in self._state:
@@ -225,7 +240,8 @@ class HessianOperator:
         packed = self.signature.pack_inputs(inputs)
         y_pred = self.model(packed, training=self.training)
         y_true = None if targets is None else self.signature.pack_outputs(targets)
-        return total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
+        loss = total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
+        return loss_share(loss, leading_rows(inputs), self._sharing)
 
     def _sources(self) -> list[Any]:
         """The block's variables as TensorFlow variables.
@@ -311,7 +327,7 @@ class HessianOperator:
         self.hvp_calls += 1
         tensor = tf.constant(vector, dtype=self._dtype)
         try:
-            return self._over_batches(lambda batch: self._hvp_fn(tensor, batch))  # type: ignore[no-any-return]
+            return self._over_batches(self._hvp_fn, tensor)  # type: ignore[no-any-return]
         except (LookupError, ValueError) as exc:
             reason = not_supported_reason(exc)
             if self._hvp_fn is self._reverse_fn or reason is None:
@@ -321,7 +337,7 @@ class HessianOperator:
                 "forward-mode Hessian-vector products are not supported here "
                 f"({reason}); used reverse mode (back-over-back) instead"
             )
-            return self._over_batches(lambda batch: self._hvp_fn(tensor, batch))  # type: ignore[no-any-return]
+            return self._over_batches(self._hvp_fn, tensor)  # type: ignore[no-any-return]
 
     # -- exact blocks -----------------------------------------------------------------
 
@@ -391,7 +407,7 @@ class HessianOperator:
             indices = tf.constant(
                 np.minimum(np.arange(start, start + rows), self.size - 1), tf.int32
             )
-            block = self._over_batches(functools.partial(self._rows_fn, indices))
+            block = self._over_batches(self._rows_fn, indices)
             stop = min(start + rows, self.size)
             matrix[start:stop] = block[: stop - start]
             if on_rows is not None:

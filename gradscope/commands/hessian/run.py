@@ -24,6 +24,7 @@ from ...engine import spectral
 from ...engine.capture import walk_layers
 from ...engine.graph_memory import format_bytes
 from ...engine.hessian import HessianOperator, exact_block_bytes
+from ...engine.replicas import Replicas
 from ...engine.step_memory import parse_size
 from ...errors import ResourceError
 from ...loading.data import Batch, Batches, as_batches, split_batch
@@ -40,7 +41,9 @@ from ...session import (
     load_for_cli,
     model_info_of,
     prepare_loss_and_batch,
+    replicas_for,
     variable_owners,
+    with_replica_note,
 )
 from ..inspect.options import InspectOptions
 from .options import HessianOptions, resolve_seed
@@ -264,6 +267,7 @@ def cross_blocks(
     options: HessianOptions,
     training: bool,
     notes: _Notes | None = None,
+    replicas: Replicas | None = None,
 ) -> tuple[CrossBlock, ...]:
     """Off-diagonal blocks between every pair of selected variables.
 
@@ -271,7 +275,9 @@ def cross_blocks(
     must fit ``--max-memory``.  Its fallbacks go to ``notes``.
     """
     variables = [v for block in blocks for v in block.variables]
-    operator = HessianOperator(model, signature, spec, batch, variables, training=training)
+    operator = HessianOperator(
+        model, signature, spec, batch, variables, training=training, replicas=replicas
+    )
     exact_options = replace(options, method="exact")
     plan = _plan(operator, exact_options, "--cross: the exact Hessian over all selected variables")
     matrix = operator.exact(plan.rows_per_pass)
@@ -358,12 +364,16 @@ def run_hessian(
     options: HessianOptions,
     model_info: ModelInfo,
     progress: Progress | None = None,
+    strategy: Any = None,
 ) -> HessianReport:
     """The shared hessian pipeline: loss and batch as ``inspect``, then each block.
 
     With several batches every Hessian-vector product (and every exact row) is the
     row-weighted mean over the batches, which are read one at a time.  The seed is
-    ``inspect_options.seed`` (``options.seed``, when given, must be the same).
+    ``inspect_options.seed`` (``options.seed``, when given, must be the same).  With a
+    ``strategy`` every product is split across its replicas and summed inside the graph;
+    every worker runs the same Lanczos, Hutch++ and density loops on the same products
+    with the same seeded probes, so all of them take part in every collective.
     """
     options, _ = resolve_seed(options, inspect_options.seed)
     progress = progress or Progress()
@@ -373,6 +383,8 @@ def run_hessian(
         size = inspect_options.batch_size or batch.size
         data = split_batch(batch, size, inspect_options.max_batches)
     whole = data if isinstance(data, Batches) else batch
+    replicas = replicas_for(strategy, model, signature, spec, whole)
+    model_info = with_replica_note(model_info, replicas)
     guard_proxy_step(
         model, signature, spec, whole, replace(inspect_options, max_memory=options.max_memory)
     )
@@ -391,6 +403,7 @@ def run_hessian(
                 block.variables,
                 training=training,
                 hvp_mode=options.hvp,
+                replicas=replicas,
             )
             names = ", ".join(v.path for v in block.variables[:3])
             plan = _plan(operator, options, f"--method exact: the block [{names}]")
@@ -402,7 +415,9 @@ def run_hessian(
             loss_value = operator.loss_value()
         cross: tuple[CrossBlock, ...] = ()
         if options.cross:
-            cross = cross_blocks(model, signature, spec, whole, blocks, options, training, notes)
+            cross = cross_blocks(
+                model, signature, spec, whole, blocks, options, training, notes, replicas
+            )
     loss = LossInfo(value=loss_value, source=spec.source, kind=spec.kind)
     return HessianReport(
         model=model_info,
@@ -428,6 +443,7 @@ def hessian(
     options: HessianOptions | None = None,
     batch_size: int | None = None,
     max_batches: int | None = None,
+    strategy: Any = None,
 ) -> HessianReport:
     """Curvature of the loss of an in-memory Keras model (see :class:`HessianOptions`).
 
@@ -436,7 +452,9 @@ def hessian(
     :func:`gradscope.inspect`: every product then averages over its batches, which are
     read once and kept, so every product sees the same rows.  ``seed`` and
     ``options.seed`` are one setting (give either; both must agree): it seeds the
-    synthetic batch, dropout and the random probes alike.
+    synthetic batch, dropout and the random probes alike.  ``strategy`` (a
+    ``tf.distribute.Strategy``) splits every Hessian-vector product across its
+    replicas, with the results of one device (see :func:`gradscope.inspect`).
     """
     options, seed = resolve_seed(options, seed)
     signature = model_signature(model)
@@ -448,9 +466,8 @@ def hessian(
         loss, training, seed, rows, batch_size=batch_size, max_batches=max_batches,
         max_memory=options.max_memory,
     )  # fmt: skip
-    return run_hessian(
-        model, signature, data, inspect_options, options, model_info_of(model, None, "memory")
-    )
+    info = model_info_of(model, None, "memory")
+    return run_hessian(model, signature, data, inspect_options, options, info, strategy=strategy)
 
 
 def hessian_file(
@@ -467,12 +484,14 @@ def hessian_file(
     unsafe: bool = False,
     batch_size: int | None = None,
     max_batches: int | None = None,
+    strategy: Any = None,
 ) -> HessianReport:
     """Load a saved model (and a batch file, or synthesize one) and compute its curvature.
 
-    ``custom_objects``, ``unsafe``, ``batch_size`` and ``max_batches`` are as in
-    :func:`gradscope.inspect_file`: with ``batch_size`` the file is streamed and every
-    Hessian-vector product averages over the batches.  ``seed`` is as in :func:`hessian`.
+    ``custom_objects``, ``unsafe``, ``batch_size``, ``max_batches`` and ``strategy`` are
+    as in :func:`gradscope.inspect_file`: with ``batch_size`` the file is streamed and
+    every Hessian-vector product averages over the batches.  ``seed`` is as in
+    :func:`hessian`.
     """
     options, seed = resolve_seed(options, seed)
     load = LoadOptions.of(custom_objects, unsafe, loss)
@@ -481,9 +500,9 @@ def hessian_file(
         max_batches=max_batches, max_memory=options.max_memory,
     )  # fmt: skip
     model, signature, data, info = load_for_cli(
-        model_path, data_path, limit, seed, load, inspect_options
+        model_path, data_path, limit, seed, load, inspect_options, strategy=strategy
     )
-    return run_hessian(model, signature, data, inspect_options, options, info, progress)
+    return run_hessian(model, signature, data, inspect_options, options, info, progress, strategy)
 
 
 __all__: Sequence[str] = ["HessianOptions", "hessian", "hessian_file", "parse_size"]

@@ -19,7 +19,9 @@ from ..._progress import Progress
 from ...aggregate import BatchAccumulator
 from ...engine.capture import LOOP_NOTE, CapturedOutput, LayerNode
 from ...engine.gradients import EngineResult, GradientEngine
+from ...engine.replicas import Replicas
 from ...engine.step_memory import budget, guard_step
+from ...errors import UsageError
 from ...health import Thresholds, diagnose
 from ...loading.data import Batch, Batches, split_batch
 from ...loading.models import LoadOptions
@@ -35,8 +37,10 @@ from ...session import (
     load_for_cli,
     model_info_of,
     prepare_loss_and_batch,
+    replicas_for,
     run_engine,
     variable_owners,
+    with_replica_note,
 )
 from .options import InspectOptions
 from .report import ActivationRow, GradientTensors, InputRow, PerSampleReport, Report, VariableRow
@@ -60,6 +64,7 @@ def inspect_file(
     progress: Progress | None = None,
     thresholds: Thresholds | None = None,
     max_memory: int | None = None,
+    strategy: Any = None,
 ) -> Report:
     """Load a saved model (and a batch file, or synthesize one) and inspect it.
 
@@ -70,15 +75,19 @@ def inspect_file(
     ``per_sample`` adds per-example gradient norms.  ``thresholds`` tune the health
     diagnoses (:mod:`gradscope.health`).  ``max_memory`` is the memory budget in bytes
     (``None``: half the available memory): a batch or step above it is refused with a
-    :class:`~gradscope.errors.ResourceError` before it is read or run.
+    :class:`~gradscope.errors.ResourceError` before it is read or run.  ``strategy`` (a
+    ``tf.distribute.Strategy``) loads the model under its scope and splits every batch
+    across its replicas, with the results of one device (see :func:`inspect`).
     """
     load = LoadOptions.of(custom_objects, unsafe, loss)
     options = InspectOptions(
         loss, training, seed, limit or DEFAULT_ROWS, layers, keep_tensors,
         batch_size, max_batches, per_sample, thresholds, max_memory,
     )  # fmt: skip
-    model, signature, data, info = load_for_cli(model_path, data_path, limit, seed, load, options)
-    return run_inspect(model, signature, data, options, info, progress)
+    model, signature, data, info = load_for_cli(
+        model_path, data_path, limit, seed, load, options, strategy=strategy
+    )
+    return run_inspect(model, signature, data, options, info, progress, strategy)
 
 
 def inspect(
@@ -98,6 +107,7 @@ def inspect(
     per_sample: bool = False,
     thresholds: Thresholds | None = None,
     max_memory: int | None = None,
+    strategy: Any = None,
 ) -> Report:
     """Gradients of the loss for an in-memory Keras model, in one forward/backward pass.
 
@@ -116,6 +126,13 @@ def inspect(
     ``batch_size`` is not used.  Its batches (at most ``max_batches``) are aggregated as
     with ``batch_size``; one batch is the same as its arrays (see
     :mod:`gradscope.loading.pipelines`).
+
+    ``strategy``, a ``tf.distribute.Strategy`` (``MirroredStrategy``,
+    ``MultiWorkerMirroredStrategy``), splits every batch across its replicas and
+    combines what they compute inside the graph: the report is the one a single device
+    gives, to float32 rounding.  Build the model under ``strategy.scope()``.  The raw
+    tensors (``keep_tensors``) are not available then; per-example norms are computed
+    on this process's devices (see :mod:`gradscope.engine.replicas`).
     """
     signature = model_signature(model)
     data = data_argument(
@@ -127,7 +144,7 @@ def inspect(
         batch_size, max_batches, per_sample, thresholds, max_memory,
     )  # fmt: skip
     info = model_info_of(model, None, "memory")
-    return run_inspect(model, signature, data, options, info)
+    return run_inspect(model, signature, data, options, info, strategy=strategy)
 
 
 def run_inspect(
@@ -137,17 +154,27 @@ def run_inspect(
     options: InspectOptions,
     model_info: ModelInfo,
     progress: Progress | None = None,
+    strategy: Any = None,
 ) -> Report:
     """The shared inspect pipeline: loss, batch(es), engine, report."""
     first = data.first if isinstance(data, Batches) else data
     spec, batch = prepare_loss_and_batch(model, signature, first, options)
     if options.batching and not isinstance(data, Batches):
         data = split_batch(batch, options.batch_size or batch.size, options.max_batches)
+    replicas = replicas_for(strategy, model, signature, spec, data or batch)
+    if replicas is not None and options.keep_tensors:
+        raise UsageError(
+            "--keep-tensors: the raw gradient tensors are not gathered across replicas; "
+            f"leave it out or use --strategy default. Received: {replicas.count} replicas"
+        )
+    model_info = with_replica_note(model_info, replicas)
     with RestoredState(model, options.training):
         if isinstance(data, Batches):
-            report = _inspect_batches(model, signature, spec, data, options, model_info, progress)
+            report = _inspect_batches(
+                model, signature, spec, data, options, model_info, progress, replicas
+            )
         else:
-            report = _inspect_one(model, signature, spec, batch, options, model_info)
+            report = _inspect_one(model, signature, spec, batch, options, model_info, replicas)
         if options.per_sample:
             batches = data if isinstance(data, Batches) else None
             report = dataclasses.replace(
@@ -193,9 +220,15 @@ def _inspect_one(
     batch: Batch,
     options: InspectOptions,
     model_info: ModelInfo,
+    replicas: Replicas | None = None,
 ) -> Report:
     engine = GradientEngine(
-        model, signature, spec, training=options.training, keep_tensors=options.keep_tensors
+        model,
+        signature,
+        spec,
+        training=options.training,
+        keep_tensors=options.keep_tensors,
+        replicas=replicas,
     )
     guard_step(engine, batch, options.max_memory)
     result = run_engine(engine, batch)
@@ -212,6 +245,7 @@ def _inspect_batches(
     options: InspectOptions,
     model_info: ModelInfo,
     progress: Progress | None,
+    replicas: Replicas | None = None,
 ) -> Report:
     """Every batch through one compiled step, merged into the report of the mean gradient.
 
@@ -219,7 +253,14 @@ def _inspect_batches(
     inputs and layer outputs belong to one batch each.
     """
     progress = progress or Progress()
-    engine = GradientEngine(model, signature, spec, training=options.training, for_aggregation=True)
+    engine = GradientEngine(
+        model,
+        signature,
+        spec,
+        training=options.training,
+        for_aggregation=True,
+        replicas=replicas,
+    )
     guard_step(engine, data.first, options.max_memory, held=min(data.count, 2))
     accumulator = BatchAccumulator(data.rows)
     progress.block(0, 1, f"{data.count} batches", data.count)
@@ -239,16 +280,11 @@ def _inspect_batches(
             variables=accumulator.mean_gradients(variables), inputs={}, activations={}
         )
     summary = accumulator.summary(variables, data.batch_size, data.max_batches)
-    traced = accumulator.last_rows
     report = dataclasses.replace(
         report,
         inputs=tuple(
             dataclasses.replace(r, shape=_all_rows(r.shape, data.first.size, whole.size))
             for r in report.inputs
-        ),
-        activations=tuple(
-            dataclasses.replace(r, shape=_all_rows(r.shape, traced, whole.size))
-            for r in report.activations
         ),
     )
     return dataclasses.replace(report, batches=summary, tensors=tensors)
@@ -369,8 +405,18 @@ def _activation_path(captured: CapturedOutput, calls: dict[int, int]) -> str:
     return path
 
 
-def _activation_rows(result: EngineResult) -> list[ActivationRow]:
-    """One row per captured output; a layer that ran inside a loop gets one note row."""
+def _global_shape(shape: Any, traced_rows: int | None, rows: int) -> tuple[int, ...]:
+    """A layer output's shape over the batch's ``rows``: its traced shape, whose leading
+    dimension is the traced rows (a replica's share), with unknown dimensions as -1."""
+    dims = [-1 if d is None else int(d) for d in shape]
+    if dims and traced_rows is not None and dims[0] == traced_rows:
+        dims[0] = rows
+    return tuple(dims)
+
+
+def _activation_rows(result: EngineResult, batch_rows: int) -> list[ActivationRow]:
+    """One row per captured output, shaped over the batch's ``batch_rows``; a layer that
+    ran inside a loop gets one note row."""
     meta = result.meta
     calls: dict[int, int] = {}
     for captured in meta.outputs:
@@ -409,7 +455,7 @@ def _activation_rows(result: EngineResult) -> list[ActivationRow]:
                 layer_class=type(captured.node.layer).__name__,
                 call=captured.call,
                 output=captured.output,
-                shape=tuple(-1 if d is None else int(d) for d in tensor.shape),
+                shape=_global_shape(tensor.shape, meta.traced_rows, batch_rows),
                 dtype=tensor.dtype.name,
                 grad=grad,
                 value=value,
@@ -465,7 +511,7 @@ def build_report(
     """Assemble the plain-data :class:`Report` from one engine result."""
     variables = list(model.trainable_variables)
     variable_rows = _variable_rows(model, result, nodes, variables)
-    activation_rows = _activation_rows(result)
+    activation_rows = _activation_rows(result, batch.size)
     norms = [row.grad.l2 for row in variable_rows if row.grad is not None]
     global_norm = float(np.sqrt(np.sum(np.square(norms, dtype=np.float64)))) if norms else 0.0
     loss_info = LossInfo(
