@@ -215,30 +215,58 @@ def _check_output_targets(
 
 @dataclass(frozen=True)
 class _Distribution:
-    """A run's ``tf.distribute`` strategy (``None``: one device), and whether this
-    process is the chief: the only one that writes stdout and files."""
+    """A run's ``tf.distribute`` strategy (``None``: one device), whether this process
+    is the chief (the only one that writes stdout and files), and the multi-worker
+    ``--timeout`` (``None`` for other strategies)."""
 
     strategy: Any
     chief: bool
+    timeout: float | None = None
+
+    def peers(self) -> Any:
+        """Around the work: a peer worker that is gone becomes one line (exit 7)."""
+        import contextlib
+
+        if self.timeout is None:
+            return contextlib.nullcontext()
+        from ..distribute import peer_failures
+
+        return peer_failures(self.timeout)
 
 
 def _distribution(kind: str, replicas: int | None, timeout: float | None) -> _Distribution:
     """``--strategy``/``--replicas``/``--timeout`` checked, then the strategy built.
 
     The options and ``TF_CONFIG`` are checked before TensorFlow is imported, and the
-    strategy is built before anything runs on TensorFlow: logical CPU devices can only
-    be made then.
+    strategy is built before anything runs on TensorFlow: logical CPU devices and
+    collective ops can only be set up then.
     """
-    from ..distribute import check_strategy_options, make_strategy, parse_tf_config
+    from ..distribute import check_strategy_options, check_timeout, make_strategy, parse_tf_config
 
     kind = kind.lower()
-    check_strategy_options(kind, replicas)
-    chief = parse_tf_config(os.environ).is_chief if kind == "multi-worker" else True
+    check_strategy_options(kind, replicas, timeout)
     if kind == "default":
         return _Distribution(None, True)
+    multi = kind == "multi-worker"
+    chief = parse_tf_config(os.environ).is_chief if multi else True
+    wait = check_timeout(timeout) if multi else None
     from .. import _tf
 
-    return _Distribution(make_strategy(_tf.tensorflow(), kind, replicas, timeout), chief)
+    strategy = make_strategy(_tf.tensorflow(), kind, replicas, wait)
+    return _Distribution(strategy, chief, wait)
+
+
+def run_distributed(action: Callable[[], str], debug: bool, multi_worker: bool) -> str:
+    """:func:`run_guarded`; a multi-worker run that failed leaves at once (a normal
+    exit would wait seconds for peers that are gone)."""
+    try:
+        return run_guarded(action, debug)
+    except typer.Exit as exit_:
+        if multi_worker and exit_.exit_code:
+            from ..distribute import exit_now
+
+            exit_now(exit_.exit_code)
+        raise
 
 
 def _emit(text: str) -> None:

@@ -20,7 +20,7 @@ from .app import (
     _max_memory,
     _note,
     app,
-    run_guarded,
+    run_distributed,
 )
 from .options import (
     BatchSizeOpt,
@@ -162,7 +162,10 @@ def hessian(
 
         if distribution.chief:
             _check_output_targets(save, hessian_hdf5.SUFFIXES, plot, tensorboard, force)
-        with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
+        with (
+            progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress,
+            distribution.peers(),
+        ):
             report = hessian_file(
                 model,
                 data,
@@ -195,4 +198,4 @@ def hessian(
             _note(f"wrote {write_hessian(report, tensorboard)}", quiet)
         return text
 
-    _emit(run_guarded(action, debug))
+    _emit(run_distributed(action, debug, strategy.lower() == "multi-worker"))

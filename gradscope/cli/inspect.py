@@ -20,7 +20,7 @@ from .app import (
     _max_memory,
     _note,
     app,
-    run_guarded,
+    run_distributed,
 )
 from .options import (
     BatchSizeOpt,
@@ -132,7 +132,10 @@ def inspect(
         thresholds = Thresholds(
             vanishing_ratio, exploding_norm, exploding_ratio, dead_fraction, stalled_ratio
         )
-        with progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress:
+        with (
+            progress_bar(enabled=not quiet and sys.stderr.isatty()) as progress,
+            distribution.peers(),
+        ):
             report = inspect_file(
                 model,
                 data,
@@ -169,7 +172,7 @@ def inspect(
             _note(f"wrote {write_inspect(report, tensorboard)}", quiet)
         return text
 
-    _emit(run_guarded(action, debug))
+    _emit(run_distributed(action, debug, strategy.lower() == "multi-worker"))
     if fired:
         _note(f"--fail-on: {', '.join(fired)} fired", quiet)
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
