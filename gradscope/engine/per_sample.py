@@ -334,8 +334,9 @@ class PerSampleEngine:
             )
         return list(tape.gradient(loss, self.variables))
 
-    def _example_squares(self, example: Example) -> Any:
-        """``[variables]`` float64 squared gradient norms of one example."""
+    def _converted_gradients(self, example: Example) -> list[Any]:
+        """:meth:`example_gradients`, its batched matmuls given the converters that keep
+        ``pfor`` off oneDNN's broken kernels (:mod:`.pfor_matmul`)."""
         tf = _tf.tensorflow()
         self.example_traces += 1
         graph = tf.compat.v1.get_default_graph()
@@ -344,6 +345,31 @@ class PerSampleEngine:
         for op_type in attach_converters(graph.get_operations()[first:]):
             if op_type not in self.rewritten:
                 self.rewritten.append(op_type)
+        return gradients
+
+    def flat_gradients(self, examples: Example, dtype: Any) -> Any:
+        """``[examples, n]``: every example's gradient of all the variables, flattened
+        and concatenated in order (``n`` their total size) in ``dtype``, vectorized over
+        the examples like the norms.  For curvature built from per-example gradients (the
+        empirical Fisher); the caller bounds the memory."""
+        tf = _tf.tensorflow()
+
+        def one(example: Example) -> Any:
+            gradients = self._converted_gradients(example)
+            pieces = [
+                tf.zeros([int(np.prod(v.shape))], dtype)
+                if g is None
+                else tf.reshape(tf.cast(tf.convert_to_tensor(g), dtype), [-1])
+                for g, v in zip(gradients, self.variables, strict=True)
+            ]
+            return tf.concat(pieces, axis=0)
+
+        return tf.vectorized_map(one, examples, fallback_to_while_loop=True)
+
+    def _example_squares(self, example: Example) -> Any:
+        """``[variables]`` float64 squared gradient norms of one example."""
+        tf = _tf.tensorflow()
+        gradients = self._converted_gradients(example)
         if not gradients:
             return tf.zeros([0], tf.float64)
         return tf.stack([dense_squared_norm(g) for g in gradients])
