@@ -258,7 +258,8 @@ def _example_gradients(tf: Any, model: Any, x: Any, y: Any, weight: Any = None) 
             loss = model.compute_loss(
                 x=x[i : i + 1], y=y[i : i + 1], y_pred=y_pred, sample_weight=sample_weight
             )
-        rows.append(_flat(g.numpy() for g in tape.gradient(loss, model.trainable_variables)))
+        grads = tape.gradient(loss, model.trainable_variables)
+        rows.append(_flat(tf.convert_to_tensor(g).numpy() for g in grads))
     return np.array(rows)
 
 
@@ -439,3 +440,37 @@ def test_empirical_fisher_memory_is_checked_before_allocating() -> None:
     )  # fmt: skip
     assert "--matrix empirical-fisher: the per-example gradients of a batch (6 rows" in line
     assert "more than --max-memory" in line
+
+
+def test_recurrent_model_ggn_and_empirical_fisher(tf: Any, keras: Any) -> None:
+    """Keras's RNN loop over masked tokens: the GGN's Jacobian-vector products by two
+    reverse passes, and per-example gradients that ``pfor`` converts into a graph that
+    fails when run (so they are mapped with ``tf.map_fn``, with a note)."""
+    keras.utils.set_random_seed(14)
+    inputs = keras.Input((4,), dtype="int32")
+    embedded = keras.layers.Embedding(6, 2, mask_zero=True)(inputs)
+    hidden = keras.layers.LSTM(2)(embedded)
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    model.compile(loss="mse")
+    rng = np.random.default_rng(15)
+    x = rng.integers(0, 6, size=(4, 4)).astype(np.int32)
+    x[:, 0] = 1  # no empty sequence
+    y = rng.standard_normal((4, 1)).astype(np.float32)
+    gradients = _example_gradients(tf, model, x, y)
+    operator = _operator(model, x, y, "empirical-fisher")
+    vector = rng.standard_normal(gradients.shape[1])
+    expected = gradients.T @ (gradients @ vector) / 4
+    np.testing.assert_allclose(operator.hvp(vector), expected, rtol=1e-4, atol=1e-6)
+    assert any("map_fn" in note for note in operator.notes), operator.notes
+    lstm = [v for v in model.trainable_variables if "embeddings" not in v.path]
+    ggn = _operator(model, x, y, "ggn", variables=lstm).exact()
+    sources = [v.value for v in lstm]
+    rows = []
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = tf.reshape(model(x), [-1])
+        entries = [outputs[i] for i in range(4)]
+    for entry in entries:
+        rows.append(_flat(g.numpy() for g in tape.gradient(entry, sources)))
+    jacobian = np.array(rows)
+    # mse over one output, mean over 4 rows: H_L = 2/4 I.
+    np.testing.assert_allclose(ggn, jacobian.T @ jacobian * 0.5, rtol=1e-4, atol=1e-6)

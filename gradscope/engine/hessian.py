@@ -303,6 +303,7 @@ class HessianOperator:
         self.mc_samples = mc_samples
         self.seed = seed
         self._families: list[Family | None] | None = None
+        self._examples: PerSampleEngine | None = None
         self.model = model
         self.signature = signature
         self.loss = loss
@@ -328,6 +329,8 @@ class HessianOperator:
         self.loss_of_last_call: float | None = None
         self.notes: list[str] = []
         """Every switch to another method, with its reason (for the report's notes)."""
+        if matrix == "empirical-fisher":
+            self._examples = self._example_engine()
 
     def _arguments(self, batch: Batch) -> tuple[Any, Any, Any]:
         """The batch as the tensors the compiled functions take: inputs, targets, weight."""
@@ -608,6 +611,17 @@ class HessianOperator:
         rows = tf.cast(tf.shape(gradients)[0], gradients.dtype)
         return product / rows, self._loss(batch)
 
+    def _example_engine(self) -> PerSampleEngine:
+        """The per-example gradient engine of the empirical Fisher, its vectorization
+        decided once on the first batch, as for ``--per-sample`` (a note when mapped)."""
+        engine = PerSampleEngine(
+            self.model, self.signature, self.loss, self.variables, training=self.training
+        )
+        method = engine.choose_method(self.data.first)
+        if not engine.vectorize:
+            self.notes.append(f"per-example gradients of the empirical Fisher: {method}")
+        return engine
+
     def _example_gradients(self, batch: tuple[Any, Any, Any]) -> Any:
         """``[rows, n]``: every example's gradient with respect to the block, flat, in the
         block's dtype, vectorized over the examples (:mod:`.per_sample`)."""
@@ -617,10 +631,9 @@ class HessianOperator:
             examples["targets"] = targets
         if weight is not None:
             examples["weight"] = weight
-        engine = PerSampleEngine(
-            self.model, self.signature, self.loss, self.variables, training=self.training
-        )
-        return engine.flat_gradients(examples, self._dtype)
+        if self._examples is None:
+            raise RuntimeError("internal: per-example gradients outside the empirical Fisher")
+        return self._examples.flat_gradients(examples, self._dtype)
 
     # -- exact blocks -----------------------------------------------------------------
 

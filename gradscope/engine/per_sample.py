@@ -351,7 +351,8 @@ class PerSampleEngine:
         """``[examples, n]``: every example's gradient of all the variables, flattened
         and concatenated in order (``n`` their total size) in ``dtype``, vectorized over
         the examples like the norms.  For curvature built from per-example gradients (the
-        empirical Fisher); the caller bounds the memory."""
+        empirical Fisher); the caller bounds the memory.  Vectorized or mapped with
+        ``tf.map_fn`` as :meth:`choose_method` decided."""
         tf = _tf.tensorflow()
 
         def one(example: Example) -> Any:
@@ -364,7 +365,15 @@ class PerSampleEngine:
             ]
             return tf.concat(pieces, axis=0)
 
-        return tf.vectorized_map(one, examples, fallback_to_while_loop=True)
+        if self.vectorize:
+            return tf.vectorized_map(one, examples, fallback_to_while_loop=True)
+        size = sum(int(np.prod(v.shape)) for v in self.variables)
+        return tf.map_fn(
+            one,
+            examples,
+            fn_output_signature=tf.TensorSpec([size], dtype),
+            parallel_iterations=MAP_FN_PARALLEL_ITERATIONS,
+        )
 
     def _example_squares(self, example: Example) -> Any:
         """``[variables]`` float64 squared gradient norms of one example."""
@@ -493,15 +502,23 @@ class PerSampleEngine:
         self._compile(specs)
         self.method = method
 
-    def run(self, batch: Batch, max_memory: int | None = None) -> PerSampleNorms:
-        """Per-example norms of every example of ``batch``, chunk by chunk."""
-        paths = tuple(str(v.path) for v in self.variables)
-        plan = self.plan(batch, max_memory)
+    def choose_method(self, batch: Batch) -> str:
+        """Trace the vectorized step for ``batch``'s structure (once) and decide, as
+        :meth:`run` does, whether to vectorize or to map with ``tf.map_fn``
+        (:attr:`vectorize`); returns :attr:`method`, which says why."""
         arrays = self._arrays(batch)
         key = repr(self._specs(arrays, [None]))
         if self._concrete is None or key != self._traced_key:
             self._trace(arrays)
             self._traced_key = key
+        return self.method
+
+    def run(self, batch: Batch, max_memory: int | None = None) -> PerSampleNorms:
+        """Per-example norms of every example of ``batch``, chunk by chunk."""
+        paths = tuple(str(v.path) for v in self.variables)
+        plan = self.plan(batch, max_memory)
+        arrays = self._arrays(batch)
+        self.choose_method(batch)
         norms = np.empty((batch.size, len(self.variables)), dtype=np.float64)
         total = np.empty(batch.size, dtype=np.float64)
         for start in range(0, batch.size, plan.chunk_size):
