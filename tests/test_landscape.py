@@ -197,15 +197,21 @@ def test_interpolation_endpoints_and_midpoints() -> None:
     x, y = _data()
     for model in (a, b):  # each model its own moving statistics
         model(x, training=True)
-    report = gradscope.landscape(a, x, y, to=b, options=LandscapeOptions(grid="0:1:5"))
+    report = gradscope.landscape(a, x, y, to=b, options=LandscapeOptions(grid="-0.5:1.5:9"))
     assert report.loss.value == pytest.approx(_direct_loss(a, x, y), rel=RTOL)
     assert report.other_loss == pytest.approx(_direct_loss(b, x, y), rel=RTOL)
-    assert report.losses[0] == pytest.approx(_direct_loss(a, x, y), rel=RTOL)
-    assert report.losses[-1] == pytest.approx(_direct_loss(b, x, y), rel=RTOL)
+    assert report.losses[2] == pytest.approx(_direct_loss(a, x, y), rel=RTOL)  # alpha = 0
+    assert report.losses[6] == pytest.approx(_direct_loss(b, x, y), rel=RTOL)  # alpha = 1
     pairs = [(v, w) for v, w in zip(a.variables, b.variables, strict=True) if "float" in v.dtype]
     floats = [v for v, _ in pairs]
     for alpha, value in zip(report.axes[0].values, report.losses, strict=True):
-        mixed = [(1 - alpha) * v.numpy() + alpha * w.numpy() for v, w in pairs]
+        # Weights along the whole line; statistics held at the nearer model beyond it.
+        trainable = {id(v) for v in a.trainable_variables}
+        mixed = [
+            (1 - t) * v.numpy() + t * w.numpy()
+            for v, w in pairs
+            for t in [alpha if id(v) in trainable else min(max(alpha, 0.0), 1.0)]
+        ]
         with _assigned(floats, mixed):
             assert value == pytest.approx(_direct_loss(a, x, y), rel=RTOL), alpha
     assert report.directions.kind == "interpolation"

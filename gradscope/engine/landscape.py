@@ -4,7 +4,8 @@ A point is a coefficient vector ``c``; its weights are ``w(c) = base + sum_k c_k
 for every trainable variable (``base`` omitted for an interpolation, whose ``V`` are the
 two models themselves: ``c = (1 - alpha, alpha)``, so the end points are the two models
 exactly).  Non-trainable floating-point state (BatchNorm moving statistics) can follow
-the same formula (an interpolation's statistics) or keep the model's own values.
+the same formula with its coefficients held in [0, 1] (an interpolation's statistics,
+those of the nearer model beyond either end) or keep the model's own values.
 
 :class:`LossSurface` evaluates the loss of a whole chunk of points in one call of one
 compiled function: the points are a ``[points, k]`` tensor and a loop inside the graph
@@ -210,7 +211,11 @@ class LossSurface:
         """Every variable the point moves, with its value there; later pairs win."""
         mapping = list(zip(self._weights[0], self._values(self._weights, point), strict=True))
         if self._state is not None:
-            mapping += list(zip(self._state[0], self._values(self._state, point), strict=True))
+            # The state's coefficients are held in [0, 1]: an interpolation's statistics
+            # beyond either model are that model's (an extrapolated moving variance can
+            # be negative, and the normalization NaN).
+            held = _tf.tensorflow().clip_by_value(point, 0.0, 1.0)
+            mapping += list(zip(self._state[0], self._values(self._state, held), strict=True))
         if statistics:
             bn_variables = [getattr(b, name) for b in self.bn_layers for name in BN_STATISTICS]
             for variable, value in zip(bn_variables, statistics, strict=True):
