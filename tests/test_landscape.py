@@ -371,6 +371,27 @@ def test_eigen_directions_have_the_hessian_curvature() -> None:
     assert curvature_y == pytest.approx(top[1], rel=2e-2)
 
 
+def test_eigen_directions_of_the_gauss_newton_matrix() -> None:
+    """``matrix="ggn"``: the directions are the GGN's top eigenvectors (its exact block,
+    itself checked against an explicit J^T H_L J in test_curvature_matrices.py), and the
+    report names the matrix."""
+    model = _model(0)
+    x, y = _data()
+    options = LandscapeOptions(
+        grid="-0.01:0.01:3", directions="eigen", tol=1e-7, max_iter=200, matrix="ggn"
+    )
+    report = gradscope.landscape(model, x, y, options=options)
+    exact = gradscope.hessian(
+        model, x, y, options=gradscope.HessianOptions(matrix="ggn", block="model", method="exact")
+    ).blocks[0]
+    assert exact.eigenvalues_all is not None
+    assert report.directions.matrix == "ggn"
+    assert report.directions.eigenvalues is not None
+    np.testing.assert_allclose(
+        report.directions.eigenvalues, exact.eigenvalues_all[::-1][:1], rtol=1e-4
+    )
+
+
 # -- the grid syntax ---------------------------------------------------------------------
 
 
@@ -426,7 +447,7 @@ def test_json_contract() -> None:
     assert data["minimum"]["loss"] == min(report.losses)
     assert set(data["directions"]) == {
         "kind", "seed", "normalization", "include_biases", "variables", "zeroed",
-        "statistics", "eigenvalues", "to",
+        "statistics", "eigenvalues", "to", "matrix",
     }  # fmt: skip
     assert data["timing"]["traces"] == 1
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..commands.hessian.options import MATRICES
 from ..commands.landscape import options as landscape_options
 from ..render import OutputFormat
 from .app import (
@@ -98,6 +99,14 @@ def landscape(
     max_iter: Annotated[
         int, typer.Option("--max-iter", help="Eigen directions: at most this many HVPs.")
     ] = _LANDSCAPE["max_iter"],
+    matrix: Annotated[
+        str,
+        typer.Option(
+            "--matrix",
+            metavar="|".join(MATRICES),
+            help="Eigen directions: eigenvectors of this curvature matrix (see hessian).",
+        ),
+    ] = _LANDSCAPE["matrix"],
     max_memory: MaxMemoryOpt = None,
     save: Annotated[
         Path | None, typer.Option("--save", help="Write the grid and its losses to this .h5 file.")
@@ -124,6 +133,7 @@ def landscape(
             variables=variables,
             layers=layers,
             max_iter=max_iter,
+            matrix=matrix.lower(),  # type: ignore[arg-type]
             seed=seed,
             **({} if memory is None else {"max_memory": memory}),
         )

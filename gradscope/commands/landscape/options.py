@@ -13,12 +13,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ... import validation
 from ...engine.step_memory import default_max_memory
 from ...errors import UsageError
 from ...selection import parse_selector
+from ..hessian.options import MATRICES
+
+if TYPE_CHECKING:
+    from ...engine.gauss_newton import Matrix
 
 DirectionKind = Literal["random", "eigen"]
 
@@ -110,7 +114,9 @@ class LandscapeOptions:
     the data at that point's weights.  ``variables``/``layers`` restrict the directions
     to the selected trainable variables (the others stay put).  ``tol``/``max_iter``
     are Lanczos's, for eigen directions.  ``seed`` seeds the random directions, the
-    probe of Lanczos and the synthetic batch.
+    probe of Lanczos and the synthetic batch.  ``matrix`` is the curvature matrix whose
+    top eigenvectors are the eigen directions (``hessian``, ``ggn``, ``fisher`` with one
+    seeded draw per example, or ``empirical-fisher``; see ``gradscope hessian``).
     """
 
     grid: str | None = None
@@ -123,6 +129,7 @@ class LandscapeOptions:
     tol: float = 1e-3
     max_iter: int = 100
     seed: int | None = None
+    matrix: Matrix = "hessian"
 
     def __post_init__(self) -> None:
         """Refuse a bad field with one line that names it and what it received."""
@@ -138,6 +145,7 @@ class LandscapeOptions:
         validation.positive_number("tol", self.tol)
         validation.integer("max_iter", self.max_iter, minimum=1)
         validation.optional_integer("seed", self.seed, minimum=0)
+        validation.one_of("matrix", self.matrix, MATRICES)
 
     def axes(self, interpolating: bool) -> tuple[GridAxis, ...]:
         """The grid's axes, the default one filled in; an interpolation has one axis."""

@@ -50,7 +50,8 @@ class Directions:
     ``variables``: the trainable variables the directions move; ``zeroed``: those among
     them whose direction is zero (1-D variables of random directions without
     ``include_biases``, filters of zero norm are not listed).  ``eigenvalues``: the
-    Hessian eigenvalues of eigen directions (Lanczos, descending), else ``None``.
+    eigenvalues of eigen directions (Lanczos, descending), else ``None``; ``matrix``: the
+    curvature matrix they are eigenvectors of (``hessian``, ``ggn``, ...), else ``None``.
     ``statistics``: how the BatchNorm moving statistics are set at each point:
     ``model`` (MODEL's own), ``interpolated`` (the same interpolation of the two models'
     statistics) or ``recomputed`` (on the data at each point, ``recompute_bn``).
@@ -65,6 +66,7 @@ class Directions:
     statistics: str
     eigenvalues: tuple[float, ...] | None = None
     to: str | None = None
+    matrix: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +81,7 @@ class Directions:
             if self.eigenvalues is None
             else [finite_or_none(e) for e in self.eigenvalues],
             "to": self.to,
+            "matrix": self.matrix,
         }
 
 

@@ -189,9 +189,16 @@ def _eigen(
     """The top ``count`` Hessian eigenvectors over the selected variables (Lanczos on
     Hessian-vector products of the same loss and data), unit vectors."""
     selected = _selected(model, options)
-    # TODO(issue 13, --matrix): pass matrix=options.matrix (hessian|ggn|fisher|
-    # empirical-fisher) once HessianOperator takes it; directions are the Hessian's now.
-    operator = HessianOperator(model, signature, spec, data, selected, training=training)
+    operator = HessianOperator(
+        model,
+        signature,
+        spec,
+        data,
+        selected,
+        training=training,
+        matrix=options.matrix,
+        seed=options.seed or 0,
+    )
     progress.block(0, 2, "eigen directions (Lanczos)", options.max_iter)
     result = spectral.lanczos(
         operator.hvp,
@@ -225,6 +232,7 @@ def _eigen(
         variables=tuple(v.path for v in selected),
         zeroed=(),
         statistics="model",
+        matrix=options.matrix,
         eigenvalues=tuple(float(e) for e in result.eigenvalues[:count]),
     )
     return _expand(model, selected, vectors), directions
