@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cli_helpers import error_line, invoke
+from conftest import SAMPLE_MODELS
 
 from gradscope.commands.hessian import run as hessian_run
 from gradscope.commands.hessian.options import HessianOptions
@@ -23,7 +24,7 @@ from gradscope.errors import ExitCode, LossError, UsageError
 from gradscope.loading.signature import model_signature
 from gradscope.session import batch_from_arrays, prepare_loss_and_batch
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+SAMPLES = SAMPLE_MODELS
 
 
 def _operator(model: Any, x: Any, y: Any, matrix: str, **kwargs: Any) -> HessianOperator:
