@@ -475,3 +475,46 @@ def test_recurrent_model_ggn_and_empirical_fisher(tf: Any, keras: Any) -> None:
     jacobian = np.array(rows)
     # mse over one output, mean over 4 rows: H_L = 2/4 I.
     np.testing.assert_allclose(ggn, jacobian.T @ jacobian * 0.5, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bart"])
+def test_keras_hub_ggn_quadratic_form(tf: Any, tmp_path: Path, name: str) -> None:
+    """keras_hub language models (sequence logits, padding, sample weights that are 0 at
+    padded targets): ``v^T G v`` against a reference built from pieces gradscope does not
+    use.  ``J v`` by a ``ForwardAccumulator`` (gradscope's default is two reverse passes);
+    each position's weight ``c_u`` in the loss read off the loss's own gradient at the
+    logits (``dL/dz_u = c_u (p_u - e_y)``); then ``sum_u c_u (Jv_u^T (diag p_u - p_u
+    p_u^T) Jv_u)``."""
+    import hub_language
+
+    built = hub_language.build(name, tmp_path)
+    model, x, y, weight = built.model, built.inputs, built.y, built.sample_weight
+    variables = model.trainable_variables
+    rng = np.random.default_rng(16)
+    vector = rng.standard_normal(sum(int(np.prod(v.shape)) for v in variables))
+    operator = _operator(model, x, y, "ggn", sample_weight=weight)
+    quadratic = float(vector @ operator.hvp(vector))
+
+    inputs = {key: tf.constant(value) for key, value in x.items()}
+    sizes = np.cumsum([0, *(int(np.prod(v.shape)) for v in variables)])
+    tangents = [
+        tf.constant(vector[sizes[i] : sizes[i + 1]].reshape(v.shape), v.dtype)
+        for i, v in enumerate(variables)
+    ]
+    with tf.autodiff.ForwardAccumulator([v.value for v in variables], tangents) as acc:
+        logits = model(inputs, training=False)
+    directional = acc.jvp(logits).numpy().astype(np.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = model.compute_loss(x=inputs, y=y, y_pred=logits, sample_weight=weight)
+    slopes = tape.gradient(loss, logits).numpy().astype(np.float64)
+    z = logits.numpy().astype(np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    residual = p - np.eye(z.shape[-1])[y]
+    c = (slopes * residual).sum(-1) / (residual**2).sum(-1)
+    per_position = (directional**2 * p).sum(-1) - (directional * p).sum(-1) ** 2
+    expected = float((c * per_position).sum())
+    assert quadratic == pytest.approx(expected, rel=1e-4)
+    assert np.all(c[weight == 0] == 0)
+    assert np.any(c > 0)
