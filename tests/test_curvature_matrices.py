@@ -518,3 +518,14 @@ def test_keras_hub_ggn_quadratic_form(tf: Any, tmp_path: Path, name: str) -> Non
     assert quadratic == pytest.approx(expected, rel=1e-4)
     assert np.all(c[weight == 0] == 0)
     assert np.any(c > 0)
+
+
+def test_empirical_fisher_refuses_batchnorm_in_training_mode(keras: Any) -> None:
+    """In training mode BatchNorm couples the examples: no per-example gradients."""
+    inputs = keras.Input((3,))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    model.compile(loss="mse")
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(UsageError, match="^--matrix empirical-fisher with --training"):
+        _operator(model, x, np.ones((4, 1), np.float32), "empirical-fisher", training=True)

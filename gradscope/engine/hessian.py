@@ -615,7 +615,12 @@ class HessianOperator:
         """The per-example gradient engine of the empirical Fisher, its vectorization
         decided once on the first batch, as for ``--per-sample`` (a note when mapped)."""
         engine = PerSampleEngine(
-            self.model, self.signature, self.loss, self.variables, training=self.training
+            self.model,
+            self.signature,
+            self.loss,
+            self.variables,
+            training=self.training,
+            purpose="--matrix empirical-fisher",
         )
         method = engine.choose_method(self.data.first)
         if not engine.vectorize:

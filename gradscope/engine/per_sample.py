@@ -233,9 +233,10 @@ def _recording_fallbacks() -> Iterator[_FallbackRecorder]:
 # -- the engine ------------------------------------------------------------------------
 
 
-def check_training_mode(model: Any, training: bool) -> None:
+def check_training_mode(model: Any, training: bool, what: str = "--per-sample") -> None:
     """Refuse training mode for models with a trainable BatchNormalization layer (see
-    the module docstring for why)."""
+    the module docstring for why); ``what`` names the option that needs per-example
+    gradients."""
     if not training:
         return
     keras = _tf.keras()
@@ -247,7 +248,7 @@ def check_training_mode(model: Any, training: bool) -> None:
     ]
     if found:
         raise UsageError(
-            "--per-sample with --training: BatchNormalization normalizes with the "
+            f"{what} with --training: BatchNormalization normalizes with the "
             "statistics of the batch in training mode, so per-example gradients are not "
             "defined (a batch of one would zero every gradient before the layer); expected "
             "inference mode or frozen BatchNormalization layers (trainable=False). "
@@ -298,9 +299,11 @@ class PerSampleEngine:
         *,
         training: bool = False,
         vectorize: bool = True,
+        purpose: str = "--per-sample",
     ) -> None:
-        """``vectorize=False`` maps with ``tf.map_fn`` from the start (the fallback)."""
-        check_training_mode(model, training)
+        """``vectorize=False`` maps with ``tf.map_fn`` from the start (the fallback);
+        ``purpose`` names the option the gradients are for, in errors."""
+        check_training_mode(model, training, purpose)
         self.model = model
         self.signature = signature
         self.loss = loss
