@@ -527,5 +527,5 @@ def test_empirical_fisher_refuses_batchnorm_in_training_mode(keras: Any) -> None
     model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
     model.compile(loss="mse")
     x = np.ones((4, 3), np.float32)
-    with pytest.raises(UsageError, match="^--matrix empirical-fisher with --training"):
+    with pytest.raises(UsageError, match=r"^--matrix empirical-fisher with --training"):
         _operator(model, x, np.ones((4, 1), np.float32), "empirical-fisher", training=True)
