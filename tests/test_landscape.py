@@ -180,6 +180,21 @@ def test_two_different_seeds_are_refused() -> None:
     assert message.endswith("Received: seed=7, options.seed=3")
 
 
+def test_save_to_a_missing_folder_is_an_output_error(tmp_path: Any) -> None:
+    """The library writer (no CLI pre-check): an unwritable path is one
+    :class:`OutputError` line naming ``--save`` and the file, and leaves nothing."""
+    from gradscope.errors import OutputError
+    from gradscope.export.landscape_hdf5 import write_grid
+
+    model = _model(0)
+    x, y = _data()
+    report = gradscope.landscape(model, x, y, options=LandscapeOptions(grid="-1:1:3"))
+    target = tmp_path / "missing" / "grid.h5"
+    with pytest.raises(OutputError, match=r"^--save .*grid\.h5: cannot write the file: "):
+        write_grid(report, target)
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- filter normalization ----------------------------------------------------------------
 
 
