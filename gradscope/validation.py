@@ -9,8 +9,9 @@ it raise.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from .errors import UsageError
 
@@ -73,3 +74,36 @@ def optional_text(name: str, value: Any) -> None:
         return
     if not isinstance(value, str) or not value.strip():
         raise _expected(name, value, "a non-empty string or None")
+
+
+class SeededOptions(Protocol):
+    """An options dataclass with a ``seed`` field (``None``: not given)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def seed(self) -> int | None: ...
+
+
+Seeded = TypeVar("Seeded", bound=SeededOptions)
+
+
+def resolve_seed(
+    options: Seeded | None, seed: int | None, kind: type[Seeded], default: int
+) -> tuple[Seeded, int]:
+    """``options`` (``kind()`` when ``None``) with the run's one seed filled in, and that
+    seed.
+
+    The seed is ``options.seed`` or ``seed``, else ``default``.  The two are the same
+    setting given twice; when both are given they must agree, or the synthetic batch and
+    the random draws of the command would follow different seeds.
+    """
+    optional_integer("seed", seed, minimum=0)
+    options = options or kind()
+    if options.seed is not None and seed is not None and options.seed != seed:
+        raise UsageError(
+            "seed: given twice with different values; give it once, as seed= or as "
+            f"{kind.__name__}(seed=...). Received: seed={seed!r}, options.seed={options.seed!r}"
+        )
+    chosen = next((s for s in (options.seed, seed) if s is not None), default)
+    return dataclasses.replace(options, seed=chosen), chosen

@@ -154,6 +154,47 @@ def test_weights_are_never_assigned() -> None:
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
+def test_seed_argument_seeds_the_directions() -> None:
+    """``seed=`` alone (no ``options.seed``) is the run's seed: the report's, and the one
+    the random directions are drawn with (reference: numpy's generator by hand)."""
+    model = _model(0)
+    x, y = _data()
+    report = gradscope.landscape(model, x, y, seed=4, options=LandscapeOptions(grid="-1:1:3"))
+    assert report.seed == report.directions.seed == 4
+    directions = _random_directions(model, 1, seed=4)
+    for point, value in zip(report.points(), report.losses, strict=True):
+        with _assigned(model.trainable_variables, _point(model, directions, point)):
+            expected = _direct_loss(model, x, y)
+        assert value == pytest.approx(expected, rel=RTOL), point
+
+
+def test_two_different_seeds_are_refused() -> None:
+    """``seed=`` and ``options.seed`` are one setting: disagreeing, the message names
+    this command's options class and both values."""
+    model = _model(0)
+    x, y = _data()
+    with pytest.raises(UsageError) as caught:
+        gradscope.landscape(model, x, y, seed=7, options=LandscapeOptions(seed=3))
+    message = str(caught.value)
+    assert "as seed= or as LandscapeOptions(seed=...)" in message
+    assert message.endswith("Received: seed=7, options.seed=3")
+
+
+def test_save_to_a_missing_folder_is_an_output_error(tmp_path: Any) -> None:
+    """The library writer (no CLI pre-check): an unwritable path is one
+    :class:`OutputError` line naming ``--save`` and the file, and leaves nothing."""
+    from gradscope.errors import OutputError
+    from gradscope.export.landscape_hdf5 import write_grid
+
+    model = _model(0)
+    x, y = _data()
+    report = gradscope.landscape(model, x, y, options=LandscapeOptions(grid="-1:1:3"))
+    target = tmp_path / "missing" / "grid.h5"
+    with pytest.raises(OutputError, match=r"^--save .*grid\.h5: cannot write the file: "):
+        write_grid(report, target)
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- filter normalization ----------------------------------------------------------------
 
 

@@ -15,7 +15,8 @@ path that is a prefix of another (a nested model ``encoder`` and its layer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,23 @@ def write_root_attributes(handle: Any, schema: str, report: _JsonMixin) -> None:
     handle.attrs["model"] = report.model.name
     handle.attrs["loss"] = report.loss.value
     handle.attrs["loss_source"] = report.loss.source
+
+
+@contextlib.contextmanager
+def report_file(path: str | Path, schema: str, report: _JsonMixin) -> Iterator[Any]:
+    """The open ``h5py.File`` of a report's ``--save``, its root attributes written
+    (:func:`write_root_attributes`): the file appears at ``path`` only when the block
+    ends without an error (atomically), and an ``OSError`` is an
+    :class:`~gradscope.errors.OutputError` naming ``--save`` and the file."""
+    import h5py
+
+    target = Path(path)
+    try:
+        with atomic_path(target) as temporary, h5py.File(temporary, "w") as handle:
+            write_root_attributes(handle, schema, report)
+            yield handle
+    except OSError as exc:
+        raise OutputError(f"--save {target}: cannot write the file: {exc}") from exc
 
 
 def write_tensors(report: Report, path: str | Path) -> None:

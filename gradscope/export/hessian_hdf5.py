@@ -25,10 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path
-from ..errors import OutputError
 from ..report import HessianBlock, HessianReport
-from .hdf5 import write_root_attributes
+from .hdf5 import report_file
 
 SCHEMA = "gradscope.hessian-blocks/1"
 SUFFIXES = (".h5", ".hdf5")
@@ -50,25 +48,18 @@ def _write_diagonals(group: Any, block: HessianBlock) -> None:
 
 def write_blocks(report: HessianReport, path: str | Path) -> None:
     """Write every block of ``report`` to ``path`` atomically (layout in the module doc)."""
-    import h5py
-
-    target = Path(path)
-    try:
-        with atomic_path(target) as temporary, h5py.File(temporary, "w") as handle:
-            write_root_attributes(handle, SCHEMA, report)
-            handle.attrs["matrix"] = report.matrix
-            for index, block in enumerate(report.blocks):
-                group = handle.create_group(f"blocks/{index}")
-                group.attrs["vars"] = json.dumps(list(block.vars))
-                group.attrs["layers"] = json.dumps(list(block.layers))
-                group.attrs["shapes"] = json.dumps([list(s) for s in block.shapes])
-                group.attrs["size"] = block.size
-                group.attrs["method"] = block.method
-                group.create_dataset("eigenvalues", data=_spectrum(block))
-                if block.matrix is not None:
-                    group.create_dataset(report.matrix, data=block.matrix)
-                if block.eigenvectors is not None:
-                    group.create_dataset("eigenvectors", data=block.eigenvectors)
-                _write_diagonals(group, block)
-    except OSError as exc:
-        raise OutputError(f"--save {target}: cannot write the file: {exc}") from exc
+    with report_file(path, SCHEMA, report) as handle:
+        handle.attrs["matrix"] = report.matrix
+        for index, block in enumerate(report.blocks):
+            group = handle.create_group(f"blocks/{index}")
+            group.attrs["vars"] = json.dumps(list(block.vars))
+            group.attrs["layers"] = json.dumps(list(block.layers))
+            group.attrs["shapes"] = json.dumps([list(s) for s in block.shapes])
+            group.attrs["size"] = block.size
+            group.attrs["method"] = block.method
+            group.create_dataset("eigenvalues", data=_spectrum(block))
+            if block.matrix is not None:
+                group.create_dataset(report.matrix, data=block.matrix)
+            if block.eigenvectors is not None:
+                group.create_dataset("eigenvectors", data=block.eigenvectors)
+            _write_diagonals(group, block)

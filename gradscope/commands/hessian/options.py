@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ... import validation
 from ...engine.step_memory import default_max_memory
-from ...errors import UsageError
 from ...selection import parse_selector
 
 if TYPE_CHECKING:
@@ -119,15 +118,7 @@ def resolve_seed(options: HessianOptions | None, seed: int | None) -> tuple[Hess
     same setting given twice; when both are given they must agree, or the synthetic
     batch and the random probes would follow different seeds.
     """
-    validation.optional_integer("seed", seed, minimum=0)
-    options = options or HessianOptions()
-    if options.seed is not None and seed is not None and options.seed != seed:
-        raise UsageError(
-            "seed: given twice with different values; give it once, as seed= or as "
-            f"HessianOptions(seed=...). Received: seed={seed!r}, options.seed={options.seed!r}"
-        )
-    chosen = next((s for s in (options.seed, seed) if s is not None), DEFAULT_SEED)
-    return dataclasses.replace(options, seed=chosen), chosen
+    return validation.resolve_seed(options, seed, HessianOptions, DEFAULT_SEED)
 
 
 __all__ = [

@@ -28,9 +28,7 @@ from ...engine.replicas import Replicas
 from ...engine.step_memory import parse_size
 from ...errors import ResourceError
 from ...loading.data import Batch, Batches, as_batches, split_batch
-from ...loading.models import LoadOptions
-from ...loading.pipelines import data_argument
-from ...loading.signature import ModelSignature, model_signature
+from ...loading.signature import ModelSignature
 from ...loading.synthetic import DEFAULT_ROWS
 from ...report import LossInfo, ModelInfo
 from ...selection import parse_selector, select
@@ -38,14 +36,13 @@ from ...session import (
     ArrayLike,
     RestoredState,
     guard_proxy_step,
-    load_for_cli,
-    model_info_of,
     prepare_loss_and_batch,
     replicas_for,
     variable_owners,
     with_replica_note,
 )
 from ..inspect.options import InspectOptions
+from ..start import start_from_files, start_in_memory
 from .options import HessianOptions, resolve_seed
 from .report import (
     CrossBlock,
@@ -560,17 +557,13 @@ def hessian(
     replicas, with the results of one device (see :func:`gradscope.inspect`).
     """
     options, seed = resolve_seed(options, seed)
-    signature = model_signature(model)
-    data = data_argument(
-        signature, x, y, sample_weight,
-        batch_size=batch_size, max_batches=max_batches, budget=options.max_memory,
+    start = start_in_memory(
+        model, x, y, sample_weight, loss=loss, training=training, seed=seed, rows=rows,
+        batch_size=batch_size, max_batches=max_batches, max_memory=options.max_memory,
     )  # fmt: skip
-    inspect_options = InspectOptions(
-        loss, training, seed, rows, batch_size=batch_size, max_batches=max_batches,
-        max_memory=options.max_memory,
-    )  # fmt: skip
-    info = model_info_of(model, None, "memory")
-    return run_hessian(model, signature, data, inspect_options, options, info, strategy=strategy)
+    return run_hessian(
+        model, start.signature, start.data, start.settings, options, start.info, strategy=strategy
+    )
 
 
 def hessian_file(
@@ -597,15 +590,15 @@ def hessian_file(
     :func:`hessian`.
     """
     options, seed = resolve_seed(options, seed)
-    load = LoadOptions.of(custom_objects, unsafe, loss)
-    inspect_options = InspectOptions(
-        loss, training, seed, limit or DEFAULT_ROWS, batch_size=batch_size,
-        max_batches=max_batches, max_memory=options.max_memory,
+    start = start_from_files(
+        model_path, data_path, limit=limit, loss=loss, training=training, seed=seed,
+        custom_objects=custom_objects, unsafe=unsafe, batch_size=batch_size,
+        max_batches=max_batches, max_memory=options.max_memory, strategy=strategy,
     )  # fmt: skip
-    model, signature, data, info = load_for_cli(
-        model_path, data_path, limit, seed, load, inspect_options, strategy=strategy
-    )
-    return run_hessian(model, signature, data, inspect_options, options, info, progress, strategy)
+    return run_hessian(
+        start.model, start.signature, start.data, start.settings, options, start.info,
+        progress, strategy,
+    )  # fmt: skip
 
 
 __all__: Sequence[str] = ["HessianOptions", "hessian", "hessian_file", "parse_size"]

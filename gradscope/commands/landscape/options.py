@@ -173,15 +173,7 @@ def resolve_seed(
 ) -> tuple[LandscapeOptions, int]:
     """``options`` with the run's one seed filled in (``options.seed`` or ``seed``, which
     must agree when both are given, else :data:`DEFAULT_SEED`), and that seed."""
-    validation.optional_integer("seed", seed, minimum=0)
-    options = options or LandscapeOptions()
-    if options.seed is not None and seed is not None and options.seed != seed:
-        raise UsageError(
-            "seed: given twice with different values; give it once, as seed= or as "
-            f"LandscapeOptions(seed=...). Received: seed={seed!r}, options.seed={options.seed!r}"
-        )
-    chosen = next((s for s in (options.seed, seed) if s is not None), DEFAULT_SEED)
-    return dataclasses.replace(options, seed=chosen), chosen
+    return validation.resolve_seed(options, seed, LandscapeOptions, DEFAULT_SEED)
 
 
 __all__ = [

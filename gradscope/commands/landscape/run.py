@@ -31,21 +31,21 @@ from ...engine.landscape import (
 )
 from ...errors import MismatchError, ResourceError, UsageError
 from ...loading.data import Batch, Batches, as_batches, split_batch
-from ...loading.models import LoadOptions, check_model_path, load_model
-from ...loading.pipelines import data_argument
-from ...loading.signature import ModelSignature, model_signature
+from ...loading.models import check_model_path, load_model
+from ...loading.signature import ModelSignature
 from ...loading.synthetic import DEFAULT_ROWS
+from ...losses import LossSpec
 from ...report import LossInfo, ModelInfo
 from ...session import (
     ArrayLike,
     RestoredState,
-    load_for_cli,
     model_info_of,
     prepare_loss_and_batch,
 )
 from ..hessian.options import HessianOptions
 from ..hessian.run import select_blocks
 from ..inspect.options import InspectOptions
+from ..start import start_from_files, start_in_memory
 from .options import GridAxis, LandscapeOptions, resolve_seed
 from .report import Axis, Directions, LandscapeReport, Timing
 
@@ -176,26 +176,30 @@ def _random(
     return _expand(model, selected, vectors), directions
 
 
+@dataclass(frozen=True)
+class _Loss:
+    """The loss a landscape explores: the model, its loss on the data, and the mode."""
+
+    model: Any
+    signature: ModelSignature
+    spec: LossSpec
+    data: Batch | Batches
+    training: bool
+
+
 def _eigen(
-    model: Any,
-    signature: ModelSignature,
-    spec: Any,
-    data: Batch | Batches,
-    options: LandscapeOptions,
-    count: int,
-    training: bool,
-    progress: Progress,
+    loss: _Loss, options: LandscapeOptions, count: int, progress: Progress
 ) -> tuple[Combination, Directions]:
     """The top ``count`` Hessian eigenvectors over the selected variables (Lanczos on
     Hessian-vector products of the same loss and data), unit vectors."""
-    selected = _selected(model, options)
+    selected = _selected(loss.model, options)
     operator = HessianOperator(
-        model,
-        signature,
-        spec,
-        data,
+        loss.model,
+        loss.signature,
+        loss.spec,
+        loss.data,
         selected,
-        training=training,
+        training=loss.training,
         matrix=options.matrix,
         seed=options.seed or 0,
     )
@@ -235,28 +239,22 @@ def _eigen(
         matrix=options.matrix,
         eigenvalues=tuple(float(e) for e in result.eigenvalues[:count]),
     )
-    return _expand(model, selected, vectors), directions
+    return _expand(loss.model, selected, vectors), directions
 
 
 def _setup(
-    model: Any,
-    signature: ModelSignature,
-    spec: Any,
-    data: Batch | Batches,
+    loss: _Loss,
     options: LandscapeOptions,
     count: int,
-    training: bool,
     progress: Progress,
     other: tuple[Any, str] | None,
 ) -> _Setup:
     if other is not None:
-        return _interpolation(model, other[0], f"--to {other[1]}")
+        return _interpolation(loss.model, other[0], f"--to {other[1]}")
     if options.directions == "eigen":
-        weights, directions = _eigen(
-            model, signature, spec, data, options, count, training, progress
-        )
+        weights, directions = _eigen(loss, options, count, progress)
     else:
-        weights, directions = _random(model, options, count, int(options.seed or 0))
+        weights, directions = _random(loss.model, options, count, int(options.seed or 0))
     return _Setup(weights, None, directions, False)
 
 
@@ -341,7 +339,8 @@ def run_landscape(
     whole = data if isinstance(data, Batches) else batch
     started = time.perf_counter()
     with RestoredState(model, training):
-        setup = _setup(model, signature, spec, whole, options, len(axes), training, progress, other)
+        loss = _Loss(model, signature, spec, whole, training)
+        setup = _setup(loss, options, len(axes), progress, other)
         surface = LossSurface(
             model, signature, spec, whole, setup.weights, setup.state,
             training=training, recompute_bn=options.recompute_bn,
@@ -402,18 +401,14 @@ def landscape(
     model's variables.
     """
     options, seed = resolve_seed(options, seed)
-    signature = model_signature(model)
-    data = data_argument(
-        signature, x, y, sample_weight,
-        batch_size=batch_size, max_batches=max_batches, budget=options.max_memory,
+    start = start_in_memory(
+        model, x, y, sample_weight, loss=loss, training=training, seed=seed, rows=rows,
+        batch_size=batch_size, max_batches=max_batches, max_memory=options.max_memory,
     )  # fmt: skip
-    inspect_options = InspectOptions(
-        loss, training, seed, rows, batch_size=batch_size, max_batches=max_batches,
-        max_memory=options.max_memory,
-    )  # fmt: skip
-    info = model_info_of(model, None, "memory")
     other = None if to is None else (to, getattr(to, "name", "to"))
-    return run_landscape(model, signature, data, inspect_options, options, info, other=other)
+    return run_landscape(
+        model, start.signature, start.data, start.settings, options, start.info, other=other
+    )
 
 
 def _refuse_savedmodel(info: ModelInfo, option: str) -> None:
@@ -453,21 +448,21 @@ def landscape_file(
     options.axes(to is not None)  # a bad --grid fails before anything is loaded
     if to is not None:
         check_model_path(Path(to))
-    load = LoadOptions.of(custom_objects, unsafe, loss)
-    inspect_options = InspectOptions(
-        loss, training, seed, limit or DEFAULT_ROWS, batch_size=batch_size,
+    start = start_from_files(
+        model_path, data_path, limit=limit, loss=loss, training=training, seed=seed,
+        custom_objects=custom_objects, unsafe=unsafe, batch_size=batch_size,
         max_batches=max_batches, max_memory=options.max_memory,
     )  # fmt: skip
-    model, signature, data, info = load_for_cli(
-        model_path, data_path, limit, seed, load, inspect_options
-    )
-    _refuse_savedmodel(info, "MODEL")
+    _refuse_savedmodel(start.info, "MODEL")
     other = None
     if to is not None:
-        loaded = load_model(to, load)
+        loaded = load_model(to, start.load)
         _refuse_savedmodel(model_info_of(loaded.model, loaded.path, loaded.format), "--to")
         other = (loaded.model, str(to))
-    return run_landscape(model, signature, data, inspect_options, options, info, progress, other)
+    return run_landscape(
+        start.model, start.signature, start.data, start.settings, options, start.info,
+        progress, other,
+    )  # fmt: skip
 
 
 __all__: Sequence[str] = ["LandscapeOptions", "landscape", "landscape_file"]
