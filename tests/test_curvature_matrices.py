@@ -529,3 +529,17 @@ def test_empirical_fisher_refuses_batchnorm_in_training_mode(keras: Any) -> None
     x = np.ones((4, 3), np.float32)
     with pytest.raises(UsageError, match=r"^--matrix empirical-fisher with --training"):
         _operator(model, x, np.ones((4, 1), np.float32), "empirical-fisher", training=True)
+
+
+def test_empirical_fisher_diagonal_is_exact_without_the_block(tf: Any, softmax_net: Any) -> None:
+    """Matrix-free blocks of the empirical Fisher get the exact diagonal, mean_i g_i^2."""
+    model, x, y = softmax_net
+    gradients = _example_gradients(tf, model, x, y)
+    options = HessianOptions(
+        matrix="empirical-fisher", block="model", method="lanczos", diagonal=True, max_iter=3
+    )
+    block = hessian_run.hessian(model, x, y, options=options).blocks[0]
+    assert block.diagonals is not None
+    assert {item.method for item in block.diagonals} == {"exact"}
+    values = np.concatenate([item.values.ravel() for item in block.diagonals])
+    np.testing.assert_allclose(values, (gradients**2).mean(axis=0), rtol=1e-5, atol=1e-9)

@@ -205,7 +205,10 @@ def _matrix_free(
         )
         trace, stderr = estimate.trace, estimate.stderr
     diagonals = None
-    if options.diagonal:
+    exact_diagonal = operator.exact_diagonal() if options.diagonal else None
+    if exact_diagonal is not None:
+        diagonals = _diagonals(operator, exact_diagonal, None, options.top_k)
+    elif options.diagonal:
         diagonal = spectral.hutchinson_diagonal(
             operator.hvp,
             operator.size,
