@@ -5,6 +5,8 @@ or the same options as keywords and returning a plain-data report:
 
 * :func:`inspect` / :func:`inspect_file` -> :class:`Report` (:class:`InspectOptions`);
 * :func:`hessian` / :func:`hessian_file` -> :class:`HessianReport` (:class:`HessianOptions`);
+* :func:`landscape` / :func:`landscape_file` -> :class:`LandscapeReport`
+  (:class:`LandscapeOptions`);
 * :func:`check` / :func:`check_file` -> :class:`CheckReport` (:class:`CheckOptions`);
 * :func:`diff_files` / :func:`diff_reports` -> :class:`DiffReport`;
 * :class:`GradientMonitor`, the ``fit`` callback (:mod:`gradscope.keras`).
@@ -53,6 +55,7 @@ from .commands.inspect.report import (
     VariableRow,
     VariableSpread,
 )
+from .commands.landscape import LandscapeOptions, LandscapeReport
 from .health import Finding, Health, Thresholds
 from .report import BatchInfo, LossInfo, ModelInfo, TensorStats, ValueStats
 
@@ -83,6 +86,8 @@ __all__ = [
     "HessianReport",
     "InputRow",
     "InspectOptions",
+    "LandscapeOptions",
+    "LandscapeReport",
     "LossChange",
     "LossInfo",
     "ModelInfo",
@@ -109,12 +114,15 @@ __all__ = [
     "hessian_file",
     "inspect",
     "inspect_file",
+    "landscape",
+    "landscape_file",
 ]
 
 if TYPE_CHECKING:
     from .commands.check.run import check, check_file
     from .commands.hessian.run import hessian, hessian_file
     from .commands.inspect.run import inspect, inspect_file
+    from .commands.landscape.run import landscape, landscape_file
     from .keras import GradientMonitor
 
 _LAZY = {
@@ -124,6 +132,8 @@ _LAZY = {
     "hessian_file": "commands.hessian.run",
     "check": "commands.check.run",
     "check_file": "commands.check.run",
+    "landscape": "commands.landscape.run",
+    "landscape_file": "commands.landscape.run",
     "GradientMonitor": "keras",
 }
 """The entry points, imported on first use (``GradientMonitor`` imports TensorFlow)."""

@@ -121,6 +121,12 @@ def has_cached_logits(tensor: Any) -> bool:
     return hasattr(tensor, "_keras_logits")
 
 
+def cached_logits(tensor: Any) -> Any:
+    """The logits Keras attached to ``tensor`` (see :func:`has_cached_logits`), or
+    ``None``.  Relies on ``_keras_logits``; checked on Keras 3.3.3 and 3.15.1."""
+    return getattr(tensor, "_keras_logits", None)
+
+
 def copy_tensor_attributes(source: Any, target: Any) -> None:
     """Carry the mask and cached logits Keras attached to ``source`` over to ``target``
     (a ``tf.identity`` of it), so that downstream layers and the loss read them as from

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .commands.inspect.report import Report as Report
     from .commands.inspect.report import VariableRow as VariableRow
     from .commands.inspect.report import VariableSpread as VariableSpread
+    from .commands.landscape.report import LANDSCAPE_SCHEMA as LANDSCAPE_SCHEMA
+    from .commands.landscape.report import LandscapeReport as LandscapeReport
 
 
 LossKind = Literal["compiled", "override", "sum_of_outputs"]
@@ -323,9 +325,11 @@ _INSPECT = (
     "VariableSpread",
 )
 _HESSIAN = ("HESSIAN_SCHEMA", "CrossBlock", "Density", "HessianBlock", "HessianReport")
+_LANDSCAPE = ("LANDSCAPE_SCHEMA", "LandscapeReport")
 _MOVED = {
     **dict.fromkeys(_INSPECT, "gradscope.commands.inspect.report"),
     **dict.fromkeys(_HESSIAN, "gradscope.commands.hessian.report"),
+    **dict.fromkeys(_LANDSCAPE, "gradscope.commands.landscape.report"),
 }
 """Report types that live with their command, by name: their modules import this one,
 so they are read on first use.  ``gradscope.report`` stays public: no warning."""

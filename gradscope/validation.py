@@ -29,12 +29,16 @@ def one_of(name: str, value: object, choices: Iterable[str]) -> None:
         )
 
 
-def integer(name: str, value: object, *, minimum: int | None = None) -> None:
-    """Refuse anything but an ``int`` (not ``bool``) of at least ``minimum``."""
+def integer(
+    name: str, value: object, *, minimum: int | None = None, maximum: int | None = None
+) -> None:
+    """Refuse anything but an ``int`` (not ``bool``) within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise _expected(name, value, "an integer")
     if minimum is not None and value < minimum:
         raise _expected(name, value, f"an integer >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise _expected(name, value, f"an integer <= {maximum}")
 
 
 def optional_integer(name: str, value: object, *, minimum: int | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -50,3 +51,15 @@ def tf():  # type: ignore[no-untyped-def]
     from gradscope import _tf
 
     return _tf.tensorflow()
+
+
+@pytest.fixture(scope="session")
+def regression(keras):  # type: ignore[no-untyped-def]
+    """Linear regression without bias, two outputs, mse: H = (2 / (N * outputs)) X^T X."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 5)).astype(np.float32)
+    y = rng.standard_normal((24, 2)).astype(np.float32)
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, keras.layers.Dense(2, use_bias=False)(inputs))
+    model.compile(loss="mse")
+    return model, x, y

@@ -7,7 +7,8 @@ shipped sample model and a keras_hub GPT-2 (built from a config), it writes
 ``{case: {"single": report, "replicas": report}}`` (the reports' ``to_dict()``); an
 optional third argument lists the sample models (all by default):
 ``inspect`` over several batches with per-example norms, ``hessian`` of the whole
-model by Lanczos with a trace estimate, and an exact per-layer Hessian on the MLP.
+model by Lanczos with a trace estimate, and an exact per-layer Hessian and Gauss-Newton
+matrix on the MLP.
 
 The batch sizes are chosen so that batches split unevenly across the replicas and the
 last batch is shorter than the others.
@@ -80,6 +81,10 @@ def sample_cases(strategy: Any, replicas: int, models: list[str]) -> dict[str, A
     exact = HessianOptions(block="layer", method="exact")
     model, data = (SAMPLE_MODELS / f for f in SAMPLE_PAIRS["mlp"])
     out["hessian-exact/mlp"] = _pair(hessian_file, strategy, model, data, options=exact, limit=11)
+    ggn = HessianOptions(block="layer", method="exact", matrix="ggn")
+    out["hessian-ggn/mlp"] = _pair(
+        hessian_file, strategy, model, data, options=ggn, limit=11, batch_size=BATCH_SIZE[replicas]
+    )
     return out
 
 

@@ -48,18 +48,6 @@ def _operator(
     )
 
 
-@pytest.fixture(scope="module")
-def regression(keras):  # type: ignore[no-untyped-def]
-    """Linear regression without bias, two outputs, mse: H = (2 / (N * outputs)) X^T X."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((24, 5)).astype(np.float32)
-    y = rng.standard_normal((24, 2)).astype(np.float32)
-    inputs = keras.Input((5,))
-    model = keras.Model(inputs, keras.layers.Dense(2, use_bias=False)(inputs))
-    model.compile(loss="mse")
-    return model, x, y
-
-
 def test_linear_regression_block_is_the_closed_form(regression) -> None:  # type: ignore[no-untyped-def]
     model, x, y = regression
     hessian = _operator(model, x, y).exact()
@@ -601,7 +589,7 @@ def test_a_bug_in_the_vectorized_pass_is_not_a_fallback(
     of gradscope's own (here planted in the vectorized pass) propagates."""
     model, x, y = regression
 
-    def broken(self: HessianOperator, indices: Any, batch: Any) -> Any:
+    def broken(self: HessianOperator, indices: Any, key: Any, batch: Any) -> Any:
         raise error("a bug in gradscope")
 
     monkeypatch.setattr(HessianOperator, "_rows", broken)
@@ -617,7 +605,7 @@ def test_a_bug_in_forward_mode_is_not_a_fallback(
 ) -> None:  # type: ignore[no-untyped-def]
     model, x, y = regression
 
-    def broken(self: HessianOperator, vector: Any, batch: Any) -> Any:
+    def broken(self: HessianOperator, vector: Any, key: Any, batch: Any) -> Any:
         raise error("a bug in gradscope")
 
     monkeypatch.setattr(HessianOperator, "_hvp_forward", broken)

@@ -40,6 +40,14 @@ BAD_FIELDS: list[tuple[str, Any, str]] = [
     ("seed", -1, "seed: expected an integer >= 0. Received: seed=-1"),
     ("trace", "yes", "trace: expected True or False. Received: trace='yes'"),
     ("cross", 1, "cross: expected True or False. Received: cross=1"),
+    ("diagonal", "no", "diagonal: expected True or False. Received: diagonal='no'"),
+    (
+        "matrix",
+        "gn",
+        "Received: matrix='gn'; expected one of hessian, ggn, fisher, empirical-fisher",
+    ),
+    ("mc_samples", 0, "mc_samples: expected an integer >= 1. Received: mc_samples=0"),
+    ("mc_samples", 257, "mc_samples: expected an integer <= 256. Received: mc_samples=257"),
     (
         "variables",
         "",
@@ -74,6 +82,9 @@ CLI_CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["--method", "lanczoss"], {"method": "lanczoss"}),
     (["--block", "layers"], {"block": "layers"}),
     (["--hvp", "fwd"], {"hvp": "fwd"}),
+    (["--matrix", "gn"], {"matrix": "gn"}),
+    (["--mc-samples", "0"], {"mc_samples": 0}),
+    (["--probes", "0"], {"probes": 0}),
     (["--top-k", "0"], {"top_k": 0}),
     (["--max-iter", "0"], {"max_iter": 0}),
     (["--tol", "0"], {"tol": 0.0}),
@@ -98,12 +109,12 @@ def _hessian_parameters() -> dict[str, Any]:
 
 
 def test_cli_defaults_are_the_library_defaults() -> None:
-    """Every field but ``probes`` is a CLI option, with the dataclass default."""
+    """Every field is a CLI option, with the dataclass default."""
     parameters = _hessian_parameters()
     library = defaults()
     fields = {f.name for f in dataclasses.fields(HessianOptions)}
-    assert fields - set(parameters) == {"probes"}
-    for name in sorted(fields - {"probes", "seed", "max_memory"}):
+    assert fields - set(parameters) == set()
+    for name in sorted(fields - {"seed", "max_memory"}):
         assert parameters[name].default == library[name], name
     assert library["seed"] is None
     assert parameters["seed"].default == DEFAULT_SEED

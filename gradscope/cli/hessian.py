@@ -82,9 +82,34 @@ def hessian(
             "Exact blocks, matrix-free Lanczos, or exact when it fits --max-memory.",
         ),
     ] = _HESSIAN["method"],
+    matrix: Annotated[
+        str,
+        _choice(
+            "--matrix",
+            hessian_options.MATRICES,
+            "The curvature matrix: Hessian, generalized Gauss-Newton, Monte Carlo Fisher "
+            "or empirical Fisher.",
+        ),
+    ] = _HESSIAN["matrix"],
+    mc_samples: Annotated[
+        int,
+        typer.Option("--mc-samples", help="--matrix fisher: target draws per example."),
+    ] = _HESSIAN["mc_samples"],
+    diagonal: Annotated[
+        bool,
+        typer.Option(
+            "--diagonal",
+            help="Per-parameter diagonal of the matrix: exact for exact blocks, else "
+            "Hutchinson with --probes probes.",
+        ),
+    ] = _HESSIAN["diagonal"],
     top_k: Annotated[
         int,
-        typer.Option("--top-k", help="Number of top eigenvalues."),
+        typer.Option(
+            "--top-k",
+            help="Number of top eigenvalues (and, with --diagonal, of sharpest "
+            "parameters per variable).",
+        ),
     ] = _HESSIAN["top_k"],
     tol: Annotated[
         float, typer.Option("--tol", help="Lanczos: relative residual to stop at.")
@@ -95,6 +120,10 @@ def hessian(
     trace: Annotated[
         bool, typer.Option("--trace", help="Estimate the trace (Hutch++).")
     ] = _HESSIAN["trace"],
+    probes: Annotated[
+        int,
+        typer.Option("--probes", help="Random probes of the trace and the diagonal estimates."),
+    ] = _HESSIAN["probes"],
     density: Annotated[
         bool, typer.Option("--density", help="Spectral density (stochastic Lanczos quadrature).")
     ] = _HESSIAN["density"],
@@ -148,10 +177,14 @@ def hessian(
             tol=tol,
             max_iter=max_iter,
             trace=trace,
+            probes=probes,
             density=density or plot is not None,
             cross=cross,
             eigenvectors=eigenvectors,
             hvp=hvp.lower(),  # type: ignore[arg-type]
+            matrix=matrix.lower(),  # type: ignore[arg-type]
+            mc_samples=mc_samples,
+            diagonal=diagonal,
             seed=seed,
             **({} if memory is None else {"max_memory": memory}),
         )

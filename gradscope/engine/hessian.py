@@ -20,6 +20,7 @@ matrix-free algorithms of :mod:`gradscope.engine.spectral` can use them directly
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -31,11 +32,14 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import _tf
+from ..errors import UsageError
 from ..loading.data import Batch, Batches, as_batches
 from ..loading.signature import ModelSignature
 from ..losses import LossSpec, total_loss
+from .gauss_newton import Family, Matrix, fisher_families, needs_loss, split_points
 from .gradients import batch_tensors
 from .graph_memory import items_within, split_graph_bytes
+from .per_sample import PerSampleEngine
 from .replicas import Replicas, leading_rows, loss_share
 
 EXACT_BYTES_PER_ENTRY = 20
@@ -46,6 +50,111 @@ MAX_ROWS_PER_PASS = 256
 """More rows per vectorized pass stop paying off: the pass is then compute-bound."""
 
 HvpMode = Literal["reverse", "forward"]
+
+
+ProductFn = Callable[[Any, Any, tuple[Any, Any, Any]], Any]
+"""A compiled product's Python function: ``(vector, key, batch) -> (A @ vector, loss)``."""
+
+
+@dataclass(frozen=True)
+class _ForwardPass:
+    """What one forward pass made: the packed inputs and targets, the outputs, the
+    sample weights, the rows, and this replica's share of the loss."""
+
+    inputs: Any
+    y_true: Any
+    y_pred: Any
+    weight: Any
+    rows: Any
+    loss: Any
+
+    def with_loss(self, loss: Any) -> _ForwardPass:
+        return dataclasses.replace(self, loss=loss)
+
+
+@dataclass(frozen=True)
+class _GaussNewtonPieces:
+    """The vector-independent part of a Gauss-Newton product (see
+    :meth:`HessianOperator._gauss_newton_pieces`) and the map ``v -> A v``."""
+
+    operator: HessianOperator
+    inner: Any
+    outer: Any
+    tensors: list[Any]
+    slopes: list[Any] | None
+    draws: list[tuple[list[Any], list[Any]]] | None
+    loss: Any
+
+    def apply(self, vector: Any) -> Any:
+        """``A @ vector`` (flat), the Jacobian-vector product by two reverse passes."""
+        tangents = self.operator._split(vector)
+        sources = self.operator._sources()
+        directional = _reverse_jvp(self.inner, self.tensors, sources, tangents)
+        return self.apply_to_directional(directional)
+
+    def apply_to_directional(self, directional: Sequence[Any]) -> Any:
+        """``J^T M (J v)`` (flat) from ``J v`` at the tensors the loss reads."""
+        tf = _tf.tensorflow()
+        zero = tf.UnconnectedGradients.ZERO
+        if self.draws is not None:
+            cotangents = _fisher_cotangents(self.draws, directional)
+        else:
+            cotangents = self.outer.gradient(
+                self.slopes,
+                self.tensors,
+                output_gradients=[tf.stop_gradient(d) for d in directional],
+                unconnected_gradients=zero,
+            )
+        products = self.inner.gradient(
+            self.tensors,
+            self.operator._sources(),
+            output_gradients=cotangents,
+            unconnected_gradients=zero,
+        )
+        return self.operator._flat(products)
+
+
+def _fisher_cotangents(
+    draws: Sequence[tuple[list[Any], list[Any]]], directional: Sequence[Any]
+) -> list[Any]:
+    """``M (J v)`` for the Monte Carlo Fisher: the mean over the draws of
+    ``(s_u . (J v)_u) dL(y_drawn)/dz_u`` (see :mod:`.gauss_newton`)."""
+    tf = _tf.tensorflow()
+    total = [tf.zeros_like(d) for d in directional]
+    for scores, slopes in draws:
+        for slot, (score, slope) in enumerate(zip(scores, slopes, strict=True)):
+            weight = tf.reduce_sum(score * directional[slot], axis=-1, keepdims=True)
+            total[slot] = total[slot] + weight * slope
+    return [t / float(len(draws)) for t in total]
+
+
+def _reverse_jvp(tape: Any, tensors: Sequence[Any], sources: Sequence[Any], tangents: Any) -> Any:
+    """``J @ tangents`` at ``tensors`` by two reverse passes: ``J^T u`` is linear in a
+    dummy cotangent ``u``, and the gradient of ``<J^T u, tangents>`` with respect to
+    ``u`` is ``J @ tangents``.  Works wherever reverse mode does (Keras's RNN loop)."""
+    tf = _tf.tensorflow()
+    with tf.GradientTape() as dual:
+        dummies = [tf.zeros_like(tensor) for tensor in tensors]
+        dual.watch(dummies)
+        pulled = tape.gradient(
+            tensors,
+            list(sources),
+            output_gradients=dummies,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        projection = tf.add_n(
+            [tf.reduce_sum(g * tf.cast(t, g.dtype)) for g, t in zip(pulled, tangents, strict=True)]
+        )
+    return dual.gradient(projection, dummies, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _replica_seed(key: Any) -> Any:
+    """``key`` with the replica's index folded in, so that replicas draw different
+    targets for their different rows (replica 0 of no strategy too, consistently)."""
+    tf = _tf.tensorflow()
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    return tf.random.experimental.stateless_fold_in(key, tf.cast(replica, tf.int32))
 
 
 class TangentLost(LookupError):
@@ -166,13 +275,35 @@ class HessianOperator:
         training: bool = False,
         hvp_mode: HvpMode = "reverse",
         replicas: Replicas | None = None,
+        matrix: Matrix = "hessian",
+        mc_samples: int = 1,
+        seed: int = 0,
     ) -> None:
         """``data`` is one batch, or several (the loss is then their row-weighted mean:
         every product runs over every batch, read one at a time).  ``replicas`` splits
         every batch across the replicas of a ``tf.distribute`` strategy: each computes
         the product of its share of the loss, and the shares are summed inside the
-        graph (:mod:`.replicas`), so every worker gets the same product."""
+        graph (:mod:`.replicas`), so every worker gets the same product.
+
+        ``matrix`` is the curvature matrix the products are taken with: the Hessian, the
+        generalized Gauss-Newton matrix, the Monte Carlo Fisher (``mc_samples`` draws of
+        the targets per example and product, the same draws for every product, seeded by
+        ``seed`` and the batch's position) or the empirical Fisher (see
+        :mod:`.gauss_newton`).  ``hvp_mode`` chooses how the Hessian-vector product, or
+        the Jacobian-vector product of the Gauss-Newton matrices, is differentiated."""
         tf = _tf.tensorflow()
+        needs_loss(matrix, loss)
+        if matrix == "empirical-fisher" and replicas is not None:
+            raise UsageError(
+                "--matrix empirical-fisher: per-example gradients are not split across "
+                "replicas; leave out --strategy (or use --matrix ggn or fisher). "
+                f"Received: a strategy with {replicas.count} replicas"
+            )
+        self.matrix = matrix
+        self.mc_samples = mc_samples
+        self.seed = seed
+        self._families: list[Family | None] | None = None
+        self._examples: PerSampleEngine | None = None
         self.model = model
         self.signature = signature
         self.loss = loss
@@ -188,8 +319,9 @@ class HessianOperator:
         # BatchNorm statistics: the operator would change between products.  The state
         # is put back before every call, so every product sees the same function.
         self._state = [(v, v.numpy()) for v in model.non_trainable_variables] if training else []
-        self._reverse_fn = tf.function(self._hvp_reverse, autograph=False)
-        self._forward_fn = tf.function(self._hvp_forward, autograph=False)
+        reverse, forward = self._product_functions(matrix)
+        self._reverse_fn = tf.function(reverse, autograph=False)
+        self._forward_fn = tf.function(forward, autograph=False)
         self._hvp_fn = self._forward_fn if hvp_mode == "forward" else self._reverse_fn
         self._rows_fn = tf.function(self._rows, autograph=False)
         self._loss_fn = tf.function(self._loss_pair, autograph=False)
@@ -197,6 +329,8 @@ class HessianOperator:
         self.loss_of_last_call: float | None = None
         self.notes: list[str] = []
         """Every switch to another method, with its reason (for the report's notes)."""
+        if matrix == "empirical-fisher":
+            self._examples = self._example_engine()
 
     def _arguments(self, batch: Batch) -> tuple[Any, Any, Any]:
         """The batch as the tensors the compiled functions take: inputs, targets, weight."""
@@ -211,11 +345,13 @@ class HessianOperator:
         report's loss value costs no pass of its own.  With replicas, each batch is
         split across them and ``function`` runs on every replica, its results summed.
         """
+        tf = _tf.tensorflow()
         total: Any = 0.0
         loss = 0.0
-        for batch in self.data.iterate():
+        for index, batch in enumerate(self.data.iterate()):
             self._reset_state()
-            value, batch_loss = self._on_batch(function, leading, batch)
+            key = tf.constant([self.seed, index], tf.int64)
+            value, batch_loss = self._on_batch(function, (*leading, key), batch)
             weight = batch.size / self.data.rows
             total = total + weight * np.asarray(value.numpy(), dtype=np.float64)
             loss += weight * float(batch_loss.numpy())
@@ -235,13 +371,24 @@ class HessianOperator:
 
     # -- the loss ---------------------------------------------------------------------
 
-    def _loss(self, batch: tuple[Any, Any, Any]) -> Any:
+    def _forward_pass(self, batch: tuple[Any, Any, Any]) -> _ForwardPass:
+        """The model and this replica's share of the loss on ``batch``."""
         inputs, targets, weight = batch
         packed = self.signature.pack_inputs(inputs)
         y_pred = self.model(packed, training=self.training)
         y_true = None if targets is None else self.signature.pack_outputs(targets)
-        loss = total_loss(self.loss, self.model, packed, y_true, y_pred, weight, self.training)
-        return loss_share(loss, leading_rows(inputs), self._sharing)
+        run = _ForwardPass(packed, y_true, y_pred, weight, leading_rows(inputs), None)
+        return run.with_loss(self._loss_of(run, y_true))
+
+    def _loss_of(self, run: _ForwardPass, y_true: Any) -> Any:
+        """This replica's share of the loss of ``run``'s outputs against ``y_true``."""
+        loss = total_loss(
+            self.loss, self.model, run.inputs, y_true, run.y_pred, run.weight, self.training
+        )
+        return loss_share(loss, run.rows, self._sharing)
+
+    def _loss(self, batch: tuple[Any, Any, Any]) -> Any:
+        return self._forward_pass(batch).loss
 
     def _sources(self) -> list[Any]:
         """The block's variables as TensorFlow variables.
@@ -274,7 +421,7 @@ class HessianOperator:
 
     # -- Hessian-vector products ------------------------------------------------------
 
-    def _hvp_forward(self, vector: Any, batch: tuple[Any, Any, Any]) -> Any:
+    def _hvp_forward(self, vector: Any, key: Any, batch: tuple[Any, Any, Any]) -> Any:
         """``H @ vector`` by forward-over-back: the JVP of the gradient along ``vector``."""
         tf = _tf.tensorflow()
         primals = self._sources()
@@ -293,7 +440,7 @@ class HessianOperator:
         ]
         return self._flat(filled), loss
 
-    def _hvp_reverse(self, vector: Any, batch: tuple[Any, Any, Any]) -> Any:
+    def _hvp_reverse(self, vector: Any, key: Any, batch: tuple[Any, Any, Any]) -> Any:
         """``H @ vector`` by back-over-back: the gradient of ``<grad, vector>``.
 
         The default; also the fallback of forward-over-back for models whose ops have no
@@ -339,9 +486,184 @@ class HessianOperator:
             )
             return self._over_batches(self._hvp_fn, tensor)  # type: ignore[no-any-return]
 
+    # -- Gauss-Newton, Fisher and empirical Fisher products ----------------------------
+
+    def _product_functions(self, matrix: Matrix) -> tuple[ProductFn, ProductFn]:
+        """``(reverse, forward)`` products ``(vector, key, batch) -> (A @ vector, loss)``
+        for ``matrix``: how its Hessian-, or Jacobian-vector products are differentiated."""
+        if matrix == "ggn":
+            return self._ggn_reverse, self._ggn_forward
+        if matrix == "fisher":
+            return self._fisher_reverse, self._fisher_forward
+        if matrix == "empirical-fisher":
+            return self._empirical_fisher, self._empirical_fisher
+        return self._hvp_reverse, self._hvp_forward
+
+    def _ggn_reverse(self, vector: Any, key: Any, batch: tuple[Any, Any, Any]) -> Any:
+        return self._gauss_newton(vector, key, batch, forward_mode=False, fisher=False)
+
+    def _ggn_forward(self, vector: Any, key: Any, batch: tuple[Any, Any, Any]) -> Any:
+        return self._gauss_newton(vector, key, batch, forward_mode=True, fisher=False)
+
+    def _fisher_reverse(self, vector: Any, key: Any, batch: tuple[Any, Any, Any]) -> Any:
+        return self._gauss_newton(vector, key, batch, forward_mode=False, fisher=True)
+
+    def _fisher_forward(self, vector: Any, key: Any, batch: tuple[Any, Any, Any]) -> Any:
+        return self._gauss_newton(vector, key, batch, forward_mode=True, fisher=True)
+
+    def _gauss_newton(
+        self,
+        vector: Any,
+        key: Any,
+        batch: tuple[Any, Any, Any],
+        *,
+        forward_mode: bool,
+        fisher: bool,
+    ) -> Any:
+        """``J^T M J @ vector`` with ``M`` the loss Hessian at the outputs (GGN) or its
+        Monte Carlo Fisher estimate: one Jacobian-vector product to the outputs (forward
+        mode, or two reverse passes), the ``M`` product there, one vector-Jacobian
+        product back (see :mod:`.gauss_newton`)."""
+        tf = _tf.tensorflow()
+        if not forward_mode:
+            pieces = self._gauss_newton_pieces(key, batch, fisher=fisher)
+            return pieces.apply(vector), pieces.loss
+        accumulator = tf.autodiff.ForwardAccumulator(self._sources(), self._split(vector))
+        pieces = self._gauss_newton_pieces(key, batch, fisher=fisher, accumulator=accumulator)
+        directional = self._forward_jvp(accumulator, pieces.tensors)
+        return pieces.apply_to_directional(directional), pieces.loss
+
+    def _gauss_newton_pieces(
+        self,
+        key: Any,
+        batch: tuple[Any, Any, Any],
+        *,
+        fisher: bool,
+        accumulator: Any = None,
+    ) -> _GaussNewtonPieces:
+        """Everything of a Gauss-Newton product that does not depend on the vector: the
+        forward pass (inside ``accumulator`` for forward mode), the tensors the loss
+        reads, the loss's slopes there (GGN) or the Fisher's draws.  Exact rows
+        vectorize only :meth:`_GaussNewtonPieces.apply` over unit vectors."""
+        tf = _tf.tensorflow()
+        with tf.GradientTape(persistent=True) as outer:
+            with accumulator or contextlib.nullcontext(), tf.GradientTape(persistent=True) as inner:
+                run = self._forward_pass(batch)
+            points = split_points(inner, run.loss, tf.nest.flatten(run.y_pred))
+            tensors = [point for _, point, _ in points]
+            slopes = None if fisher else inner.gradient(run.loss, tensors)
+        draws = self._fisher_draws(run, points, key) if fisher else None
+        return _GaussNewtonPieces(self, inner, outer, tensors, slopes, draws, run.loss)
+
+    @staticmethod
+    def _forward_jvp(accumulator: Any, tensors: Sequence[Any]) -> list[Any]:
+        """``J @ v`` at each tensor from a forward accumulator; a tangent that went
+        missing would read as zero, so it raises :class:`TangentLost` instead."""
+        tangents = [accumulator.jvp(tensor) for tensor in tensors]
+        if any(tangent is None for tangent in tangents):
+            raise TangentLost("forward mode lost the tangent of a model output")
+        return tangents
+
+    def _fisher_draws(
+        self, run: _ForwardPass, points: Sequence[tuple[int, Any, bool]], key: Any
+    ) -> list[tuple[list[Any], list[Any]]]:
+        """For each of the ``mc_samples`` draws of the targets from the predictive
+        distribution: the scores ``s_u`` and the slopes ``dL(y_drawn)/dz`` at every
+        tensor the loss reads (see :mod:`.gauss_newton`)."""
+        tf = _tf.tensorflow()
+        families = self._fisher_families(points)
+        tensors = [point for _, point, _ in points]
+        flat_true = tf.nest.flatten(run.y_true)
+        seed = _replica_seed(key)
+        draws = []
+        for draw in range(self.mc_samples):
+            drawn = list(flat_true)
+            scores = []
+            for slot, ((index, point, _), family) in enumerate(zip(points, families, strict=True)):
+                draw_seed = tf.random.experimental.stateless_fold_in(seed, draw * 1009 + slot)
+                sample = tf.stop_gradient(family.sample(point, flat_true[index], draw_seed))
+                drawn[index] = sample
+                scores.append(tf.stop_gradient(family.score(point, sample)))
+            with tf.GradientTape() as tape:
+                tape.watch(tensors)
+                loss = self._loss_of(run, tf.nest.pack_sequence_as(run.y_true, drawn))
+            slopes = tape.gradient(loss, tensors, unconnected_gradients="zero")
+            draws.append((scores, [tf.stop_gradient(slope) for slope in slopes]))
+        return draws
+
+    def _fisher_families(self, points: Sequence[tuple[int, Any, bool]]) -> list[Family]:
+        """The predictive family of every output the loss reads (checked once, when the
+        first product is traced)."""
+        names = list(self.signature.output_names)
+        cached = [False] * len(names)
+        for index, _, logits in points:
+            cached[index] = logits
+        families = fisher_families(self.model, self.loss, names, cached)
+        chosen = [families[index] for index, _, _ in points]
+        return [family for family in chosen if family is not None]
+
+    def _empirical_fisher(self, vector: Any, key: Any, batch: tuple[Any, Any, Any]) -> Any:
+        """``(1/N) sum_i g_i (g_i . vector)`` over the batch's per-example gradients."""
+        tf = _tf.tensorflow()
+        gradients = self._example_gradients(batch)
+        weights = tf.linalg.matvec(gradients, tf.cast(vector, gradients.dtype))
+        product = tf.linalg.matvec(gradients, weights, transpose_a=True)
+        rows = tf.cast(tf.shape(gradients)[0], gradients.dtype)
+        return product / rows, self._loss(batch)
+
+    def _example_engine(self) -> PerSampleEngine:
+        """The per-example gradient engine of the empirical Fisher, its vectorization
+        decided once on the first batch, as for ``--per-sample`` (a note when mapped)."""
+        engine = PerSampleEngine(
+            self.model,
+            self.signature,
+            self.loss,
+            self.variables,
+            training=self.training,
+            purpose="--matrix empirical-fisher",
+        )
+        method = engine.choose_method(self.data.first)
+        if not engine.vectorize:
+            self.notes.append(f"per-example gradients of the empirical Fisher: {method}")
+        return engine
+
+    def _example_gradients(self, batch: tuple[Any, Any, Any]) -> Any:
+        """``[rows, n]``: every example's gradient with respect to the block, flat, in the
+        block's dtype, vectorized over the examples (:mod:`.per_sample`)."""
+        inputs, targets, weight = batch
+        examples: dict[str, Any] = {"inputs": inputs}
+        if targets is not None:
+            examples["targets"] = targets
+        if weight is not None:
+            examples["weight"] = weight
+        if self._examples is None:
+            raise RuntimeError("internal: per-example gradients outside the empirical Fisher")
+        return self._examples.flat_gradients(examples, self._dtype)
+
     # -- exact blocks -----------------------------------------------------------------
 
-    def _rows(self, indices: Any, batch: tuple[Any, Any, Any]) -> Any:
+    def _rows(self, indices: Any, key: Any, batch: tuple[Any, Any, Any]) -> Any:
+        """Rows ``indices`` of the matrix: the Hessian's (:meth:`_hessian_rows`), the
+        empirical Fisher's from the per-example gradients, the others as their products
+        with unit vectors, vectorized over the rows (what does not depend on the vector,
+        the forward pass, is computed once)."""
+        tf = _tf.tensorflow()
+        if self.matrix == "hessian":
+            return self._hessian_rows(indices, batch)
+        if self.matrix == "empirical-fisher":
+            gradients = self._example_gradients(batch)
+            rows = tf.cast(tf.shape(gradients)[0], gradients.dtype)
+            chosen = tf.gather(gradients, indices, axis=1)
+            return tf.matmul(chosen, gradients, transpose_a=True) / rows, self._loss(batch)
+        pieces = self._gauss_newton_pieces(key, batch, fisher=self.matrix == "fisher")
+        dtype = self._dtype
+
+        def row(index: Any) -> Any:
+            return pieces.apply(tf.one_hot(index, self.size, dtype=dtype))
+
+        return tf.vectorized_map(row, indices, fallback_to_while_loop=True), pieces.loss
+
+    def _hessian_rows(self, indices: Any, batch: tuple[Any, Any, Any]) -> Any:
         """Rows ``indices`` of the Hessian, as ``H @ e_i`` for each unit vector ``e_i``.
 
         The loss and its gradient are computed once; the vector-dependent backward pass
@@ -367,12 +689,21 @@ class HessianOperator:
 
         return tf.vectorized_map(row, indices, fallback_to_while_loop=True), loss
 
+    def example_gradient_bytes(self) -> int:
+        """Memory the per-example gradients of the empirical Fisher hold at once: the
+        first (largest) batch's rows times the block's size (0 for the other matrices)."""
+        if self.matrix != "empirical-fisher":
+            return 0
+        itemsize = 8 if self._dtype == _tf.tensorflow().float64 else 4
+        return self.data.first.size * self.size * itemsize
+
     def work_estimate(self) -> WorkEstimate:
         """Work space of exact rows, read off the traced back-over-back product."""
         tf = _tf.tensorflow()
         spec = tf.TensorSpec([self.size], self._dtype)
+        key = tf.TensorSpec([2], tf.int64)
         arguments = self._arguments(self.data.first)
-        graph = self._reverse_fn.get_concrete_function(spec, arguments).graph
+        graph = self._reverse_fn.get_concrete_function(spec, key, arguments).graph
         shared, per_row = split_graph_bytes(graph, [graph.inputs[0]])
         return WorkEstimate(shared=shared, per_row=per_row)
 
@@ -425,7 +756,7 @@ class HessianOperator:
                 on_rows(1)
         return matrix
 
-    def _loss_pair(self, batch: tuple[Any, Any, Any]) -> tuple[Any, Any]:
+    def _loss_pair(self, key: Any, batch: tuple[Any, Any, Any]) -> tuple[Any, Any]:
         loss = self._loss(batch)
         return loss, loss
 

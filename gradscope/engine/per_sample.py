@@ -233,9 +233,10 @@ def _recording_fallbacks() -> Iterator[_FallbackRecorder]:
 # -- the engine ------------------------------------------------------------------------
 
 
-def check_training_mode(model: Any, training: bool) -> None:
+def check_training_mode(model: Any, training: bool, what: str = "--per-sample") -> None:
     """Refuse training mode for models with a trainable BatchNormalization layer (see
-    the module docstring for why)."""
+    the module docstring for why); ``what`` names the option that needs per-example
+    gradients."""
     if not training:
         return
     keras = _tf.keras()
@@ -247,7 +248,7 @@ def check_training_mode(model: Any, training: bool) -> None:
     ]
     if found:
         raise UsageError(
-            "--per-sample with --training: BatchNormalization normalizes with the "
+            f"{what} with --training: BatchNormalization normalizes with the "
             "statistics of the batch in training mode, so per-example gradients are not "
             "defined (a batch of one would zero every gradient before the layer); expected "
             "inference mode or frozen BatchNormalization layers (trainable=False). "
@@ -298,9 +299,11 @@ class PerSampleEngine:
         *,
         training: bool = False,
         vectorize: bool = True,
+        purpose: str = "--per-sample",
     ) -> None:
-        """``vectorize=False`` maps with ``tf.map_fn`` from the start (the fallback)."""
-        check_training_mode(model, training)
+        """``vectorize=False`` maps with ``tf.map_fn`` from the start (the fallback);
+        ``purpose`` names the option the gradients are for, in errors."""
+        check_training_mode(model, training, purpose)
         self.model = model
         self.signature = signature
         self.loss = loss
@@ -334,8 +337,9 @@ class PerSampleEngine:
             )
         return list(tape.gradient(loss, self.variables))
 
-    def _example_squares(self, example: Example) -> Any:
-        """``[variables]`` float64 squared gradient norms of one example."""
+    def _converted_gradients(self, example: Example) -> list[Any]:
+        """:meth:`example_gradients`, its batched matmuls given the converters that keep
+        ``pfor`` off oneDNN's broken kernels (:mod:`.pfor_matmul`)."""
         tf = _tf.tensorflow()
         self.example_traces += 1
         graph = tf.compat.v1.get_default_graph()
@@ -344,6 +348,40 @@ class PerSampleEngine:
         for op_type in attach_converters(graph.get_operations()[first:]):
             if op_type not in self.rewritten:
                 self.rewritten.append(op_type)
+        return gradients
+
+    def flat_gradients(self, examples: Example, dtype: Any) -> Any:
+        """``[examples, n]``: every example's gradient of all the variables, flattened
+        and concatenated in order (``n`` their total size) in ``dtype``, vectorized over
+        the examples like the norms.  For curvature built from per-example gradients (the
+        empirical Fisher); the caller bounds the memory.  Vectorized or mapped with
+        ``tf.map_fn`` as :meth:`choose_method` decided."""
+        tf = _tf.tensorflow()
+
+        def one(example: Example) -> Any:
+            gradients = self._converted_gradients(example)
+            pieces = [
+                tf.zeros([int(np.prod(v.shape))], dtype)
+                if g is None
+                else tf.reshape(tf.cast(tf.convert_to_tensor(g), dtype), [-1])
+                for g, v in zip(gradients, self.variables, strict=True)
+            ]
+            return tf.concat(pieces, axis=0)
+
+        if self.vectorize:
+            return tf.vectorized_map(one, examples, fallback_to_while_loop=True)
+        size = sum(int(np.prod(v.shape)) for v in self.variables)
+        return tf.map_fn(
+            one,
+            examples,
+            fn_output_signature=tf.TensorSpec([size], dtype),
+            parallel_iterations=MAP_FN_PARALLEL_ITERATIONS,
+        )
+
+    def _example_squares(self, example: Example) -> Any:
+        """``[variables]`` float64 squared gradient norms of one example."""
+        tf = _tf.tensorflow()
+        gradients = self._converted_gradients(example)
         if not gradients:
             return tf.zeros([0], tf.float64)
         return tf.stack([dense_squared_norm(g) for g in gradients])
@@ -467,15 +505,23 @@ class PerSampleEngine:
         self._compile(specs)
         self.method = method
 
-    def run(self, batch: Batch, max_memory: int | None = None) -> PerSampleNorms:
-        """Per-example norms of every example of ``batch``, chunk by chunk."""
-        paths = tuple(str(v.path) for v in self.variables)
-        plan = self.plan(batch, max_memory)
+    def choose_method(self, batch: Batch) -> str:
+        """Trace the vectorized step for ``batch``'s structure (once) and decide, as
+        :meth:`run` does, whether to vectorize or to map with ``tf.map_fn``
+        (:attr:`vectorize`); returns :attr:`method`, which says why."""
         arrays = self._arrays(batch)
         key = repr(self._specs(arrays, [None]))
         if self._concrete is None or key != self._traced_key:
             self._trace(arrays)
             self._traced_key = key
+        return self.method
+
+    def run(self, batch: Batch, max_memory: int | None = None) -> PerSampleNorms:
+        """Per-example norms of every example of ``batch``, chunk by chunk."""
+        paths = tuple(str(v.path) for v in self.variables)
+        plan = self.plan(batch, max_memory)
+        arrays = self._arrays(batch)
+        self.choose_method(batch)
         norms = np.empty((batch.size, len(self.variables)), dtype=np.float64)
         total = np.empty(batch.size, dtype=np.float64)
         for start in range(0, batch.size, plan.chunk_size):

@@ -395,6 +395,63 @@ def hutchinson_trace(
     return _hutch_plus_plus(matvec, n, probes, rng, on_step)
 
 
+@dataclass(frozen=True)
+class DiagonalEstimate:
+    """Hutchinson's estimate of ``diag(H)``, entry by entry, with standard errors.
+
+    ``segment_sums`` holds, for each probe (rows) and each segment of the vector
+    (columns, the ``segments`` given), the sum of that probe's estimate over the segment:
+    the standard error of a segment's sum needs them, since the entries of one probe are
+    correlated.
+    """
+
+    diagonal: np.ndarray
+    stderr: np.ndarray
+    probes: int
+    segment_sums: np.ndarray
+
+    def segment_stderr(self, segment: int) -> float:
+        """Standard error of the estimated sum of the diagonal over ``segment``."""
+        sums = self.segment_sums[:, segment]
+        return float(np.std(sums, ddof=1) / math.sqrt(len(sums))) if len(sums) > 1 else math.nan
+
+
+def hutchinson_diagonal(
+    matvec: MatVec,
+    n: int,
+    *,
+    probes: int,
+    rng: np.random.Generator,
+    segments: tuple[int, ...] = (),
+    on_step: StepCallback | None = None,
+) -> DiagonalEstimate:
+    """Estimate ``diag(H)`` as the mean of ``z * (H z)`` over Rademacher probes ``z``
+    (Bekas, Kokiopoulou, Saad 2007): unbiased, with variance ``sum_{k != j} H_jk^2`` per
+    entry, so the standard error of each entry comes from the probes themselves.
+
+    ``segments`` are the sizes of consecutive parts of the vector (the variables of a
+    block); the per-probe sum over each is kept for :meth:`DiagonalEstimate.segment_stderr`.
+    Memory is three vectors of length ``n`` (Welford's running mean and squares), not one
+    per probe.
+    """
+    _require(n >= 1, "n must be at least 1")
+    _require(probes >= 2, "probes must be at least 2 for a standard error")
+    bounds = np.cumsum([0, *segments]) if segments else np.asarray([0, n])
+    _require(int(bounds[-1]) == n, "segments must add up to n")
+    mean = np.zeros(n)
+    squares = np.zeros(n)
+    sums = np.empty((probes, len(bounds) - 1))
+    for count in range(1, probes + 1):
+        probe = _rademacher(rng, n, 1)[:, 0]
+        sample = probe * _apply(matvec, probe, on_step)
+        delta = sample - mean
+        mean += delta / count
+        squares += delta * (sample - mean)
+        sums[count - 1] = np.add.reduceat(sample, bounds[:-1]) if n else 0.0
+    stderr = np.sqrt(squares / (probes - 1) / probes)
+    return DiagonalEstimate(mean, stderr, probes, sums)
+
+
 def _default_sigma(nodes: np.ndarray) -> float:
     """Broadening width: 1% of the Ritz-value range, or of their magnitude if it is 0."""
     span = float(nodes.max() - nodes.min())

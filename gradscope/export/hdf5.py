@@ -24,7 +24,7 @@ import numpy as np
 from .._atomic import atomic_path
 from ..commands.inspect.report import Report
 from ..errors import OutputError
-from ..report import HessianReport
+from ..report import _JsonMixin
 
 SCHEMA = "gradscope.tensors/1"
 SUFFIXES = (".h5", ".hdf5")
@@ -50,7 +50,7 @@ def _write_group(handle: Any, kind: str, tensors: Mapping[str, np.ndarray], repo
         dataset.attrs["loss"] = loss
 
 
-def write_root_attributes(handle: Any, schema: str, report: Report | HessianReport) -> None:
+def write_root_attributes(handle: Any, schema: str, report: _JsonMixin) -> None:
     """What every gradscope HDF5 file says about itself: schema, model and loss."""
     handle.attrs["schema"] = schema
     handle.attrs["model"] = report.model.name

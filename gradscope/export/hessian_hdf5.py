@@ -2,13 +2,17 @@
 
 Layout (schema ``gradscope.hessian-blocks/1``)::
 
-    /                     attrs: schema, model, loss, loss_source
-    /blocks/<i>/hessian       the exact n x n block (float64; exact blocks only)
+    /                     attrs: schema, model, loss, loss_source, matrix
+    /blocks/<i>/<matrix>      the exact n x n block (float64; exact blocks only), named
+                              after the matrix: hessian, ggn, fisher or empirical-fisher
     /blocks/<i>/eigenvalues   its whole spectrum, ascending (exact) or the Ritz values
                               found (Lanczos: top-k descending, then the minimum)
     /blocks/<i>/eigenvectors  with ``--eigenvectors``: n x k, column j the unit eigenvector
                               of the j-th largest eigenvalue (the top-k of the report)
     /blocks/<i>               attrs: vars, layers, shapes (JSON), size, method
+    /blocks/<i>/diagonal/<variable path>         with ``--diagonal``: the diagonal of the
+                              matrix over that variable, in the variable's shape
+    /blocks/<i>/diagonal_stderr/<variable path>  its standard errors (Hutchinson only)
 
 Written atomically, like every output file.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +40,14 @@ def _spectrum(block: HessianBlock) -> np.ndarray:
     return np.asarray([*block.eigenvalues, block.min_eigenvalue], dtype=np.float64)
 
 
+def _write_diagonals(group: Any, block: HessianBlock) -> None:
+    """``--diagonal``: each variable's diagonal (and standard errors) under its path."""
+    for item in block.diagonals or ():
+        group.create_dataset(f"diagonal/{item.var}", data=item.values)
+        if item.stderr is not None:
+            group.create_dataset(f"diagonal_stderr/{item.var}", data=item.stderr)
+
+
 def write_blocks(report: HessianReport, path: str | Path) -> None:
     """Write every block of ``report`` to ``path`` atomically (layout in the module doc)."""
     import h5py
@@ -43,6 +56,7 @@ def write_blocks(report: HessianReport, path: str | Path) -> None:
     try:
         with atomic_path(target) as temporary, h5py.File(temporary, "w") as handle:
             write_root_attributes(handle, SCHEMA, report)
+            handle.attrs["matrix"] = report.matrix
             for index, block in enumerate(report.blocks):
                 group = handle.create_group(f"blocks/{index}")
                 group.attrs["vars"] = json.dumps(list(block.vars))
@@ -52,8 +66,9 @@ def write_blocks(report: HessianReport, path: str | Path) -> None:
                 group.attrs["method"] = block.method
                 group.create_dataset("eigenvalues", data=_spectrum(block))
                 if block.matrix is not None:
-                    group.create_dataset("hessian", data=block.matrix)
+                    group.create_dataset(report.matrix, data=block.matrix)
                 if block.eigenvectors is not None:
                     group.create_dataset("eigenvectors", data=block.eigenvectors)
+                _write_diagonals(group, block)
     except OSError as exc:
         raise OutputError(f"--save {target}: cannot write the file: {exc}") from exc

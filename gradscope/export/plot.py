@@ -560,7 +560,7 @@ def _density_figure(report: HessianReport, figure_class: Any) -> tuple[Figure, P
         else f"first {len(shown)} of {len(blocks)} blocks shown"
     )
     figure.suptitle(
-        f"{report.model.name}: Hessian spectral density ({count})\n"
+        f"{report.model.name}: {_matrix_name(report)} spectral density ({count})\n"
         f"loss {_fmt(report.loss.value)} ({report.loss.source}), batch of {report.batch.size} rows",
         fontsize=12,
     )
@@ -573,6 +573,14 @@ def _density_figure(report: HessianReport, figure_class: Any) -> tuple[Figure, P
         tuple(block_label(b) for b in omitted),
     )
     return figure, result
+
+
+def _matrix_name(report: HessianReport) -> str:
+    """The curvature matrix as the title names it."""
+    from ..commands.hessian.render import MATRIX_NAMES
+
+    name = MATRIX_NAMES.get(report.matrix, report.matrix)
+    return name[0].upper() + name[1:]
 
 
 def plot_density(report: HessianReport, path: str | Path, *, force: bool = False) -> PlotResult:

@@ -43,7 +43,8 @@ finite entries only; the report's ``nonfinite`` counts and ``health/nonfinite`` 
 many others there were.
 
 For a :class:`~gradscope.report.HessianReport`, ``<block>`` is the block's variable path
-(``--block variable``), its layer path (``--block layer``) or ``model``:
+(``--block variable``), its layer path (``--block layer``) or ``model``; with ``--matrix``
+the ``hessian`` prefix is the matrix's name (``ggn``, ``fisher``, ``empirical_fisher``):
 
 =================================== =====================================================
 ``loss/total``                      the loss
@@ -277,19 +278,20 @@ def hessian_summaries(report: HessianReport) -> list[Summary]:
     """Every summary of a Hessian report (tags: see the module doc)."""
     out: list[Summary] = [*_loss_scalars(report)]
     used: set[str] = set()
+    prefix = report.matrix.replace("-", "_")
     for index, block in enumerate(report.blocks):
         label = block_label(block)
         if label in used:
             label = f"{label}@{index}"
         used.add(label)
         for rank, value in enumerate(block.eigenvalues, start=1):
-            out.append(Scalar(f"hessian_eigenvalue/{label}/top_{rank}", value))
-        out.append(Scalar(f"hessian_min_eigenvalue/{label}", block.min_eigenvalue))
+            out.append(Scalar(f"{prefix}_eigenvalue/{label}/top_{rank}", value))
+        out.append(Scalar(f"{prefix}_min_eigenvalue/{label}", block.min_eigenvalue))
         if block.trace is not None:
-            out.append(Scalar(f"hessian_trace/{label}", block.trace))
+            out.append(Scalar(f"{prefix}_trace/{label}", block.trace))
         density = density_buckets(block)
         if density is not None:
-            out.append(Histogram(f"hessian_density/{label}", density))
+            out.append(Histogram(f"{prefix}_density/{label}", density))
     return out
 
 

@@ -21,8 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope._deprecated import forwarder
-from gradscope.commands.inspect.report import Report
-from gradscope.report import BatchInfo, HessianReport, LossInfo, ModelInfo
+from gradscope.report import BatchInfo, LossInfo, ModelInfo, _JsonMixin
 
 __all__ = [
     "MISSING",
@@ -121,7 +120,7 @@ def summary_grid(lines: Sequence[tuple[str, str]]) -> Table:
     return grid
 
 
-def run_lines(report: Report | HessianReport) -> list[tuple[str, str]]:
+def run_lines(report: _JsonMixin) -> list[tuple[str, str]]:
     """The summary lines every report starts with: model, batch, loss, mode."""
     return [
         ("model", model_line(report.model)),
@@ -160,6 +159,23 @@ def sparkline(values: Sequence[float]) -> str:
         else:
             level = round(_fraction(value, scale) * (len(SPARK_LEVELS) - 1))
             chars.append(SPARK_LEVELS[level])
+    return "".join(chars)
+
+
+def linear_sparkline(values: Sequence[float], scale: tuple[float, float] | None = None) -> str:
+    """One character per value, its height linear between ``scale``'s ends (default: the
+    finite values' minimum and maximum): ``×`` for NaN/Inf.  For curves (a loss along a
+    line), where differences matter, not orders of magnitude."""
+    finite = [v for v in values if math.isfinite(v)]
+    low, high = scale or ((min(finite), max(finite)) if finite else (0.0, 0.0))
+    top = len(SPARK_LEVELS) - 1
+    chars = []
+    for value in values:
+        if not math.isfinite(value):
+            chars.append("×")
+            continue
+        fraction = 0.0 if high <= low else (value - low) / (high - low)
+        chars.append(SPARK_LEVELS[min(top, max(0, round(fraction * top)))])
     return "".join(chars)
 
 

@@ -21,6 +21,7 @@ from ...errors import UsageError
 from ...selection import parse_selector
 
 if TYPE_CHECKING:
+    from ...engine.gauss_newton import Matrix
     from ...engine.hessian import HvpMode
 
 Granularity = Literal["variable", "layer", "model"]
@@ -31,6 +32,13 @@ BLOCKS: tuple[str, ...] = get_args(Granularity)
 
 METHODS: tuple[str, ...] = get_args(Method)
 """``method``: exact blocks, matrix-free Lanczos, or exact when it fits ``max_memory``."""
+
+MATRICES: tuple[str, ...] = ("hessian", "ggn", "fisher", "empirical-fisher")
+"""``matrix``: the Hessian, the generalized Gauss-Newton matrix, the Monte Carlo Fisher or
+the empirical Fisher (:mod:`gradscope.engine.gauss_newton`)."""
+
+MAX_MC_SAMPLES = 256
+"""Every draw of the Fisher's targets is a loss evaluation in the product's graph."""
 
 HVP_MODES: tuple[str, ...] = ("reverse", "forward")
 """``hvp``: back-over-back or forward-over-back products
@@ -67,6 +75,9 @@ class HessianOptions:
     cross: bool = False
     eigenvectors: bool = False
     hvp: HvpMode = "reverse"
+    matrix: Matrix = "hessian"
+    mc_samples: int = 1
+    diagonal: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a bad field with one line that names it and what it received."""
@@ -83,6 +94,9 @@ class HessianOptions:
         validation.integer("probes", self.probes, minimum=1)
         validation.optional_integer("seed", self.seed, minimum=0)
         validation.one_of("hvp", self.hvp, HVP_MODES)
+        validation.one_of("matrix", self.matrix, MATRICES)
+        validation.integer("mc_samples", self.mc_samples, minimum=1, maximum=MAX_MC_SAMPLES)
+        validation.flag("diagonal", self.diagonal)
 
 
 def defaults() -> dict[str, Any]:
@@ -120,6 +134,8 @@ __all__ = [
     "BLOCKS",
     "DEFAULT_SEED",
     "HVP_MODES",
+    "MATRICES",
+    "MAX_MC_SAMPLES",
     "METHODS",
     "Granularity",
     "HessianOptions",

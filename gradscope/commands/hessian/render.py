@@ -111,11 +111,63 @@ def _note(block: HessianBlock) -> str | None:
     return "; ".join(notes) or None
 
 
+MATRIX_NAMES = {
+    "hessian": "Hessian",
+    "ggn": "generalized Gauss-Newton",
+    "fisher": "Fisher",
+    "empirical-fisher": "empirical Fisher",
+}
+"""How the table names each curvature matrix."""
+
+
+def _matrix_line(report: HessianReport) -> str:
+    name = MATRIX_NAMES.get(report.matrix, report.matrix)
+    if report.mc_samples is not None:
+        return f"{name} (Monte Carlo, {report.mc_samples} draw(s) per example)"
+    return name
+
+
 def blocks_table(report: HessianReport) -> Table:
     """One row per block: size, method, extreme eigenvalues, trace, norms, time."""
     rows = [_block_cells(block) for block in report.blocks]
     notes = [_note(block) for block in report.blocks]
-    return make_table("Hessian blocks", BLOCK_COLUMNS, rows, notes)
+    title = f"{MATRIX_NAMES.get(report.matrix, report.matrix)} blocks"
+    return make_table(title[0].upper() + title[1:], BLOCK_COLUMNS, rows, notes)
+
+
+DIAGONAL_COLUMNS: tuple[Column, ...] = (
+    ("var", "path"),
+    ("method", "text"),
+    ("mean", "num"),
+    ("max", "num"),
+    ("sum", "num"),
+    ("sharpest [index] value", "text"),
+)
+
+
+def _with_error(value: float, error: float | None) -> str:
+    return fmt_float(value) if error is None else f"{fmt_float(value)} ±{error:.1e}"
+
+
+def diagonal_table(report: HessianReport) -> Table:
+    """One row per variable: its diagonal's mean, max and sum, and its top entries."""
+    rows = []
+    for block in report.blocks:
+        for item in block.diagonals or ():
+            sharpest = "  ".join(
+                f"[{','.join(map(str, p.index))}] {fmt_float(p.value)}" for p in item.top
+            )
+            rows.append(
+                [
+                    Text(item.var),
+                    Text(item.method),
+                    Text(_with_error(item.mean, item.mean_stderr)),
+                    Text(fmt_float(item.max)),
+                    Text(_with_error(item.sum, item.sum_stderr)),
+                    Text(sharpest),
+                ]
+            )
+    return make_table("Diagonal", DIAGONAL_COLUMNS, rows, [None] * len(rows))
 
 
 CROSS_COLUMNS: tuple[Column, ...] = (
@@ -143,8 +195,14 @@ def cross_table(report: HessianReport) -> Table:
 def format_table(report: HessianReport, *, width: int | None = None, color: bool = False) -> str:
     """The report as a header (with the run's fallback notes) and one table of blocks."""
     buffer = io.StringIO()
-    lines = [*run_lines(report), *(("note", note) for note in report.notes)]
+    lines = [
+        *run_lines(report),
+        ("matrix", _matrix_line(report)),
+        *(("note", note) for note in report.notes),
+    ]
     parts: list[RenderableType] = [summary_grid(lines), Text(""), blocks_table(report)]
+    if any(block.diagonals for block in report.blocks):
+        parts.extend([Text(""), diagonal_table(report)])
     if report.cross:
         parts.extend([Text(""), cross_table(report)])
     make_console(buffer, width, color).print(Group(*parts))

@@ -33,6 +33,64 @@ class Density:
 
 
 @dataclass(frozen=True)
+class SharpParameter:
+    """One parameter with one of the largest diagonal entries of its variable: its index
+    in the variable, the entry, and the entry's standard error (Hutchinson only)."""
+
+    index: tuple[int, ...]
+    value: float
+    stderr: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": list(self.index),
+            "value": finite_or_none(self.value),
+            "stderr": finite_or_none(self.stderr),
+        }
+
+
+@dataclass(frozen=True)
+class VariableDiagonal:
+    """The diagonal of the block's matrix over one variable (``--diagonal``).
+
+    ``method`` is ``exact`` (read off the exact block) or ``hutchinson`` (estimated with
+    Rademacher probes; ``sum_stderr`` and ``mean_stderr`` are then the standard errors of
+    the sum and the mean, and ``stderr`` the one of each entry).  ``top`` lists the
+    largest entries, the sharpest parameters, largest first.  ``values`` (and ``stderr``)
+    have the variable's shape; they go to ``--save``, not to the JSON.
+    """
+
+    var: str
+    shape: tuple[int, ...]
+    method: str
+    mean: float
+    max: float
+    sum: float
+    sum_stderr: float | None
+    top: tuple[SharpParameter, ...]
+    values: np.ndarray = field(compare=False, repr=False)
+    stderr: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def mean_stderr(self) -> float | None:
+        size = max(1, int(np.prod(self.shape, dtype=np.int64)))
+        return None if self.sum_stderr is None else self.sum_stderr / size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "var": self.var,
+            "shape": list(self.shape),
+            "method": self.method,
+            "mean": finite_or_none(self.mean),
+            "mean_stderr": finite_or_none(self.mean_stderr),
+            "max": finite_or_none(self.max),
+            "sum": finite_or_none(self.sum),
+            "sum_stderr": finite_or_none(self.sum_stderr),
+            "top": [parameter.to_dict() for parameter in self.top],
+        }
+
+
+@dataclass(frozen=True)
 class HessianBlock:
     """Curvature of the loss with respect to one block of variables.
 
@@ -67,6 +125,7 @@ class HessianBlock:
     matrix: np.ndarray | None = field(default=None, compare=False, repr=False)
     eigenvalues_all: np.ndarray | None = field(default=None, compare=False, repr=False)
     eigenvectors: np.ndarray | None = field(default=None, compare=False, repr=False)
+    diagonals: tuple[VariableDiagonal, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -96,6 +155,8 @@ class HessianBlock:
         }
         if self.density is not None:
             out["density"] = self.density.to_dict()
+        if self.diagonals is not None:
+            out["diagonals"] = [diagonal.to_dict() for diagonal in self.diagonals]
         return out
 
 
@@ -135,6 +196,8 @@ class HessianReport(_JsonMixin):
     cross: tuple[CrossBlock, ...] = ()
     schema: str = HESSIAN_SCHEMA
     notes: tuple[str, ...] = ()
+    matrix: str = "hessian"
+    mc_samples: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure of schema ``gradscope.hessian/1`` (see the README).
@@ -144,12 +207,23 @@ class HessianReport(_JsonMixin):
         """
         out: dict[str, Any] = {
             **self._run_dict(),
+            "matrix": self.matrix,
             "blocks": [block.to_dict() for block in self.blocks],
             "cross": [block.to_dict() for block in self.cross],
         }
+        if self.mc_samples is not None:
+            out["mc_samples"] = self.mc_samples
         if self.notes:
             out["notes"] = list(self.notes)
         return out
 
 
-__all__ = ["HESSIAN_SCHEMA", "CrossBlock", "Density", "HessianBlock", "HessianReport"]
+__all__ = [
+    "HESSIAN_SCHEMA",
+    "CrossBlock",
+    "Density",
+    "HessianBlock",
+    "HessianReport",
+    "SharpParameter",
+    "VariableDiagonal",
+]

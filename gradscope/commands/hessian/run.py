@@ -47,7 +47,14 @@ from ...session import (
 )
 from ..inspect.options import InspectOptions
 from .options import HessianOptions, resolve_seed
-from .report import CrossBlock, Density, HessianBlock, HessianReport
+from .report import (
+    CrossBlock,
+    Density,
+    HessianBlock,
+    HessianReport,
+    SharpParameter,
+    VariableDiagonal,
+)
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 DENSITY_RUNS = 4
@@ -129,6 +136,8 @@ def _exact_block(
     }
     if options.density:
         fields["density"] = _density(lambda v: symmetric @ v, operator.size, rng, progress)
+    if options.diagonal:
+        fields["diagonals"] = _diagonals(operator, diagonal, None, options.top_k)
     fields["matrix"] = matrix
     fields["eigenvalues_all"] = eigenvalues
     fields["eigenvectors"] = None if vectors is None else vectors[:, ::-1][:, : options.top_k]
@@ -198,7 +207,19 @@ def _matrix_free(
             operator.hvp, operator.size, probes=options.probes, rng=rng, on_step=progress.step
         )
         trace, stderr = estimate.trace, estimate.stderr
+    diagonals = None
+    if options.diagonal:
+        diagonal = spectral.hutchinson_diagonal(
+            operator.hvp,
+            operator.size,
+            probes=max(2, options.probes),
+            rng=rng,
+            segments=tuple(operator.sizes),
+            on_step=progress.step,
+        )
+        diagonals = _diagonals(operator, diagonal.diagonal, diagonal, options.top_k)
     return {
+        "diagonals": diagonals,
         "eigenvalues": tuple(float(e) for e in result.eigenvalues),
         "min_eigenvalue": float(result.min_eigenvalue),
         "trace": trace,
@@ -221,6 +242,47 @@ def _matrix_free(
     }
 
 
+def _diagonals(
+    operator: HessianOperator,
+    values: np.ndarray,
+    estimate: spectral.DiagonalEstimate | None,
+    top_k: int,
+) -> tuple[VariableDiagonal, ...]:
+    """The block's diagonal cut into its variables, each summarized with its ``top_k``
+    largest entries; ``estimate`` is Hutchinson's (with standard errors), or ``None``
+    for a diagonal read off an exact block."""
+    bounds = np.cumsum([0, *operator.sizes])
+    result = []
+    pairs = zip(operator.variables, operator.shapes, strict=True)
+    for index, (variable, shape) in enumerate(pairs):
+        part = values[bounds[index] : bounds[index + 1]]
+        errors = None if estimate is None else estimate.stderr[bounds[index] : bounds[index + 1]]
+        order = np.argsort(-part, kind="stable")[:top_k]
+        top = tuple(
+            SharpParameter(
+                index=tuple(int(i) for i in np.unravel_index(int(flat), shape)),
+                value=float(part[flat]),
+                stderr=None if errors is None else float(errors[flat]),
+            )
+            for flat in order
+        )
+        result.append(
+            VariableDiagonal(
+                var=str(variable.path),
+                shape=shape,
+                method="exact" if estimate is None else "hutchinson",
+                mean=float(part.mean()),
+                max=float(part.max()),
+                sum=float(part.sum()),
+                sum_stderr=None if estimate is None else estimate.segment_stderr(index),
+                top=top,
+                values=part.reshape(shape),
+                stderr=None if errors is None else errors.reshape(shape),
+            )
+        )
+    return tuple(result)
+
+
 @dataclass(frozen=True)
 class _Plan:
     """How a block is computed: ``exact`` with ``rows_per_pass`` rows a pass, or
@@ -238,6 +300,7 @@ def _plan(operator: HessianOperator, options: HessianOptions, what: str) -> _Pla
     (:meth:`HessianOperator.work_estimate`); the rows per pass are as many as fit.
     ``what`` names the block in the error message.
     """
+    _check_example_gradients(operator, options)
     if options.method == "lanczos":
         return _Plan("lanczos")
     size = operator.size
@@ -258,6 +321,20 @@ def _plan(operator: HessianOperator, options: HessianOptions, what: str) -> _Pla
     )
 
 
+def _check_example_gradients(operator: HessianOperator, options: HessianOptions) -> None:
+    """The empirical Fisher holds every example's gradient of the block at once: refuse
+    before allocating when they do not fit ``max_memory``."""
+    needed = operator.example_gradient_bytes()
+    if needed > options.max_memory:
+        raise ResourceError(
+            f"--matrix empirical-fisher: the per-example gradients of a batch "
+            f"({operator.data.first.size:,} rows x n={operator.size:,} parameters) need "
+            f"about {format_bytes(needed)}, more than --max-memory "
+            f"{format_bytes(options.max_memory)}. Use a smaller --batch-size or smaller "
+            "blocks (--block variable|layer)."
+        )
+
+
 def cross_blocks(
     model: Any,
     signature: ModelSignature,
@@ -276,7 +353,16 @@ def cross_blocks(
     """
     variables = [v for block in blocks for v in block.variables]
     operator = HessianOperator(
-        model, signature, spec, batch, variables, training=training, replicas=replicas
+        model,
+        signature,
+        spec,
+        batch,
+        variables,
+        training=training,
+        replicas=replicas,
+        matrix=options.matrix,
+        mc_samples=options.mc_samples,
+        seed=options.seed or 0,
     )
     exact_options = replace(options, method="exact")
     plan = _plan(operator, exact_options, "--cross: the exact Hessian over all selected variables")
@@ -320,10 +406,22 @@ class _Notes:
         return tuple(out)
 
 
+def _matrix_notes(model: Any, options: HessianOptions) -> tuple[str, ...]:
+    """What a Gauss-Newton-type matrix leaves out of this model's loss."""
+    if options.matrix in ("ggn", "fisher") and model.losses:
+        return (
+            f"--matrix {options.matrix}: the model's {len(model.losses)} additional "
+            "loss term(s) (regularization, add_loss) do not pass through the outputs and "
+            "are not part of the matrix",
+        )
+    return ()
+
+
 def _expected_steps(size: int, method: str, options: HessianOptions) -> int:
     """Upper bound of the progress steps of a block: Hessian-vector products, or the
     rows of an exact block."""
     lanczos_steps = options.max_iter + (options.probes if options.trace else 0)
+    lanczos_steps += max(2, options.probes) if options.diagonal else 0
     steps = size if method == "exact" else lanczos_steps
     return steps + (DENSITY_RUNS * DENSITY_ITERATIONS if options.density else 0)
 
@@ -404,6 +502,9 @@ def run_hessian(
                 training=training,
                 hvp_mode=options.hvp,
                 replicas=replicas,
+                matrix=options.matrix,
+                mc_samples=options.mc_samples,
+                seed=options.seed or 0,
             )
             names = ", ".join(v.path for v in block.variables[:3])
             plan = _plan(operator, options, f"--method exact: the block [{names}]")
@@ -426,7 +527,9 @@ def run_hessian(
         training=training,
         blocks=tuple(results),
         cross=cross,
-        notes=notes.lines(),
+        notes=(*notes.lines(), *_matrix_notes(model, options)),
+        matrix=options.matrix,
+        mc_samples=options.mc_samples if options.matrix == "fisher" else None,
     )
 
 
