@@ -1,7 +1,7 @@
 """gradscope's Gauss-Newton (GGN) top eigenvalue and trace against the PyTorch anchors.
 
     python bench/ggn_anchors.py [--torch-python PATH] [--repeats 3] [--alpha 1.0] [--size 32]
-                                [--batch 8] [--probes 99] [--lanczos-steps 30] [--rebuild]
+                                [--batch 8] [--probes 30] [--lanczos-steps 30] [--rebuild]
 
 One ``.keras`` file, one seeded batch, four answers:
 
@@ -585,7 +585,8 @@ def torch_python(args: argparse.Namespace) -> str | None:
         )
         return None
     check = "import torch, keras, curvlinops, hessian_eigenthings, scipy"
-    proc = subprocess.run([path, "-c", check], capture_output=True, text=True)
+    env = child_env("torch")
+    proc = subprocess.run([path, "-c", check], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["not runnable"])[-1]
         print(f"torch side skipped: {path}: {last}")
@@ -593,12 +594,12 @@ def torch_python(args: argparse.Namespace) -> str | None:
     return str(path)
 
 
-def gradscope_runner(model: Path, batch: Path, seed: int) -> Callable[[int], Any]:
+def gradscope_runner(model: Path, batch: Path, seed: int, probes: int) -> Callable[[int], Any]:
     def run(_: int) -> tuple[dict[str, Any], float]:
         cmd = [
             sys.executable, "-m", "gradscope", "hessian", str(model), "--data", str(batch),
             "--matrix", "ggn", "--block", "model", "--method", "lanczos", "--top-k", "1",
-            "--trace", "--seed", str(seed), "-f", "json",
+            "--trace", "--probes", str(probes), "--seed", str(seed), "-f", "json",
         ]  # fmt: skip
         out, seconds = run_child(cmd, "tensorflow")
         block = json.loads(out)["blocks"][0]
@@ -607,7 +608,9 @@ def gradscope_runner(model: Path, batch: Path, seed: int) -> Callable[[int], Any
             "trace": block.get("trace"),
             "trace_stderr": block.get("trace_stderr"),
             "iterations": block.get("iterations"),
-            "residual": (block.get("residuals") or [None])[0],
+            "residual": float(block["residuals"][0]) / abs(float(block["eigenvalues"][0])),
+            "top_products": block.get("iterations"),
+            "trace_products": probes,
             "converged": block.get("converged"),
             "compute_s": block.get("seconds"),
         }
@@ -763,7 +766,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width")
     parser.add_argument("--size", type=int, default=32, help="input height and width")
     parser.add_argument("--batch", type=int, default=8, help="rows in the batch")
-    parser.add_argument("--probes", type=int, default=99, help="Hutch++ products (torch tools)")
+    parser.add_argument("--probes", type=int, default=30, help="Hutch++ products, every tool")
     parser.add_argument("--lanczos-steps", type=int, default=30, help="hessian-eigenthings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference-dtype", choices=["float64", "float32"], default="float64")
@@ -805,7 +808,7 @@ def main() -> None:
     diag: dict[str, Any] | None = None
     if python:
         diag = last_json(run_child(child_cmd(python, "diagnose", args), "torch")[0])
-    tools = [Tool("gradscope (TF)", gradscope_runner(model, batch, args.seed))]
+    tools = [Tool("gradscope (TF)", gradscope_runner(model, batch, args.seed, args.probes))]
     if python:
         tools.append(Tool("hessian-eigenthings", torch_runner(python, "eigenthings", args)))
         tools.append(Tool("curvlinops", torch_runner(python, "curvlinops", args)))
