@@ -44,6 +44,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def emit(payload: dict[str, Any]) -> None:
 def first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = next((line for line in lines if not line.startswith("Exception encountered")), "")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Keras bolds the message with ANSI codes
     return f"{type(exc).__name__}: {text[:220]}"
 
 
@@ -260,6 +262,7 @@ def reference_child(model_path: str, batch_path: str, seed: int, dtype: str) -> 
             "top5": [float(e) for e in spectrum[:5]],
             "trace": float(np.einsum("ij,ij->", a, a) / rows),
             "rank": int((spectrum > 1e-10 * spectrum[0]).sum()),
+            "rows": int(a.shape[0]),
             "v_g_v": v_g_v,
             "v_h_v": v_h_v,
             "exact_s": exact_s,
@@ -706,7 +709,7 @@ def print_table(tools: list[Tool], ref: dict[str, Any] | None, repeats: int) -> 
     print(header)
     print("-" * len(header))
     if ref:
-        products = f"{ref['rank']} rows"
+        products = f"{ref['rows']} VJPs"
         print(
             f"{'reference (float64)':24}{ref['top']:>16.9g}{'-':>10}{ref['trace']:>16.9g}"
             f"{'-':>10}{products:>12}{'-':>9}{ref['exact_s']:>11.1f}"
