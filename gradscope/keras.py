@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -79,7 +80,15 @@ from .loading.data import Batch
 from .loading.signature import ModelSignature, model_signature
 from .loading.synthetic import DEFAULT_ROWS
 from .losses import LossSpec
-from .report import ModelInfo
+from .monitor import MONITOR_SCHEMA, Instruments, resolve_instruments
+from .monitor.instruments import (
+    BatchTestsInstrument,
+    CurvatureInstruments,
+    InstrumentSettings,
+    WeightTracker,
+)
+from .monitor.results import InstrumentName
+from .report import ModelInfo, finite_or_none
 from .session import (
     RestoredState,
     batch_from_arrays,
@@ -106,6 +115,9 @@ class _Compiled:
     engine: GradientEngine
     info: ModelInfo
     per_sample: Any = None
+    tracker: WeightTracker | None = None
+    batch_tests: BatchTestsInstrument | None = None
+    curvature: CurvatureInstruments | None = None
 
 
 def _positive(name: str, value: int | None) -> int | None:
@@ -157,6 +169,48 @@ def _probe_parts(probe: Any) -> tuple[Any, Any, Any]:
     return probe, None, None
 
 
+def _instrument_names(instruments: Any) -> tuple[InstrumentName, ...]:
+    try:
+        return resolve_instruments(instruments)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"GradientMonitor instruments: {exc}. {received(instruments)}") from exc
+
+
+def _stop_ratio(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise UsageError(
+            f"GradientMonitor stop_eos_ratio: expected a positive number. {received(value)}"
+        )
+    return float(value)
+
+
+def learning_rate_of(optimizer: Any) -> float | None:
+    """The optimizer's learning rate for its next step: a schedule is evaluated at the
+    optimizer's current iteration (Keras's own ``optimizer.learning_rate``); ``None``
+    without an optimizer or a numeric rate."""
+    if optimizer is None:
+        return None
+    try:
+        value = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _numeric_logs(logs: dict[str, Any] | None) -> dict[str, float | None]:
+    """Keras's logs with number values only (non-finite as ``None``)."""
+    out: dict[str, float | None] = {}
+    for key, value in (logs or {}).items():
+        try:
+            number = float(keras.ops.convert_to_numpy(value))
+        except (TypeError, ValueError):
+            continue
+        out[str(key)] = finite_or_none(number)
+    return out
+
+
 def _write_line(handle: Any, line: bytes) -> None:
     """All of ``line`` through an unbuffered append-mode file, normally in one write."""
     view = memoryview(line)
@@ -199,8 +253,19 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         seed: int = 0,
         rows: int = DEFAULT_ROWS,
         verbose: bool = True,
+        instruments: str | Iterable[str] | None = None,
+        settings: InstrumentSettings | None = None,
+        stop_eos_ratio: float | None = None,
     ) -> None:
         super().__init__()
+        self.instruments = _instrument_names(instruments)
+        self.settings = InstrumentSettings(seed=seed) if settings is None else settings
+        self.stop_eos_ratio = _stop_ratio(stop_eos_ratio)
+        if self.stop_eos_ratio is not None and "sharpness" not in self.instruments:
+            raise UsageError(
+                "GradientMonitor stop_eos_ratio: needs the sharpness instrument. "
+                f"Received: instruments={list(self.instruments)}"
+            )
         self.every_n_batches = _positive("every_n_batches", every_n_batches)
         self.every_n_epochs = _positive("every_n_epochs", every_n_epochs)
         if self.every_n_batches is None and self.every_n_epochs is None:
@@ -233,13 +298,15 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         self.records = 0
         self.last_report: Report | None = None
         self.stop_finding: Finding | None = None
+        self.stop_reason: str | None = None
+        self.last_instruments: Instruments | None = None
         self.record_seconds: list[float] = []
         self._compiled: _Compiled | None = None
         self._retired_traces = 0
         self._file: Any = None
         self._opened_once = False
         self._writer: Any = None
-        self._last: tuple[int, Report] | None = None
+        self._last: tuple[int, Report, Instruments] | None = None
         self._last_batch_step = 0
         self._calls = 0
         self._epoch = 0
@@ -299,7 +366,50 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         self._compiled = _Compiled(
             model, variable_ids, signature, spec, batch, engine, info, per_sample
         )
+        self._build_instruments(self._compiled)
         return self._compiled
+
+    def _build_instruments(self, compiled: _Compiled) -> None:
+        """The instruments asked for, on the compiled model's probe batch."""
+        asked, training = self.instruments, self.options.training
+        common = (compiled.model, compiled.signature, compiled.spec, compiled.batch)
+        if "update" in asked or "alignment" in asked:
+            compiled.tracker = WeightTracker(*common, training=training)
+            compiled.tracker.snapshot_step = self._step()
+        if "batch_tests" in asked:
+            compiled.batch_tests = BatchTestsInstrument(
+                *common, training=training, settings=self.settings
+            )
+        if "sharpness" in asked or "trace" in asked:
+            compiled.curvature = CurvatureInstruments(
+                *common,
+                training=training,
+                settings=self.settings,
+                sharpness="sharpness" in asked,
+                trace="trace" in asked,
+            )
+
+    def measure_instruments(self) -> Instruments:
+        """The instruments at the current weights (the update: since the last snapshot)."""
+        compiled = self._ready()
+        asked = self.instruments
+        values: dict[str, Any] = {}
+        with RestoredState(compiled.model, self.options.training):
+            if compiled.tracker is not None:
+                update, alignment = compiled.tracker.measure(
+                    self._step(), with_alignment="alignment" in asked
+                )
+                values["update"] = update if "update" in asked else None
+                values["alignment"] = alignment
+            if compiled.batch_tests is not None:
+                values["batch_tests"] = compiled.batch_tests.measure()
+            if compiled.curvature is not None:
+                if "sharpness" in asked:
+                    rate = learning_rate_of(getattr(compiled.model, "optimizer", None))
+                    values["sharpness"] = compiled.curvature.sharpness(rate)
+                if "trace" in asked:
+                    values["trace"] = compiled.curvature.trace()
+        return Instruments(asked=asked, **values)
 
     def inspect_now(self) -> Report:
         """The report at the current weights, through the cached compiled step."""
@@ -341,6 +451,7 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         self._last_batch_step = step - step % (self.every_n_batches or 1)
         self._last = None
         self.stop_finding = None
+        self.stop_reason = None
         if getattr(self.model, "built", False):
             self._ready()  # a probe that does not fit the model fails before training
 
@@ -356,6 +467,27 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
             self._writer.close()
             self._writer = None
 
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Copy the weights before an update that a record will follow (only then)."""
+        compiled = self._compiled
+        if compiled is None or compiled.tracker is None or not self._records_after(batch):
+            return
+        compiled.tracker.snapshot(self._step())
+
+    def _records_after(self, batch: int) -> bool:
+        """Whether the step(s) about to run end in a record, as far as can be told."""
+        if self.every_n_batches is not None:
+            ahead = int(getattr(self.model, "steps_per_execution", 1) or 1)
+            if self._step() + ahead - self._last_batch_step >= self.every_n_batches:
+                return True
+        steps = (self.params or {}).get("steps")
+        return (
+            self.every_n_epochs is not None
+            and (self._epoch + 1) % self.every_n_epochs == 0
+            and isinstance(steps, int)
+            and batch + int(getattr(self.model, "steps_per_execution", 1) or 1) >= steps
+        )
+
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._calls += 1
         if self.every_n_batches is None:
@@ -363,14 +495,15 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         step = self._step()
         if step - self._last_batch_step >= self.every_n_batches:
             self._last_batch_step = step - step % self.every_n_batches
-            self._record(epoch=self._epoch, batch=batch, step=step, trigger="batch")
+            self._record(epoch=self._epoch, batch=batch, step=step, trigger="batch", logs=logs)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
-            self._record(epoch=epoch, batch=None, step=self._step(), trigger="epoch")
+            step = self._step()
+            self._record(epoch=epoch, batch=None, step=step, trigger="epoch", logs=logs)
 
     # -- one record --------------------------------------------------------------------
 
@@ -381,26 +514,76 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
             return self._calls
         return int(keras.ops.convert_to_numpy(iterations))
 
-    def _record(self, *, epoch: int, batch: int | None, step: int, trigger: str) -> None:
+    def _record(
+        self,
+        *,
+        epoch: int,
+        batch: int | None,
+        step: int,
+        trigger: str,
+        logs: dict[str, Any] | None = None,
+    ) -> None:
         started = time.perf_counter()
-        repeated = self._last is not None and self._last[0] == step
-        report = self._last[1] if self._last is not None and repeated else self.inspect_now()
-        self._last = (step, report)
+        if self._last is not None and self._last[0] == step:
+            repeated, (_, report, instruments) = True, self._last
+        else:
+            repeated, report, instruments = False, self.inspect_now(), self.measure_instruments()
+        self._last = (step, report, instruments)
         self.last_report = report
+        self.last_instruments = instruments
         self.records += 1
+        rate = learning_rate_of(getattr(self.model, "optimizer", None))
         if self._file is not None:
             fit = {"epoch": epoch, "batch": batch, "step": step, "trigger": trigger}
-            line = json.dumps({"fit": fit, **report.to_dict()}, allow_nan=False) + "\n"
-            try:
-                _write_line(self._file, line.encode("utf-8"))
-            except OSError as exc:
-                raise OutputError(
-                    f"GradientMonitor jsonl {self.jsonl}: cannot write: {first_line(exc)}"
-                ) from exc
+            record = {
+                "schema": MONITOR_SCHEMA,
+                "fit": fit,
+                "logs": _numeric_logs(logs),
+                "learning_rate": finite_or_none(rate),
+                "instruments": instruments.to_dict(),
+                "report": report.to_dict(),
+            }
+            self._write_record(record)
         if self._writer is not None and not repeated:
-            write_report_summaries(self._writer, report, step, buckets=self.buckets)
+            extra = instruments.scalars()
+            if rate is not None:
+                extra["learning_rate"] = rate
+            write_report_summaries(self._writer, report, step, buckets=self.buckets, extra=extra)
         self.record_seconds.append(time.perf_counter() - started)
         self._check_stop(report, epoch, batch, step)
+        self._check_sharpness(instruments, epoch, batch, step)
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, allow_nan=False) + "\n"
+        try:
+            _write_line(self._file, line.encode("utf-8"))
+        except OSError as exc:
+            raise OutputError(
+                f"GradientMonitor jsonl {self.jsonl}: cannot write: {first_line(exc)}"
+            ) from exc
+
+    def _stop(self, reason: str, epoch: int, batch: int | None, step: int) -> None:
+        self.stop_reason = reason
+        self.model.stop_training = True
+        where = f"epoch {epoch}" + ("" if batch is None else f", batch {batch}")
+        sys.stderr.write(f"gradscope: stopping training at {where} (step {step}): {reason}\n")
+
+    def _check_sharpness(
+        self, instruments: Instruments, epoch: int, batch: int | None, step: int
+    ) -> None:
+        limit, sharpness = self.stop_eos_ratio, instruments.sharpness
+        if limit is None or sharpness is None or self.stop_reason is not None:
+            return
+        ratio = sharpness.eos_ratio
+        if math.isfinite(ratio) and ratio > limit:
+            self._stop(
+                f"sharpness: the edge-of-stability ratio lambda_max * lr / 2 = {ratio:.4g} "
+                f"is above {limit:g} (lambda_max {sharpness.lambda_max:.4g}, "
+                f"2/lr {sharpness.two_over_lr:.4g})",
+                epoch,
+                batch,
+                step,
+            )
 
     def _check_stop(self, report: Report, epoch: int, batch: int | None, step: int) -> None:
         if not self.stop_on or report.health is None or self.stop_finding is not None:
@@ -409,9 +592,4 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         if finding is None:
             return
         self.stop_finding = finding
-        self.model.stop_training = True
-        where = f"epoch {epoch}" + ("" if batch is None else f", batch {batch}")
-        sys.stderr.write(
-            f"gradscope: stopping training at {where} (step {step}): "
-            f"{finding.kind}: {finding.message}\n"
-        )
+        self._stop(f"{finding.kind}: {finding.message}", epoch, batch, step)

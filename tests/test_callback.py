@@ -51,8 +51,13 @@ def _monitor(**kwargs):  # type: ignore[no-untyped-def]
     return GradientMonitor(**kwargs)
 
 
-def _lines(path: Path) -> list[dict]:  # type: ignore[type-arg]
+def _records(path: Path) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _lines(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    """Each record's inspect report, with the record's ``fit`` key added."""
+    return [{"fit": record["fit"], **record["report"]} for record in _records(path)]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +90,12 @@ def test_jsonl_lines_parse_and_describe_each_record(trained) -> None:  # type: i
     assert all(f["batch"] is None for f in fits if f["trigger"] == "epoch")
     assert [f["batch"] for f in fits if f["trigger"] == "batch"] == [3, 1, 5, 3]
     assert all(line["schema"] == "gradscope.inspect/1" for line in lines)
+    records = _records(folder / "grads.jsonl")
+    assert [list(r) for r in records] == [
+        ["schema", "fit", "logs", "learning_rate", "instruments", "report"]
+    ] * len(records)
+    assert all(r["schema"] == "gradscope.monitor/1" for r in records)
+    assert all(r["instruments"] == {} for r in records)  # none asked for
     assert all(line["batch"]["size"] == 16 for line in lines)  # the report's own key
 
 

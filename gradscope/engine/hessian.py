@@ -366,6 +366,12 @@ class HessianOperator:
         shares = self.replicas.distribute(batch, self.loss.needs_targets)
         return self.replicas.run_summed(function.python_function, (*leading, shares))
 
+    def refresh_state(self) -> None:
+        """Take the non-trainable state as it is now as the state every product starts
+        from (in training mode; for an operator reused while the model trains)."""
+        if self.training:
+            self._state = [(v, v.numpy()) for v in self.model.non_trainable_variables]
+
     def _reset_state(self) -> None:
         for variable, value in self._state:
             variable.assign(value)

@@ -245,14 +245,16 @@ def _top_indices(count: int, k: int) -> np.ndarray:
     return np.arange(count - 1, count - 1 - min(k, count), -1)
 
 
-def _ritz_converged(ritz: _Ritz, k: int, tol: float) -> bool:
-    """Whether the top ``k`` and the smallest Ritz pairs meet the relative tolerance.
+def _ritz_converged(ritz: _Ritz, k: int, tol: float, want_smallest: bool = True) -> bool:
+    """Whether the top ``k`` (and, if ``want_smallest``, the smallest) Ritz pairs meet
+    the relative tolerance.
 
     The tolerance is relative to the spectral radius estimate
     ``max(|theta_max|, |theta_min|)``, so it is invariant to scaling ``H``.
     """
     values = ritz.values
-    wanted = np.append(_top_indices(values.size, k), 0)
+    top = _top_indices(values.size, k)
+    wanted = np.append(top, 0) if want_smallest else top
     bound = tol * max(abs(float(values[-1])), abs(float(values[0])), _TINY)
     return bool(np.all(ritz.residuals[wanted] <= bound))
 
@@ -272,6 +274,8 @@ def lanczos(
     rng: np.random.Generator,
     want_vectors: bool = False,
     on_step: StepCallback | None = None,
+    v0: np.ndarray | None = None,
+    want_smallest: bool = True,
 ) -> LanczosResult:
     """Top-``k`` algebraically largest eigenvalues and the smallest one of symmetric ``H``.
 
@@ -286,6 +290,12 @@ def lanczos(
     resolved, so the top-``k`` list may skip duplicates of a degenerate eigenvalue.  A
     start vector (almost) orthogonal to an eigenvector misses that eigenvalue; a random
     start makes that improbable, not impossible.
+
+    ``v0`` replaces the random start (a warm start: the top eigenvector of a nearby
+    matrix converges in a few steps); a little noise from ``rng`` is mixed in so that a
+    start exactly orthogonal to a new top eigenvector cannot hide it.
+    ``want_smallest=False`` stops as soon as the top ``k`` pairs have converged (the
+    smallest pair is still returned, maybe unconverged).
     """
     _require(n >= 1, "n must be at least 1")
     _require(k >= 1, "k must be at least 1")
@@ -293,10 +303,11 @@ def lanczos(
     _require(tol >= 0.0, "tol must be non-negative")
 
     def done(alphas: np.ndarray, betas: np.ndarray) -> bool:
-        return alphas.size >= k and _ritz_converged(_ritz(alphas, betas), k, tol)
+        ritz = _ritz(alphas, betas)
+        return alphas.size >= k and _ritz_converged(ritz, k, tol, want_smallest)
 
-    v0 = rng.standard_normal(n)
-    alphas, betas, basis = _lanczos_tridiagonal(matvec, v0, max_iter, on_step, stop=done)
+    start = _start_vector(rng, n, v0)
+    alphas, betas, basis = _lanczos_tridiagonal(matvec, start, max_iter, on_step, stop=done)
     ritz = _ritz(alphas, betas)
     top = _top_indices(ritz.values.size, k)
     return LanczosResult(
@@ -305,9 +316,26 @@ def lanczos(
         residuals=ritz.residuals[top].copy(),
         min_residual=float(ritz.residuals[0]),
         iterations=int(alphas.size),
-        converged=_ritz_converged(ritz, k, tol),
+        converged=_ritz_converged(ritz, k, tol, want_smallest),
         eigenvectors=basis @ ritz.coords[:, top] if want_vectors else None,
     )
+
+
+WARM_START_NOISE = 1e-3
+"""Relative size of the random part mixed into a warm start vector."""
+
+
+def _start_vector(rng: np.random.Generator, n: int, v0: np.ndarray | None) -> np.ndarray:
+    """A random start, or ``v0`` (unit length) plus a little random noise."""
+    noise = rng.standard_normal(n)
+    if v0 is None:
+        return noise
+    warm = np.asarray(v0, dtype=np.float64).reshape(-1)
+    _require(warm.shape == (n,), f"v0 must have {n} entries")
+    norm = float(np.linalg.norm(warm))
+    if not math.isfinite(norm) or norm == 0.0:
+        return noise
+    return warm / norm + WARM_START_NOISE * noise / math.sqrt(n)
 
 
 def _mean_and_stderr(samples: np.ndarray) -> tuple[float, float]:

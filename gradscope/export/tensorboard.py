@@ -349,15 +349,18 @@ def write_report_summaries(
     *,
     tensors: GradientTensors | None = None,
     buckets: int = DEFAULT_BUCKETS,
+    extra: Mapping[str, float] | None = None,
 ) -> int:
     """Append ``report``'s summaries at ``step`` to ``writer`` (a ``tf.summary``
     writer, e.g. from ``tf.summary.create_file_writer``) as one event, and flush.
 
     Every value is computed before anything is written.  Returns the number of values.
-    Histograms of an inspect report need ``tensors`` or ``report.tensors``.
+    Histograms of an inspect report need ``tensors`` or ``report.tensors``.  ``extra``
+    adds scalars (``tag -> value``) to the same event (the training instruments).
     """
     tf = _tf.tensorflow()
     items = report_summaries(report, tensors, buckets)
+    items += [Scalar(tag, float(value)) for tag, value in (extra or {}).items()]
     data = summary_proto(items).SerializeToString()
     try:
         with writer.as_default():
