@@ -100,7 +100,7 @@ from .session import (
 keras: Any = _tf.keras()
 _Callback: Any = keras.callbacks.Callback
 
-__all__ = ["GradientMonitor"]
+__all__ = ["GradientMonitor", "InstrumentSettings"]
 
 
 @dataclass
@@ -259,6 +259,11 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         self.instruments = _instrument_names(instruments)
+        if settings is not None and not isinstance(settings, InstrumentSettings):
+            raise UsageError(
+                "GradientMonitor settings: expected an InstrumentSettings. "
+                f"{received(type(settings).__name__)}"
+            )
         self.settings = InstrumentSettings(seed=seed) if settings is None else settings
         self.stop_eos_ratio = _stop_ratio(stop_eos_ratio)
         if self.stop_eos_ratio is not None and "sharpness" not in self.instruments:
