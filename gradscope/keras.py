@@ -315,6 +315,7 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         self._last_batch_step = 0
         self._calls = 0
         self._epoch = 0
+        self._seen_step = 0
 
     # -- the compiled step, built once per model -------------------------------------
 
@@ -452,7 +453,7 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
             self._opened_once = True
         if self.tensorboard is not None and self._writer is None:
             self._writer = open_writer(self.tensorboard, "GradientMonitor tensorboard")
-        step = self._step()
+        step = self._seen_step = self._step()
         self._last_batch_step = step - step % (self.every_n_batches or 1)
         self._last = None
         self.stop_finding = None
@@ -477,13 +478,14 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         compiled = self._compiled
         if compiled is None or compiled.tracker is None or not self._records_after(batch):
             return
-        compiled.tracker.snapshot(self._step())
+        compiled.tracker.snapshot(self._seen_step)
 
     def _records_after(self, batch: int) -> bool:
-        """Whether the step(s) about to run end in a record, as far as can be told."""
+        """Whether the step(s) about to run end in a record, as far as can be told
+        (from the step count the last hook read: no device read on other steps)."""
         if self.every_n_batches is not None:
             ahead = int(getattr(self.model, "steps_per_execution", 1) or 1)
-            if self._step() + ahead - self._last_batch_step >= self.every_n_batches:
+            if self._seen_step + ahead - self._last_batch_step >= self.every_n_batches:
                 return True
         steps = (self.params or {}).get("steps")
         return (
@@ -497,7 +499,7 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         self._calls += 1
         if self.every_n_batches is None:
             return
-        step = self._step()
+        step = self._seen_step = self._step()
         if step - self._last_batch_step >= self.every_n_batches:
             self._last_batch_step = step - step % self.every_n_batches
             self._record(epoch=self._epoch, batch=batch, step=step, trigger="batch", logs=logs)
