@@ -37,16 +37,32 @@ be given.  A record at the end of an epoch that coincides with a batch record re
 that report.  With ``steps_per_execution=k`` Keras calls the callback once every ``k``
 steps, so batch records fall on the first call at or past each multiple of N.
 
-**Outputs.**  ``jsonl=PATH``: one JSON object per record, ``Report.to_dict()`` (schema
-``gradscope.inspect/1``) with one more key first, ``fit``: ``epoch`` (from 0, as Keras
-counts), ``batch`` (the batch index within the epoch, ``null`` at an epoch end), ``step``
-(optimizer steps so far) and ``trigger`` (``"batch"`` or ``"epoch"``).  They sit under
-``fit`` because the report already has a ``batch`` key (where the batch came from).
-Each line is written with one ``write`` call on an unbuffered file, so a reader never
-sees half a line; the file is truncated by the monitor's first ``fit`` unless
-``append=True``, and appended to by later ones.  ``tensorboard=LOGDIR``: the summaries of
-:mod:`gradscope.export.tensorboard` at ``step``, gradient histograms included unless
-``histograms=False`` (they need the raw gradient tensors: more memory per record).
+**Instruments.**  ``instruments=`` adds the training cockpit (:mod:`gradscope.monitor`):
+``"update"`` (per layer ``||dw||``, ``||dw|| / ||w||`` and the distance from the first
+``fit``'s initial weights, measured from the weights themselves), ``"alignment"``
+(``cos(g, dw)``), ``"batch_tests"`` (norm, inner-product and orthogonality tests and
+the gradient SNR, from per-example gradients), ``"sharpness"`` (the Hessian's top
+eigenvalue by warm-started Lanczos, against ``2 / lr``) and ``"trace"`` (Hutch++), or
+the presets ``"economy"``, ``"business"`` and ``"full"``.  ``settings=``
+(:class:`~gradscope.monitor.instruments.InstrumentSettings`) holds their constants;
+``stop_eos_ratio=r`` stops training when ``lambda_max * lr / 2`` exceeds ``r``.  The
+weights are copied (on the device) before each update that a record follows, and only
+then; each instrument's functions are traced once, on the first record.
+``last_instruments`` holds the last record's values.
+
+**Outputs.**  ``jsonl=PATH``: one JSON object per record, schema ``gradscope.monitor/1``
+(``docs/monitor_schema.md``): ``fit`` (``epoch`` from 0 as Keras counts, ``batch``
+within the epoch or ``null`` at an epoch end, ``step`` = optimizer steps so far,
+``trigger``), Keras's numeric ``logs``, the ``learning_rate``, the ``instruments`` and
+the inspect ``report`` (``Report.to_dict()``, schema ``gradscope.inspect/1``).  Each
+line is written with one ``write`` call on an unbuffered file, so a reader never sees
+half a line; the file is truncated by the monitor's first ``fit`` unless
+``append=True``, and appended to by later ones.  ``gradscope dashboard PATH`` draws it.
+``tensorboard=LOGDIR``: the summaries of :mod:`gradscope.export.tensorboard` at
+``step``, gradient histograms included unless ``histograms=False`` (they need the raw
+gradient tensors: more memory per record), and the instruments' scalars under
+``update/``, ``update_ratio/<layer>``, ``alignment/``, ``batch_tests/``, ``sharpness/``
+and ``trace/`` tags, with ``learning_rate``.
 
 **Stopping.**  ``stop_on=("nonfinite",)`` (any health kinds) sets
 ``model.stop_training = True`` when a record has a finding of one of those kinds, and
