@@ -478,3 +478,44 @@ def test_a_monitor_without_instruments_writes_an_empty_object(tmp_path: Path, ke
     assert record["instruments"] == {}
     assert record["learning_rate"] == pytest.approx(0.1)
     assert set(record["logs"]) == {"loss"}
+
+
+def _keys(data: Any, prefix: str = "") -> set[str]:
+    """Every key path of a JSON object, lists entered (``layers[*].name`` as ``name``)."""
+    found = set()
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found.add(key)
+            found |= _keys(value)
+    elif isinstance(data, list):
+        for item in data:
+            found |= _keys(item)
+    return found
+
+
+def test_every_key_of_a_full_record_is_documented(keras, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import REPO
+
+    x, y = _data()
+    model = _model(keras)
+    monitor = _monitor(
+        probe=(x[:PROBE], y[:PROBE]),
+        every_n_batches=3,
+        instruments="full",
+        jsonl=tmp_path / "run.jsonl",
+    )
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[monitor])
+    record = json.loads((tmp_path / "run.jsonl").read_text().splitlines()[-1])
+    document = (REPO / "docs" / "monitor_schema.md").read_text()
+    outer = {key: value for key, value in record.items() if key not in ("report", "logs")}
+    missing = sorted(
+        k for k in _keys(outer) if f"`{k}`" not in document and f".{k}`" not in document
+    )
+    assert missing == []
+    assert list(record["instruments"]) == [
+        "update",
+        "alignment",
+        "batch_tests",
+        "sharpness",
+        "trace",
+    ]
