@@ -519,3 +519,14 @@ def test_every_key_of_a_full_record_is_documented(keras, tmp_path) -> None:  # t
         "sharpness",
         "trace",
     ]
+
+
+def test_weight_copies_beyond_the_budget_are_refused_before_allocating(keras) -> None:  # type: ignore[no-untyped-def]
+    from gradscope.errors import ResourceError
+    from gradscope.monitor.instruments import _check_copies
+
+    model = _model(keras)
+    size = sum(int(np.prod(v.shape)) for v in model.trainable_variables) * 4
+    _check_copies(model.trainable_variables, budget=2 * size)
+    with pytest.raises(ResourceError, match=r"two copies of the trainable weights need about"):
+        _check_copies(model.trainable_variables, budget=2 * size - 1)

@@ -143,6 +143,21 @@ def _probe_loss(
     return total_loss(spec, model, packed, y_true, y_pred, weight, training)
 
 
+def _check_copies(variables: Sequence[Any], budget: int | None = None) -> None:
+    """Refuse, before allocating, two copies of weights that do not fit the budget."""
+    needed = 2 * sum(
+        int(np.prod(v.shape)) * np.dtype(_tf.tensorflow().as_dtype(v.dtype).as_numpy_dtype).itemsize
+        for v in variables
+    )
+    budget = default_max_memory() if budget is None else budget
+    if needed > budget:
+        raise ResourceError(
+            f"GradientMonitor update/alignment: two copies of the trainable weights need about "
+            f"{format_bytes(needed)}, more than {format_bytes(budget)}. Leave out the update "
+            f"and alignment instruments. {received(f'{len(variables)} variables')}"
+        )
+
+
 class WeightTracker:
     """Shadow copies of the trainable weights, and the update and alignment they give.
 
@@ -163,6 +178,7 @@ class WeightTracker:
         tf = _tf.tensorflow()
         self.model = model
         self.variables = list(model.trainable_variables)
+        _check_copies(self.variables)
         self.layers, self._index = _groups(model, self.variables)
         self._sources = [getattr(v, "value", v) for v in self.variables]
         self._initial = [tf.Variable(s, trainable=False) for s in self._sources]
