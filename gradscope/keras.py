@@ -494,7 +494,7 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
         compiled = self._compiled
         if compiled is None or compiled.tracker is None or not self._records_after(batch):
             return
-        compiled.tracker.snapshot(self._seen_step)
+        compiled.tracker.snapshot(self._step())
 
     def _records_after(self, batch: int) -> bool:
         """Whether the step(s) about to run end in a record, as far as can be told

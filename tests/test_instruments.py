@@ -530,3 +530,36 @@ def test_weight_copies_beyond_the_budget_are_refused_before_allocating(keras) ->
     _check_copies(model.trainable_variables, budget=2 * size)
     with pytest.raises(ResourceError, match=r"two copies of the trainable weights need about"):
         _check_copies(model.trainable_variables, budget=2 * size - 1)
+
+
+def test_epoch_records_measure_the_last_update_of_the_epoch(keras) -> None:  # type: ignore[no-untyped-def]
+    x, y = _data()
+    model = _model(keras)
+    keep = _Snapshots(keras).callback
+    monitor = _monitor(
+        probe=(x[:PROBE], y[:PROBE]),
+        every_n_batches=None,
+        every_n_epochs=1,
+        instruments=["update"],
+    )
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[keep, monitor])
+    update = monitor.last_instruments.update
+    assert update.steps == 1
+    delta = _flat(keep.after[-1]) - _flat(keep.before[-1])
+    assert update.total.norm == pytest.approx(np.linalg.norm(delta), rel=1e-6)
+
+
+def test_steps_per_execution_updates_span_one_call(keras) -> None:  # type: ignore[no-untyped-def]
+    x, y = _data()
+    model = _model(keras)
+    model.compile(loss="mse", optimizer=keras.optimizers.SGD(0.1), steps_per_execution=2)
+    keep = _Snapshots(keras).callback
+    monitor = _monitor(probe=(x[:PROBE], y[:PROBE]), every_n_batches=4, instruments=["update"])
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[keep, monitor])
+    update = monitor.last_instruments.update
+    assert update.steps == 2
+    # Keras calls the batch hooks once per call of 2 steps: the record follows the
+    # call that ends at step 4, the second one.
+    assert len(keep.after) == 3
+    delta = _flat(keep.after[1]) - _flat(keep.before[1])
+    assert update.total.norm == pytest.approx(np.linalg.norm(delta), rel=1e-6)
