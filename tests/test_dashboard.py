@@ -311,6 +311,7 @@ def test_sparkline_matches_a_hand_example() -> None:
     assert trend([0, 1, 2, 3, 4, 5, 6, 7], "linear") == "▁▂▃▄▅▆▇█"
     assert trend([1.0, 10.0, 100.0], "log") == "▁▅█"  # log10 0, 1, 2 of 0..2 on 8 levels
     assert trend([1.0, math.nan, 4.0], "linear") == "▁×█"
+    assert trend([2.0, 2.0, math.nan], "log") == "▄▄×"
     # 8 values over 4 buckets: the means 1, 3, 5, 7 of the pairs, linear from 1 to 7
     assert trend([0, 2, 2, 4, 4, 6, 6, 8], "linear", width=4) == "▁▃▆█"
 
@@ -424,8 +425,9 @@ def test_ten_layers_exact_table_head(tmp_path: Path) -> None:
         "records      4, steps 1..4, 1 epoch",
         "instruments  update, sharpness",
     ]
-    assert "λmax" in text
-    assert "sharpness" not in text.splitlines()[5:][0]
+    rows = {line.split("  ")[0]: line for line in text.splitlines()}
+    assert rows["2/lr"].split()[1:6] == ["4", *["2.000e+01"] * 4]
+    assert rows["2/lr"].endswith("▄▄▄▄")  # a constant series: flat at mid height
 
 
 # --- the plot --------------------------------------------------------------------------

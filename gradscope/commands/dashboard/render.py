@@ -38,6 +38,8 @@ from .summary import HealthEvent, Series
 
 TREND_WIDTH = 24
 """Characters of a sparkline: longer series are averaged over this many buckets."""
+FLAT = "▄"
+"""A constant series' sparkline character."""
 MAX_STEPS_SHOWN = 6
 """A diagnosis that fired at more steps lists the first ones and the last."""
 MAX_TARGETS_SHOWN = 3
@@ -59,8 +61,12 @@ def _buckets(values: Sequence[float], width: int) -> list[float]:
 
 def trend(values: Sequence[float], scale: str, width: int = TREND_WIDTH) -> str:
     """A sparkline of ``values``, at most ``width`` characters: log10 heights for a
-    ``log`` series (``·`` for zero), linear ones otherwise; ``×`` for NaN."""
+    ``log`` series (``·`` for zero), linear ones otherwise; ``×`` for NaN.  A constant
+    series is a flat line at mid height."""
     shown = _buckets(values, width)
+    finite = {v for v in shown if math.isfinite(v)}
+    if len(finite) == 1 and (scale != "log" or min(finite) > 0):
+        return "".join(FLAT if math.isfinite(v) else "×" for v in shown)
     return sparkline(shown) if scale == "log" else linear_sparkline(shown)
 
 
