@@ -13,16 +13,13 @@ import copy
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from cli_helpers import error_line, invoke
+from cli_helpers import error_line, invoke, run_reporting_heavy_modules
 from rich.console import Console
 
 from gradscope.commands.dashboard import DashboardOptions, dashboard, read_run
@@ -618,20 +615,11 @@ def test_cli_existing_plot_needs_force(tmp_path: Path) -> None:
 def test_dashboard_never_imports_tensorflow(tmp_path: Path) -> None:
     """A real process: ``gradscope dashboard`` (table, json, plot) loads no TensorFlow."""
     path, _ = three_layer_run(tmp_path)
-    script = (
-        "import sys\nfrom gradscope.cli import main\n"
-        "sys.argv = ['gradscope', *sys.argv[1:]]\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "heavy = [m for m in ('tensorflow', 'keras', 'h5py') if m in sys.modules]\n"
-        "print('HEAVY=' + ','.join(heavy))\nsys.exit(code)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     extra = ["--plot", str(tmp_path / "p.png")] if _has_matplotlib() else []
-    args = [sys.executable, "-c", script, "dashboard", str(path), "-f", "json", *extra]
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out, _, heavy = proc.stdout.rpartition("HEAVY=")
-    assert heavy.strip() == ""
+    args = ["dashboard", str(path), "-f", "json", *extra]
+    code, out, err, heavy = run_reporting_heavy_modules(args, str(REPO))
+    assert code == 0, err
+    assert heavy == ""
     assert json.loads(out)["run"]["records"] == 4
 
 

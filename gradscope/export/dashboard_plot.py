@@ -73,19 +73,25 @@ def _layers(ax: Axes, shown: Sequence[Series], total: int) -> None:
         ax.set_title(f"top {len(shown)} of {total} layers by |log10 last/first|", fontsize=8)
 
 
-def _grad_panel(ax: Axes, report: DashboardReport) -> None:
-    for series in _series(report, ("report.global_grad_norm",)):
-        _line(ax, series, label="global ‖g‖", color="black", linewidth=1.8)
-    _layers(ax, report.top_grad_norms(), len(report.grad_norms))
+def _layers_panel(
+    ax: Axes, total: list[Series], label: str, layers: tuple[Series, ...], shown: tuple[Series, ...]
+) -> None:
+    """The all-variables series in black, then the ``shown`` layers; log scale."""
+    for series in total:
+        _line(ax, series, label=label, color="black", linewidth=1.8)
+    _layers(ax, shown, len(layers))
     ax.set_yscale("log")
+
+
+def _grad_panel(ax: Axes, report: DashboardReport) -> None:
+    total = _series(report, ("report.global_grad_norm",))
+    _layers_panel(ax, total, "global ‖g‖", report.grad_norms, report.top_grad_norms())
     ax.set_ylabel("‖g‖")
 
 
 def _update_panel(ax: Axes, report: DashboardReport) -> None:
-    for series in _series(report, ("update.ratio",)):
-        _line(ax, series, label="all variables", color="black", linewidth=1.8)
-    _layers(ax, report.top_update_ratios(), len(report.update_ratios))
-    ax.set_yscale("log")
+    total = _series(report, ("update.ratio",))
+    _layers_panel(ax, total, "all variables", report.update_ratios, report.top_update_ratios())
     ax.set_ylabel("‖Δw‖/‖w‖")
 
 
