@@ -388,9 +388,11 @@ def _named(section: str, names: Sequence[str]) -> list[str]:
     return [row for row in rows if row in set(names)]
 
 
-@pytest.mark.parametrize("layers", [10, 200])
-def test_table_stays_readable_and_names_the_top_movers(tmp_path: Path, layers: int) -> None:
-    path, norms, ratios = many_layer_run(tmp_path, layers)
+@pytest.mark.parametrize(("layers", "records"), [(10, 12), (200, 120)])
+def test_table_stays_readable_and_names_the_top_movers(
+    tmp_path: Path, layers: int, records: int
+) -> None:
+    path, norms, ratios = many_layer_run(tmp_path, layers, records)
     text = _render(dashboard(path))
     lines = text.splitlines()
     assert len(lines) < 60
@@ -402,7 +404,9 @@ def test_table_stays_readable_and_names_the_top_movers(tmp_path: Path, layers: i
     assert f"{layers - 8} more layers not shown" in grad_part
     assert f"{layers - 8} more layers not shown" in ratio_part
     assert f"the 8 of {layers} layers that moved most" in grad_part
-    assert health.splitlines()[3].split()[:5] == ["vanishing", "1,", "4,", "7,", "10"]
+    assert health.splitlines()[3].startswith("vanishing  1, 4, 7, 10")
+    if records > 100:  # the trend of 119 update records, averaged over 16 buckets
+        assert all(len(line.split()[-1]) == 16 for line in ratio_part.splitlines()[3:11])
 
 
 def test_few_layers_are_all_shown_in_model_order(tmp_path: Path) -> None:

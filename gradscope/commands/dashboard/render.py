@@ -4,8 +4,9 @@ The table is a terminal summary of the run: one row per series (first, last, min
 maximum value, and a sparkline ``▁▂▃▄▅▆▇█`` of its trend), the per-layer gradient norms
 and update ratios (only the ``top`` layers that moved most when there are more, saying
 how many were left out), and the steps at which each health diagnosis fired.  Its length
-does not grow with the number of layers or records.  JSON is ``report.to_json()``; CSV
-has one row per point.
+does not grow with the number of layers or records.  ``N null`` in a row's note counts
+its points that were ``null`` in the file (not finite, or not defined there).  JSON is
+``report.to_json()``; CSV has one row per point.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from .summary import HealthEvent, Series
 
 TREND_WIDTH = 24
 """Characters of a sparkline: longer series are averaged over this many buckets."""
+LAYER_TREND_WIDTH = 16
+"""The same for a layer's row (layer paths need the room)."""
 FLAT = "▄"
 """A constant series' sparkline character."""
 MAX_STEPS_SHOWN = 6
@@ -89,20 +92,25 @@ def _header(report: DashboardReport) -> list[tuple[str, str]]:
     return [*lines, *(("note", note) for note in report.notes)]
 
 
-def _row(label: str, series: Series, extra: Sequence[str] = ()) -> list[Text]:
+def _row(
+    label: str, series: Series, extra: Sequence[str] = (), *, layer: bool = False
+) -> list[Text]:
+    """A series' cells; a layer's row has no point count and a shorter trend."""
     numbers = (series.first(), series.last(), series.minimum(), series.maximum())
+    count = [] if layer else [Text(str(len(series.values)))]
+    width = LAYER_TREND_WIDTH if layer else TREND_WIDTH
     return [
         Text(label),
-        Text(str(len(series.values))),
+        *count,
         *(Text(fmt_float(v)) for v in numbers),
         *(Text(e) for e in extra),
-        Text(trend(series.values, series.scale)),
+        Text(trend(series.values, series.scale, width)),
     ]
 
 
 def _nonfinite_note(series: Series) -> str | None:
     count = series.nonfinite()
-    return f"{count} null (non-finite or undefined)" if count else None
+    return f"{count} null" if count else None
 
 
 def _series_table(report: DashboardReport) -> Table:
@@ -123,7 +131,6 @@ def _series_table(report: DashboardReport) -> Table:
 def _layer_table(title: str, layers: tuple[Series, ...], shown: tuple[Series, ...]) -> Table:
     columns: tuple[Column, ...] = (
         ("layer", "path"),
-        ("n", "num"),
         ("first", "num"),
         ("last", "num"),
         ("min", "num"),
@@ -133,7 +140,7 @@ def _layer_table(title: str, layers: tuple[Series, ...], shown: tuple[Series, ..
     )
     if len(shown) < len(layers):
         title += f": the {len(shown)} of {len(layers)} layers that moved most (|log10 last/first|)"
-    rows = [_row(s.key, s, (_change(s),)) for s in shown]
+    rows = [_row(s.key, s, (_change(s),), layer=True) for s in shown]
     return make_table(title, columns, rows, [_nonfinite_note(s) for s in shown])
 
 
