@@ -10,6 +10,7 @@ sparklines) are computed independently in the tests.
 from __future__ import annotations
 
 import copy
+import csv
 import io
 import json
 import math
@@ -638,3 +639,34 @@ def _has_matplotlib() -> bool:
 def test_record_from_dict_names_its_source() -> None:
     with pytest.raises(DataLoadError, match=r"^rec: fit: expected an object\. Received: missing$"):
         MonitorRecord.from_dict({"schema": "gradscope.monitor/1", "learning_rate": None}, "rec")
+
+
+def test_csv_has_one_row_per_point(tmp_path: Path) -> None:
+    path, _ = three_layer_run(tmp_path)
+    result = invoke("dashboard", path, "-f", "csv")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["group", "key", "step", "value"]
+    lam = [r for r in rows if r[1] == "sharpness.lambda_max"]
+    assert [(r[2], float(r[3])) for r in lam] == [
+        ("10", 5.0),
+        ("20", 10.0),
+        ("30", 15.0),
+        ("40", 20.0),
+    ]
+    assert ["grad_norm", "c", "40", ""] in rows  # null: an empty cell
+
+
+def test_unknown_instrument_is_ignored_with_a_note(tmp_path: Path) -> None:
+    docs = [
+        record(trimmed_report({"a": [1.0]}), step=s, instruments={"future": {"x": 1}})
+        for s in (1, 2, 3)
+    ]
+    path = write_jsonl(tmp_path / "r.jsonl", docs)
+    result = invoke("dashboard", path, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == (
+        f"gradscope: {path}: lines 1..3 (3 lines): instruments.future: unknown instrument; "
+        "ignored\n"
+    )
+    assert json.loads(result.stdout)["run"]["instruments"] == []

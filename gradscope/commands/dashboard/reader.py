@@ -420,7 +420,7 @@ def _instruments(f: Fields, notes: list[str]) -> dict[str, Instrument | None]:
     out: dict[str, Instrument | None] = {}
     for key in f.data:
         if key not in _READERS:
-            notes.append(f"{f.source}: instruments.{key}: unknown instrument; ignored")
+            notes.append(f"instruments.{key}: unknown instrument; ignored")
             continue
         value = f.optional_object(key)
         out[key] = None if value is None else _READERS[key].from_dict(value)
@@ -449,7 +449,8 @@ class MonitorRecord:
         cls, data: Mapping[str, Any], source: str = "record", notes: list[str] | None = None
     ) -> MonitorRecord:
         """The record ``data`` holds; ``source`` names it in error messages
-        (``run.jsonl: line 3``); ``notes`` collects what was ignored."""
+        (``run.jsonl: line 3``); ``notes`` collects what was ignored (without
+        ``source``)."""
         f = Fields(data, source)
         check_schema(f)
         _present(f, "learning_rate", "a number or null")
@@ -569,6 +570,7 @@ def read_records(lines: Iterable[str], name: str) -> MonitorRun:
     file ``name``.  Blank lines are skipped; a cut-off last line is skipped with a note."""
     records: list[MonitorRecord] = []
     notes: list[str] = []
+    ignored: dict[str, list[int]] = {}
     rows = list(lines)
     for number, text in enumerate(rows, start=1):
         if not text.strip():
@@ -581,8 +583,12 @@ def read_records(lines: Iterable[str], name: str) -> MonitorRun:
                 "file); skipped"
             )
             continue
-        record = parse_line(text, source, notes)
+        found: list[str] = []
+        record = parse_line(text, source, found)
+        for message in found:
+            ignored.setdefault(message, []).append(number)
         records.append(dataclasses.replace(record, line=number))
+    notes[:0] = [_ignored_note(name, message, at) for message, at in ignored.items()]
     if not records:
         what = "only an incomplete line" if rows and any(r.strip() for r in rows) else "empty file"
         raise DataLoadError(
@@ -590,6 +596,13 @@ def read_records(lines: Iterable[str], name: str) -> MonitorRun:
             f"{received(f'{len(rows)} line(s)')}"
         )
     return MonitorRun(name, tuple(records), tuple(notes))
+
+
+def _ignored_note(name: str, message: str, lines: list[int]) -> str:
+    """One note for what every line of ``lines`` had ignored."""
+    if len(lines) == 1:
+        return f"{name}: line {lines[0]}: {message}"
+    return f"{name}: lines {lines[0]}..{lines[-1]} ({len(lines)} lines): {message}"
 
 
 def split_lines(text: str) -> list[str]:
