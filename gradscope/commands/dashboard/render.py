@@ -141,7 +141,13 @@ def _layer_table(title: str, layers: tuple[Series, ...], shown: tuple[Series, ..
     if len(shown) < len(layers):
         title += f": the {len(shown)} of {len(layers)} layers that moved most (|log10 last/first|)"
     rows = [_row(s.key, s, (_change(s),), layer=True) for s in shown]
-    return make_table(title, columns, rows, [_nonfinite_note(s) for s in shown])
+    return _wide(make_table(title, columns, rows, [_nonfinite_note(s) for s in shown]), title)
+
+
+def _wide(table: Table, title: str) -> Table:
+    """``table`` at least as wide as its title, so that the title stays on one line."""
+    table.min_width = len(title)
+    return table
 
 
 def _left_out(layers: tuple[Series, ...], shown: tuple[Series, ...]) -> Text | None:
@@ -197,7 +203,7 @@ def _events_section(report: DashboardReport) -> list[RenderableType]:
         for kind, events in kinds.items()
     ]
     title = f"Health: the steps where each diagnosis fired ({len(report.events)} findings)"
-    return [Text(""), make_table(title, columns, rows, [None] * len(rows))]
+    return [Text(""), _wide(make_table(title, columns, rows, [None] * len(rows)), title)]
 
 
 def format_table(report: DashboardReport, *, width: int | None = None, color: bool = False) -> str:
