@@ -9,6 +9,8 @@ or the same options as keywords and returning a plain-data report:
   (:class:`LandscapeOptions`);
 * :func:`check` / :func:`check_file` -> :class:`CheckReport` (:class:`CheckOptions`);
 * :func:`diff_files` / :func:`diff_reports` -> :class:`DiffReport`;
+* :func:`dashboard` -> :class:`DashboardReport` (:class:`DashboardOptions`): the JSON
+  Lines of a monitored run as series over training steps;
 * :class:`GradientMonitor`, the ``fit`` callback (:mod:`gradscope.keras`).
 
 The report field types, :class:`Thresholds`, :class:`Health` and :class:`Finding` are
@@ -26,6 +28,7 @@ from .commands.check import (
     CheckReport,
     CheckRow,
 )
+from .commands.dashboard import DashboardOptions, DashboardReport, dashboard
 from .commands.diff import (
     ActivationDiff,
     Change,
@@ -75,6 +78,8 @@ __all__ = [
     "CheckedCoordinate",
     "Checks",
     "CrossBlock",
+    "DashboardOptions",
+    "DashboardReport",
     "Density",
     "DiffReport",
     "Finding",
@@ -108,6 +113,7 @@ __all__ = [
     "__version__",
     "check",
     "check_file",
+    "dashboard",
     "diff_files",
     "diff_reports",
     "hessian",

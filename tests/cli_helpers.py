@@ -29,3 +29,28 @@ def error_line(args: list[object], code: int) -> str:
     assert len(lines) == 1, f"expected one stderr line: {result.stderr!r}"
     assert lines[0].startswith(ERROR_PREFIX), lines[0]
     return lines[0][len(ERROR_PREFIX) :]
+
+
+HEAVY_MODULES_SCRIPT = (
+    "import sys\nfrom gradscope.cli import main\n"
+    "sys.argv = ['gradscope', *sys.argv[1:]]\n"
+    "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+    "heavy = [m for m in ('tensorflow', 'keras', 'h5py') if m in sys.modules]\n"
+    "print('HEAVY=' + ','.join(heavy))\nsys.exit(code)\n"
+)
+"""Runs ``gradscope ARGS`` in a fresh interpreter, then prints which heavy modules
+(TensorFlow, Keras, h5py) it imported, after a ``HEAVY=`` marker on stdout."""
+
+
+def run_reporting_heavy_modules(args: list[str], repo: str) -> tuple[int, str, str, str]:
+    """A real process ``gradscope ARGS`` (``repo`` on ``PYTHONPATH``): its exit code, its
+    stdout before the marker, its stderr and the heavy modules it imported (``,``-joined)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": repo}
+    command = [sys.executable, "-c", HEAVY_MODULES_SCRIPT, *args]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    out, _, heavy = proc.stdout.rpartition("HEAVY=")
+    return proc.returncode, out, proc.stderr, heavy.strip()

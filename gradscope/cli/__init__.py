@@ -2,7 +2,8 @@
 
 :mod:`gradscope.cli.app` holds the application, its error handling and output streams;
 :mod:`gradscope.cli.options` the option declarations every command shares; and one module
-per command (``inspect``, ``hessian``, ``landscape``, ``check``, ``diff``) its thin function, which
+per command (``inspect``, ``hessian``, ``landscape``, ``check``, ``diff``, ``dashboard``) its thin
+function, which
 builds the library's options object, calls the library and renders the report.
 Importing this package registers every command on :data:`app`.
 """
@@ -15,6 +16,17 @@ from . import hessian  # isort: skip
 from . import landscape  # isort: skip
 from . import check  # isort: skip
 from . import diff  # isort: skip
+from . import dashboard  # isort: skip
 from .app import app, main, run_guarded  # isort: skip
 
-__all__ = ["app", "check", "diff", "hessian", "inspect", "landscape", "main", "run_guarded"]
+__all__ = [
+    "app",
+    "check",
+    "dashboard",
+    "diff",
+    "hessian",
+    "inspect",
+    "landscape",
+    "main",
+    "run_guarded",
+]
