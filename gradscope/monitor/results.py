@@ -18,6 +18,7 @@ from ..report import finite_or_none
 
 __all__ = [
     "INSTRUMENTS",
+    "INSTRUMENT_TYPES",
     "PRESETS",
     "Alignment",
     "BatchTests",
@@ -249,13 +250,14 @@ class TraceStat:
         )
 
 
-_READERS: dict[str, Any] = {
+INSTRUMENT_TYPES: dict[str, Any] = {
     "update": UpdateSizes,
     "alignment": Alignment,
     "batch_tests": BatchTests,
     "sharpness": Sharpness,
     "trace": TraceStat,
 }
+"""Each instrument's result type (all read with ``from_fields``)."""
 
 
 @dataclass(frozen=True)
@@ -284,13 +286,13 @@ class Instruments:
 
     @classmethod
     def from_fields(cls, fields: Fields) -> Instruments:
-        unknown = [key for key in fields.data if key not in _READERS]
+        unknown = [key for key in fields.data if key not in INSTRUMENT_TYPES]
         if unknown:
             fields.fail(unknown[0], f"one of {', '.join(INSTRUMENTS)}", "an unknown instrument")
         values = {}
         for name in fields.data:
             inner = fields.optional_object(name)
-            values[name] = None if inner is None else _READERS[name].from_fields(inner)
+            values[name] = None if inner is None else INSTRUMENT_TYPES[name].from_fields(inner)
         asked = tuple(name for name in INSTRUMENTS if name in fields.data)
         return cls(asked=asked, **values)
 

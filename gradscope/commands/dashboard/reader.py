@@ -26,11 +26,18 @@ from typing import Any, NoReturn
 
 from ..._reading import ABSENT, Fields, Found
 from ...errors import DataLoadError, received
+from ...monitor import MONITOR_SCHEMA
+from ...monitor.results import (
+    INSTRUMENT_TYPES,
+    INSTRUMENTS,
+    Alignment,
+    BatchTests,
+    Sharpness,
+    TraceStat,
+    UpdateSizes,
+)
 
-MONITOR_SCHEMA = "gradscope.monitor/1"
 INSPECT_SCHEMA = "gradscope.inspect/1"
-INSTRUMENTS: tuple[str, ...] = ("update", "alignment", "batch_tests", "sharpness", "trace")
-"""The instruments of ``gradscope.monitor/1``, in the order the dashboard shows them."""
 TRIGGERS: tuple[str, ...] = ("batch", "epoch")
 
 EXPECTED_LINE = f"a JSON object of schema '{MONITOR_SCHEMA}' (a line of GradientMonitor(jsonl=...))"
@@ -64,230 +71,8 @@ def _present(f: Fields, key: str, expected: str) -> Any:
 # --- instruments --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UpdateNorms:
-    """``‖Δw‖``, ``‖Δw‖/‖w‖``, ``‖w − w₀‖`` and ``‖w‖`` of a layer (or of all variables)."""
-
-    norm: float | None
-    ratio: float | None
-    distance: float | None
-    weight_norm: float | None
-
-    @classmethod
-    def from_dict(cls, f: Fields) -> UpdateNorms:
-        return cls(
-            norm=_nullable(f, "norm", norm=True),
-            ratio=_nullable(f, "ratio", norm=True),
-            distance=_nullable(f, "distance", norm=True),
-            weight_norm=_nullable(f, "weight_norm", norm=True),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "norm": self.norm,
-            "ratio": self.ratio,
-            "distance": self.distance,
-            "weight_norm": self.weight_norm,
-        }
-
-
-@dataclass(frozen=True)
-class LayerUpdate:
-    """One layer's :class:`UpdateNorms`, by the layer's path."""
-
-    name: str
-    norms: UpdateNorms
-
-    @classmethod
-    def from_dict(cls, f: Fields) -> LayerUpdate:
-        return cls(f.text("name"), UpdateNorms.from_dict(f))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **self.norms.to_dict()}
-
-
-@dataclass(frozen=True)
-class UpdateStats:
-    """``instruments.update``: the weight update since the previous snapshot."""
-
-    steps: int
-    total: UpdateNorms
-    layers: tuple[LayerUpdate, ...]
-
-    @classmethod
-    def from_dict(cls, f: Fields) -> UpdateStats:
-        return cls(
-            steps=f.count("steps"),
-            total=UpdateNorms.from_dict(f.object("total")),
-            layers=tuple(LayerUpdate.from_dict(row) for row in f.objects("layers")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "total": self.total.to_dict(),
-            "layers": [layer.to_dict() for layer in self.layers],
-        }
-
-
-@dataclass(frozen=True)
-class LayerCosine:
-    """``cos(g, Δw)`` of one layer."""
-
-    name: str
-    cosine: float | None
-
-
-@dataclass(frozen=True)
-class AlignmentStats:
-    """``instruments.alignment``: the cosine between the probe gradient and the update."""
-
-    total: float | None
-    layers: tuple[LayerCosine, ...]
-
-    @classmethod
-    def from_dict(cls, f: Fields) -> AlignmentStats:
-        layers = tuple(
-            LayerCosine(row.text("name"), _nullable(row, "cosine")) for row in f.objects("layers")
-        )
-        return cls(_nullable(f, "total"), layers)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "layers": [{"name": row.name, "cosine": row.cosine} for row in self.layers],
-        }
-
-
-SUGGESTED_KEYS: tuple[str, ...] = ("norm", "inner_product", "orthogonality")
-TEST_KEYS: tuple[str, ...] = ("norm_test", "inner_product_test", "orthogonality_test")
-
-
-@dataclass(frozen=True)
-class BatchTests:
-    """``instruments.batch_tests``: the norm, inner-product and orthogonality tests.
-
-    ``suggested_batch_size`` maps ``norm``/``inner_product``/``orthogonality`` to the
-    smallest batch size that passes (``None`` when not defined); it is ``None`` as a
-    whole when the record wrote ``null`` for it.
-    """
-
-    batch_size: int | None
-    theta: float | None
-    nu: float | None
-    gradient_norm: float | None
-    norm_test: float | None
-    inner_product_test: float | None
-    orthogonality_test: float | None
-    suggested_batch_size: dict[str, int | None] | None
-    snr: float | None
-
-    @classmethod
-    def from_dict(cls, f: Fields) -> BatchTests:
-        _present(f, "suggested_batch_size", "an object or null")
-        sizes = f.optional_object("suggested_batch_size")
-        return cls(
-            batch_size=_nullable_int(f, "batch_size"),
-            theta=_nullable(f, "theta"),
-            nu=_nullable(f, "nu"),
-            gradient_norm=_nullable(f, "gradient_norm", norm=True),
-            norm_test=_nullable(f, "norm_test", norm=True),
-            inner_product_test=_nullable(f, "inner_product_test", norm=True),
-            orthogonality_test=_nullable(f, "orthogonality_test", norm=True),
-            suggested_batch_size=None
-            if sizes is None
-            else {key: _nullable_int(sizes, key) for key in SUGGESTED_KEYS},
-            snr=_nullable(f, "snr", norm=True),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "batch_size": self.batch_size,
-            "theta": self.theta,
-            "nu": self.nu,
-            "gradient_norm": self.gradient_norm,
-            "norm_test": self.norm_test,
-            "inner_product_test": self.inner_product_test,
-            "orthogonality_test": self.orthogonality_test,
-            "suggested_batch_size": None
-            if self.suggested_batch_size is None
-            else dict(self.suggested_batch_size),
-            "snr": self.snr,
-        }
-
-
-@dataclass(frozen=True)
-class Sharpness:
-    """``instruments.sharpness``: ``λmax`` of the Hessian against ``2/lr``."""
-
-    lambda_max: float | None
-    two_over_lr: float | None
-    eos_ratio: float | None
-    matvecs: int | None
-    residual: float | None
-    converged: bool | None
-
-    @classmethod
-    def from_dict(cls, f: Fields) -> Sharpness:
-        converged = _present(f, "converged", "true, false or null")
-        if converged is not None and not isinstance(converged, bool):
-            f.fail("converged", "true, false or null", converged)
-        return cls(
-            lambda_max=_nullable(f, "lambda_max"),
-            two_over_lr=_nullable(f, "two_over_lr"),
-            eos_ratio=_nullable(f, "eos_ratio"),
-            matvecs=_nullable_int(f, "matvecs"),
-            residual=_nullable(f, "residual", norm=True),
-            converged=converged,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "lambda_max": self.lambda_max,
-            "two_over_lr": self.two_over_lr,
-            "eos_ratio": self.eos_ratio,
-            "matvecs": self.matvecs,
-            "residual": self.residual,
-            "converged": self.converged,
-        }
-
-
-@dataclass(frozen=True)
-class TraceEstimate:
-    """``instruments.trace``: the Hutch++ trace of the curvature matrix."""
-
-    trace: float | None
-    stderr: float | None
-    probes: int | None
-    matrix: str
-
-    @classmethod
-    def from_dict(cls, f: Fields) -> TraceEstimate:
-        return cls(
-            trace=_nullable(f, "trace"),
-            stderr=_nullable(f, "stderr", norm=True),
-            probes=_nullable_int(f, "probes"),
-            matrix=f.text("matrix"),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "trace": self.trace,
-            "stderr": self.stderr,
-            "probes": self.probes,
-            "matrix": self.matrix,
-        }
-
-
-Instrument = UpdateStats | AlignmentStats | BatchTests | Sharpness | TraceEstimate
-
-_READERS: dict[str, Any] = {
-    "update": UpdateStats,
-    "alignment": AlignmentStats,
-    "batch_tests": BatchTests,
-    "sharpness": Sharpness,
-    "trace": TraceEstimate,
-}
+Instrument = UpdateSizes | Alignment | BatchTests | Sharpness | TraceStat
+"""The values of one instrument (:mod:`gradscope.monitor.results`)."""
 
 
 # --- the nested inspect report ------------------------------------------------------------
@@ -419,11 +204,11 @@ def _logs(f: Fields) -> dict[str, float | None]:
 def _instruments(f: Fields, notes: list[str]) -> dict[str, Instrument | None]:
     out: dict[str, Instrument | None] = {}
     for key in f.data:
-        if key not in _READERS:
+        if key not in INSTRUMENT_TYPES:
             notes.append(f"instruments.{key}: unknown instrument; ignored")
             continue
         value = f.optional_object(key)
-        out[key] = None if value is None else _READERS[key].from_dict(value)
+        out[key] = None if value is None else INSTRUMENT_TYPES[key].from_fields(value)
     return out
 
 
@@ -628,21 +413,13 @@ __all__ = [
     "INSPECT_SCHEMA",
     "INSTRUMENTS",
     "MONITOR_SCHEMA",
-    "AlignmentStats",
-    "BatchTests",
     "FitPosition",
     "Instrument",
-    "LayerCosine",
-    "LayerUpdate",
     "MonitorRecord",
     "MonitorRun",
     "ProbeFinding",
     "ProbeReport",
     "ProbeVariable",
-    "Sharpness",
-    "TraceEstimate",
-    "UpdateNorms",
-    "UpdateStats",
     "parse_line",
     "read_records",
     "read_run",

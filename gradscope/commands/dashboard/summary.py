@@ -23,18 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ...monitor.results import Alignment, BatchTests, Sharpness, TraceStat, UpdateSizes
 from ...report import finite_or_none
-from .reader import (
-    AlignmentStats,
-    BatchTests,
-    Instrument,
-    MonitorRecord,
-    MonitorRun,
-    ProbeReport,
-    Sharpness,
-    TraceEstimate,
-    UpdateStats,
-)
+from .reader import Instrument, MonitorRecord, MonitorRun, ProbeReport
 
 Scale = Literal["linear", "log"]
 
@@ -152,10 +143,10 @@ def _instrument_value(name: str, kind: type[Any], read: Callable[[Any], float | 
 
 
 _INSTRUMENT_SERIES: tuple[tuple[str, str, str, Scale, type[Any], Callable[[Any], Any]], ...] = (
-    ("update.ratio", "‖Δw‖/‖w‖", "update", "log", UpdateStats, lambda u: u.total.ratio),
-    ("update.norm", "‖Δw‖", "update", "log", UpdateStats, lambda u: u.total.norm),
-    ("update.distance", "‖w − w₀‖", "update", "log", UpdateStats, lambda u: u.total.distance),
-    ("alignment.total", "cos(g, Δw)", "alignment", "linear", AlignmentStats, lambda a: a.total),
+    ("update.ratio", "‖Δw‖/‖w‖", "update", "log", UpdateSizes, lambda u: u.total.ratio),
+    ("update.norm", "‖Δw‖", "update", "log", UpdateSizes, lambda u: u.total.norm),
+    ("update.distance", "‖w − w₀‖", "update", "log", UpdateSizes, lambda u: u.total.distance),
+    ("alignment.total", "cos(g, Δw)", "alignment", "linear", Alignment, lambda a: a.total),
     ("sharpness.lambda_max", "λmax", "sharpness", "log", Sharpness, lambda s: s.lambda_max),
     ("sharpness.two_over_lr", "2/lr", "sharpness", "log", Sharpness, lambda s: s.two_over_lr),
     (
@@ -184,7 +175,7 @@ _INSTRUMENT_SERIES: tuple[tuple[str, str, str, Scale, type[Any], Callable[[Any],
         lambda b: b.orthogonality_test,
     ),
     ("batch_tests.snr", "gradient SNR", "batch_tests", "log", BatchTests, lambda b: b.snr),
-    ("trace.trace", "trace", "trace", "log", TraceEstimate, lambda t: t.trace),
+    ("trace.trace", "trace", "trace", "log", TraceStat, lambda t: t.trace),
 )
 """The instruments' series: key, label, instrument, scale, value type, value."""
 
@@ -281,9 +272,9 @@ def layer_grad_norms(run: MonitorRun) -> tuple[Series, ...]:
 
 def _update_ratios(record: MonitorRecord) -> dict[str, float] | None:
     update = record.instrument("update")
-    if not isinstance(update, UpdateStats):
+    if not isinstance(update, UpdateSizes):
         return None
-    return {layer.name: _nan(layer.norms.ratio) for layer in update.layers}
+    return {layer.name: _nan(layer.ratio) for layer in update.layers}
 
 
 def layer_update_ratios(run: MonitorRun) -> tuple[Series, ...]:
