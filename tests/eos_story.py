@@ -37,9 +37,8 @@ ROWS, FEATURES, WIDTH = 32, 6, 16
 STEPS = 24  # full-batch SGD steps (one epoch each: ``fit(..., epochs=STEPS)``)
 WARMUP_STEPS = 24  # linear warm-up over the whole run
 LANCZOS_STEPS = 20
-# Observed over seeds 0-9, every step or every 2nd: 8-13 steps from the first record with
-# ratio >= 0.9 to the first loss 10x above the minimum so far (seed 0: 8).
-# (8-13 steps every step, up to 14 at every 2nd step: seed 5.)
+# Steps from the first record with ratio >= 0.9 to the first loss 10x above the minimum so
+# far, seeds 0-9: 8-13 recording every step, 8-14 every 2nd step (14: seed 5); seed 0: 8.
 MAX_GAP_STEPS = 14
 
 
