@@ -496,11 +496,15 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
             return
         compiled.tracker.snapshot(self._step())
 
+    def _steps_per_call(self) -> int:
+        """Optimizer steps per batch hook call (``steps_per_execution``)."""
+        return int(getattr(self.model, "steps_per_execution", 1) or 1)
+
     def _records_after(self, batch: int) -> bool:
         """Whether the step(s) about to run end in a record, as far as can be told
         (from the step count the last hook read: no device read on other steps)."""
         if self.every_n_batches is not None:
-            ahead = int(getattr(self.model, "steps_per_execution", 1) or 1)
+            ahead = self._steps_per_call()
             if self._seen_step + ahead - self._last_batch_step >= self.every_n_batches:
                 return True
         steps = (self.params or {}).get("steps")
@@ -508,12 +512,17 @@ class GradientMonitor(_Callback):  # type: ignore[misc]
             self.every_n_epochs is not None
             and (self._epoch + 1) % self.every_n_epochs == 0
             and isinstance(steps, int)
-            and batch + int(getattr(self.model, "steps_per_execution", 1) or 1) >= steps
+            and batch + self._steps_per_call() >= steps
         )
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._calls += 1
         if self.every_n_batches is None:
+            return
+        # Count the steps in Python and read the optimizer's counter only when a record
+        # is due by that count (it can only be behind it: a last, shorter execution).
+        self._seen_step += self._steps_per_call()
+        if self._seen_step - self._last_batch_step < self.every_n_batches:
             return
         step = self._seen_step = self._step()
         if step - self._last_batch_step >= self.every_n_batches:
