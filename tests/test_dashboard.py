@@ -676,3 +676,19 @@ def test_unknown_instrument_is_ignored_with_a_note(tmp_path: Path) -> None:
         "ignored\n"
     )
     assert json.loads(result.stdout)["run"]["instruments"] == []
+
+
+@pytest.mark.parametrize(
+    ("losses", "scale"), [((1.0, 0.5, 2000.0), "log"), ((1.0, 0.5, 9.0), "linear")]
+)
+def test_a_loss_blowup_is_drawn_on_a_log_axis(tmp_path: Path, losses, scale) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    from gradscope.export.dashboard_plot import dashboard_figure
+
+    docs = [
+        record(trimmed_report({"a": [1.0]}, loss=loss), step=s, logs={})
+        for s, loss in enumerate(losses, start=1)
+    ]
+    figure, panels = dashboard_figure(dashboard(write_jsonl(tmp_path / "r.jsonl", docs)))
+    assert panels[0] == "loss"
+    assert figure.axes[0].get_yscale() == scale

@@ -60,9 +60,18 @@ def _series(report: DashboardReport, keys: Sequence[str]) -> list[Series]:
     return [s for s in found if s is not None and s.finite()]
 
 
+LOG_LOSS_SPAN = 100.0
+"""A positive loss that spans more than this factor is drawn on a log axis (a blow-up
+would flatten everything else on a linear one)."""
+
+
 def _loss_panel(ax: Axes, report: DashboardReport) -> None:
-    for series in _series(report, LOSS_KEYS):
+    shown = _series(report, LOSS_KEYS)
+    for series in shown:
         _line(ax, series, label=series.label, linewidth=1.2)
+    values = [v for series in shown for v in series.values if math.isfinite(v)]
+    if values and min(values) > 0 and max(values) > LOG_LOSS_SPAN * min(values):
+        ax.set_yscale("log")
     ax.set_ylabel("loss")
 
 

@@ -202,7 +202,10 @@ def _events_section(report: DashboardReport) -> list[RenderableType]:
         ]
         for kind, events in kinds.items()
     ]
-    title = f"Health: the steps where each diagnosis fired ({len(report.events)} findings)"
+    count = len(report.events)
+    title = (
+        f"Health: the steps where each diagnosis fired ({count} finding{'' if count == 1 else 's'})"
+    )
     return [Text(""), _wide(make_table(title, columns, rows, [None] * len(rows)), title)]
 
 

@@ -175,7 +175,7 @@ _INSTRUMENT_SERIES: tuple[tuple[str, str, str, Scale, type[Any], Callable[[Any],
         lambda b: b.orthogonality_test,
     ),
     ("batch_tests.snr", "gradient SNR", "batch_tests", "log", BatchTests, lambda b: b.snr),
-    ("trace.trace", "trace", "trace", "log", TraceStat, lambda t: t.trace),
+    ("trace.trace", "trace", "trace", "linear", TraceStat, lambda t: t.trace),
 )
 """The instruments' series: key, label, instrument, scale, value type, value."""
 
