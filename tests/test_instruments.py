@@ -247,7 +247,8 @@ def test_batch_test_values_on_a_hand_example() -> None:
     """Two examples g1 = (1, 0), g2 = (1, 2): gbar = (1, 1), ||gbar||^2 = 2,
     Var = (1 + 1) / 1 = 2, g.gbar = 1 and 3 so Var_ip = (1 + 1) / 1 = 2,
     the components orthogonal to gbar are (1,-1)/2 and (-1,1)/2: Var_orth = 1."""
-    tests = batch_test_values(2, 1 + 5, 1 + 9, 2.0, theta=1.0, nu=1.0)
+    # Deviations d1 = (0, -1), d2 = (0, 1): sum ||d||^2 = 2, d . gbar = -1 and 1.
+    tests = batch_test_values(2, 2.0, 2.0, 2.0, theta=1.0, nu=1.0)
     assert tests.norm_test == pytest.approx(math.sqrt(2 / 2) / math.sqrt(2))
     assert tests.inner_product_test == pytest.approx(math.sqrt(2 / 2) / 2)
     assert tests.orthogonality_test == pytest.approx(math.sqrt(1 / 2) / math.sqrt(2))

@@ -283,9 +283,12 @@ def batch_test_values(
     theta: float,
     nu: float,
 ) -> BatchTests:
-    """The tests from three sums over the ``B = rows`` per-example gradients ``g_i``:
-    ``sum ||g_i||^2``, ``sum (g_i . gbar)^2`` and ``||gbar||^2`` (the schema document
-    has the formulas).  NaN (``null``) when ``B < 2`` or ``gbar = 0``."""
+    """The tests from three sums over the deviations ``d_i = g_i - gbar`` of the
+    ``B = rows`` per-example gradients: ``sum ||d_i||^2``, ``sum (d_i . gbar)^2`` and
+    ``||gbar||^2`` (the schema document has the formulas: ``g_i . gbar - ||gbar||^2 =
+    d_i . gbar``, and ``g_i``'s part orthogonal to ``gbar`` is ``d_i``'s).  Centered
+    sums, so the variances lose no digits to cancellation when the mean dominates.
+    NaN (``null``) when ``B < 2`` or ``gbar = 0``."""
     norm_sq = mean_gradient_sq
     if rows < 2 or not norm_sq > 0:
         return BatchTests(
@@ -299,8 +302,8 @@ def batch_test_values(
             suggested_batch_size={},
             snr=math.nan,
         )
-    variance = max(sum_squares - rows * norm_sq, 0.0) / (rows - 1)
-    variance_ip = max(sum_inner_squares - rows * norm_sq**2, 0.0) / (rows - 1)
+    variance = sum_squares / (rows - 1)
+    variance_ip = sum_inner_squares / (rows - 1)
     variance_orth = max(sum_squares - sum_inner_squares / norm_sq, 0.0) / (rows - 1)
     norm = math.sqrt(norm_sq)
 
@@ -350,7 +353,7 @@ class BatchTestsInstrument:
         )
         self.settings = settings
         size = sum(int(np.prod(v.shape)) for v in self.engine.variables)
-        needed = batch.size * size * 8 * 3
+        needed = batch.size * size * 4 * 3  # float32 gradients, deviations, work space
         budget = default_max_memory() if max_memory is None else max_memory
         if needed > budget:
             raise ResourceError(
@@ -365,16 +368,20 @@ class BatchTestsInstrument:
         self._sums_fn = tf.function(self._sums, autograph=False)
 
     def _sums(self, examples: Any) -> Any:
-        """``[sum ||g_i||^2, sum (g_i . gbar)^2, ||gbar||^2]`` in float64."""
+        """``[sum ||d_i||^2, sum (d_i . gbar)^2, ||gbar||^2]`` (``d_i = g_i - gbar``):
+        the gradients in float32, each row's reductions summed over rows in float64."""
         tf = _tf.tensorflow()
-        gradients = self.engine.flat_gradients(examples, tf.float64)
+        gradients = self.engine.flat_gradients(examples, tf.float32)
         mean = tf.reduce_mean(gradients, axis=0)
-        inner = tf.linalg.matvec(gradients, mean)
+        deviations = gradients - mean
+        squares = tf.cast(tf.reduce_sum(tf.square(deviations), axis=1), tf.float64)
+        inner = tf.cast(tf.linalg.matvec(deviations, mean), tf.float64)
+        wide_mean = tf.cast(mean, tf.float64)
         return tf.stack(
             [
-                tf.reduce_sum(tf.square(gradients)),
+                tf.reduce_sum(squares),
                 tf.reduce_sum(tf.square(inner)),
-                tf.reduce_sum(tf.square(mean)),
+                tf.reduce_sum(tf.square(wide_mean)),
             ]
         )
 
