@@ -564,3 +564,25 @@ def test_steps_per_execution_updates_span_one_call(keras) -> None:  # type: igno
     assert len(keep.after) == 3
     delta = _flat(keep.after[1]) - _flat(keep.before[1])
     assert update.total.norm == pytest.approx(np.linalg.norm(delta), rel=1e-6)
+
+
+def test_a_diverged_model_gives_null_instruments_not_a_crash(keras, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = _data()
+    model = _model(keras)
+    kernel = model.get_layer("hidden").kernel
+    kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+    monitor = _monitor(
+        probe=(x[:PROBE], y[:PROBE]),
+        every_n_batches=2,
+        instruments="full",
+        jsonl=tmp_path / "r.jsonl",
+    )
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[monitor])
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        assert record["instruments"]["sharpness"]["lambda_max"] is None
+        assert record["instruments"]["sharpness"]["two_over_lr"] == pytest.approx(20.0)
+        assert record["instruments"]["trace"]["trace"] is None
+        assert record["instruments"]["batch_tests"]["norm_test"] is None
+        assert "nonfinite" in {f["kind"] for f in record["report"]["health"]["findings"]}

@@ -411,6 +411,23 @@ def _examples(batch: Batch, with_targets: bool) -> dict[str, Any]:
 # -- curvature ---------------------------------------------------------------------------
 
 
+class _NotFinite(Exception):
+    """A curvature product with NaN or Inf entries (weights or loss already diverged)."""
+
+
+def _finite_products(operator: HessianOperator) -> spectral.MatVec:
+    """``operator.hvp`` that raises :class:`_NotFinite` instead of returning NaN/Inf, so
+    that a diverged model gives NaN instruments rather than stopping ``fit``."""
+
+    def matvec(vector: np.ndarray) -> np.ndarray:
+        product = operator.hvp(vector)
+        if not np.all(np.isfinite(product)):
+            raise _NotFinite
+        return product
+
+    return matvec
+
+
 class CurvatureInstruments:
     """``sharpness`` (top Hessian eigenvalue, warm-started Lanczos) and ``trace``
     (Hutch++) of the loss on the probe batch, over all trainable variables."""
@@ -453,24 +470,36 @@ class CurvatureInstruments:
         """λmax by Lanczos from the previous record's eigenvector, against ``2 / lr``."""
         operator = self._operator(self.hessian)
         before = operator.hvp_calls
-        result = spectral.lanczos(
-            operator.hvp,
-            operator.size,
-            k=1,
-            tol=self.settings.sharpness_tol,
-            max_iter=self.settings.sharpness_max_iter,
-            rng=self._rng,
-            want_vectors=True,
-            v0=self._eigenvector,
-            want_smallest=False,
-        )
+        rate = math.nan if learning_rate is None else float(learning_rate)
+        two_over_lr = 2.0 / rate if rate > 0 else math.nan
+        try:
+            result = spectral.lanczos(
+                _finite_products(operator),
+                operator.size,
+                k=1,
+                tol=self.settings.sharpness_tol,
+                max_iter=self.settings.sharpness_max_iter,
+                rng=self._rng,
+                want_vectors=True,
+                v0=self._eigenvector,
+                want_smallest=False,
+            )
+        except _NotFinite:
+            self._eigenvector = None
+            return Sharpness(
+                lambda_max=math.nan,
+                two_over_lr=two_over_lr,
+                eos_ratio=math.nan,
+                matvecs=operator.hvp_calls - before,
+                residual=math.nan,
+                converged=False,
+            )
         if result.eigenvectors is not None:
             self._eigenvector = result.eigenvectors[:, 0]
         top = float(result.eigenvalues[0])
-        rate = math.nan if learning_rate is None else float(learning_rate)
         return Sharpness(
             lambda_max=top,
-            two_over_lr=2.0 / rate if rate > 0 else math.nan,
+            two_over_lr=two_over_lr,
             eos_ratio=top * rate / 2.0,
             matvecs=operator.hvp_calls - before,
             residual=float(result.residuals[0]),
@@ -479,9 +508,17 @@ class CurvatureInstruments:
 
     def trace(self) -> TraceStat:
         operator = self._operator(self.trace_operator)
-        estimate = spectral.hutchinson_trace(
-            operator.hvp, operator.size, probes=self.settings.trace_probes, rng=self._rng
-        )
+        try:
+            estimate = spectral.hutchinson_trace(
+                _finite_products(operator),
+                operator.size,
+                probes=self.settings.trace_probes,
+                rng=self._rng,
+            )
+        except _NotFinite:
+            return TraceStat(
+                trace=math.nan, stderr=math.nan, probes=0, matrix=self.settings.trace_matrix
+            )
         return TraceStat(
             trace=estimate.trace,
             stderr=estimate.stderr,
