@@ -21,47 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .commands.check import (
-    CheckedCoordinate,
-    CheckOptions,
-    CheckPrecision,
-    CheckReport,
-    CheckRow,
-)
-from .commands.dashboard import DashboardOptions, DashboardReport, dashboard
-from .commands.diff import (
-    ActivationDiff,
-    Change,
-    CheckResult,
-    Checks,
-    DiffReport,
-    LossChange,
-    NonfiniteChange,
-    Presence,
-    ReportSide,
-    TopChange,
-    VariableDiff,
-    diff_files,
-    diff_reports,
-)
-from .commands.hessian import CrossBlock, Density, HessianBlock, HessianOptions, HessianReport
-from .commands.inspect import InspectOptions
-from .commands.inspect.report import (
-    ActivationRow,
-    BatchesReport,
-    GradientTensors,
-    InputRow,
-    NormSpread,
-    PerSampleReport,
-    PerSampleRow,
-    Report,
-    VariableRow,
-    VariableSpread,
-)
-from .commands.landscape import LandscapeOptions, LandscapeReport
-from .health import Finding, Health, Thresholds
-from .report import BatchInfo, LossInfo, ModelInfo, TensorStats, ValueStats
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -125,11 +84,103 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .commands.check import (
+        CheckedCoordinate,
+        CheckOptions,
+        CheckPrecision,
+        CheckReport,
+        CheckRow,
+    )
     from .commands.check.run import check, check_file
+    from .commands.dashboard import DashboardOptions, DashboardReport, dashboard
+    from .commands.diff import (
+        ActivationDiff,
+        Change,
+        CheckResult,
+        Checks,
+        DiffReport,
+        LossChange,
+        NonfiniteChange,
+        Presence,
+        ReportSide,
+        TopChange,
+        VariableDiff,
+        diff_files,
+        diff_reports,
+    )
+    from .commands.hessian import CrossBlock, Density, HessianBlock, HessianOptions, HessianReport
     from .commands.hessian.run import hessian, hessian_file
+    from .commands.inspect import InspectOptions
+    from .commands.inspect.report import (
+        ActivationRow,
+        BatchesReport,
+        GradientTensors,
+        InputRow,
+        NormSpread,
+        PerSampleReport,
+        PerSampleRow,
+        Report,
+        VariableRow,
+        VariableSpread,
+    )
     from .commands.inspect.run import inspect, inspect_file
+    from .commands.landscape import LandscapeOptions, LandscapeReport
     from .commands.landscape.run import landscape, landscape_file
+    from .health import Finding, Health, Thresholds
     from .keras import GradientMonitor
+    from .report import BatchInfo, LossInfo, ModelInfo, TensorStats, ValueStats
+
+_TYPES = {
+    "CheckedCoordinate": "commands.check",
+    "CheckOptions": "commands.check",
+    "CheckPrecision": "commands.check",
+    "CheckReport": "commands.check",
+    "CheckRow": "commands.check",
+    "DashboardOptions": "commands.dashboard",
+    "DashboardReport": "commands.dashboard",
+    "dashboard": "commands.dashboard",
+    "ActivationDiff": "commands.diff",
+    "Change": "commands.diff",
+    "CheckResult": "commands.diff",
+    "Checks": "commands.diff",
+    "DiffReport": "commands.diff",
+    "LossChange": "commands.diff",
+    "NonfiniteChange": "commands.diff",
+    "Presence": "commands.diff",
+    "ReportSide": "commands.diff",
+    "TopChange": "commands.diff",
+    "VariableDiff": "commands.diff",
+    "diff_files": "commands.diff",
+    "diff_reports": "commands.diff",
+    "CrossBlock": "commands.hessian",
+    "Density": "commands.hessian",
+    "HessianBlock": "commands.hessian",
+    "HessianOptions": "commands.hessian",
+    "HessianReport": "commands.hessian",
+    "InspectOptions": "commands.inspect",
+    "ActivationRow": "commands.inspect.report",
+    "BatchesReport": "commands.inspect.report",
+    "GradientTensors": "commands.inspect.report",
+    "InputRow": "commands.inspect.report",
+    "NormSpread": "commands.inspect.report",
+    "PerSampleReport": "commands.inspect.report",
+    "PerSampleRow": "commands.inspect.report",
+    "Report": "commands.inspect.report",
+    "VariableRow": "commands.inspect.report",
+    "VariableSpread": "commands.inspect.report",
+    "LandscapeOptions": "commands.landscape",
+    "LandscapeReport": "commands.landscape",
+    "Finding": "health",
+    "Health": "health",
+    "Thresholds": "health",
+    "BatchInfo": "report",
+    "LossInfo": "report",
+    "ModelInfo": "report",
+    "TensorStats": "report",
+    "ValueStats": "report",
+}
+"""The options and report types, also imported on first use (numpy and the report
+modules stay out of ``gradscope --help``)."""
 
 _LAZY = {
     "inspect": "commands.inspect.run",
@@ -145,10 +196,17 @@ _LAZY = {
 """The entry points, imported on first use (``GradientMonitor`` imports TensorFlow)."""
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     """Import the API lazily, so ``import gradscope`` stays light."""
-    if name in _LAZY:
+    module = _LAZY.get(name) or _TYPES.get(name)
+    if module is not None:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'gradscope' has no attribute {name!r}")

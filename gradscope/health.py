@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import validation
 from ._reading import Fields
-from .commands.inspect.report import ActivationRow, Report, VariableRow
 from .report import TensorStats, finite_or_none
+
+if TYPE_CHECKING:  # the report imports the inspect options, which import this module
+    from .commands.inspect.report import ActivationRow, Report, VariableRow
 
 Kind = Literal["nonfinite", "vanishing", "exploding", "dead", "stalled"]
 KINDS: tuple[Kind, ...] = ("nonfinite", "vanishing", "exploding", "dead", "stalled")

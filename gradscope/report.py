@@ -17,8 +17,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from ._reading import ABSENT, Fields, Found
 
 if TYPE_CHECKING:
@@ -102,7 +100,7 @@ def size_of(shape: tuple[int, ...]) -> int | None:
     """Number of entries of a tensor of ``shape`` (``None`` if a dimension is unknown)."""
     if any(d < 0 for d in shape):
         return None
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(int(d) for d in shape)
 
 
 def _stats_dict(stats: TensorStats | None) -> dict[str, Any] | None:

@@ -7,13 +7,15 @@ the JSON output, with non-finite floats as ``None``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ...render import renders_with
 from ...report import BatchInfo, LossInfo, ModelInfo, _JsonMixin, finite_or_none
+
+if TYPE_CHECKING:  # numpy stays out of `gradscope --help`
+    import numpy as np
 
 HESSIAN_SCHEMA = "gradscope.hessian/1"
 
@@ -73,7 +75,7 @@ class VariableDiagonal:
 
     @property
     def mean_stderr(self) -> float | None:
-        size = max(1, int(np.prod(self.shape, dtype=np.int64)))
+        size = max(1, math.prod(int(d) for d in self.shape))
         return None if self.sum_stderr is None else self.sum_stderr / size
 
     def to_dict(self) -> dict[str, Any]:

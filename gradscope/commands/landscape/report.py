@@ -9,12 +9,13 @@ are kept flat, in row-major order of the grid (the last axis varies fastest);
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ...render import renders_with
 from ...report import BatchInfo, LossInfo, ModelInfo, _JsonMixin, finite_or_none
+
+if TYPE_CHECKING:  # numpy stays out of `gradscope --help`
+    import numpy as np
 
 LANDSCAPE_SCHEMA = "gradscope.landscape/1"
 
@@ -136,15 +137,21 @@ class LandscapeReport(_JsonMixin):
 
     def loss_grid(self) -> np.ndarray:
         """The loss values in the grid's shape (``[x]`` or ``[x, y]``), float64."""
+        import numpy as np
+
         return np.asarray(self.losses, dtype=np.float64).reshape(self.shape)
 
     def points(self) -> list[tuple[float, ...]]:
         """The coordinates of every point, in the order of :attr:`losses`."""
+        import numpy as np
+
         grids = np.meshgrid(*(np.asarray(a.values) for a in self.axes), indexing="ij")
         return [tuple(float(g.flat[i]) for g in grids) for i in range(len(self.losses))]
 
     def minimum(self) -> tuple[tuple[float, ...], float] | None:
         """The coordinates and loss of the lowest finite point, or ``None``."""
+        import numpy as np
+
         values = np.asarray(self.losses, dtype=np.float64)
         finite = np.isfinite(values)
         if not finite.any():
@@ -158,6 +165,8 @@ class LandscapeReport(_JsonMixin):
         ``losses`` is nested like the grid: a list for one axis, a list of rows (one per
         value of the first axis) for two.
         """
+        import numpy as np
+
         grid = self.loss_grid()
         nested = np.vectorize(finite_or_none, otypes=[object])(grid).tolist()
         minimum = self.minimum()
