@@ -2,8 +2,10 @@
 
 For each model it reports:
 
-* one Hessian-vector product (forward-over-back, compiled) as a multiple of one
-  compiled gradient step on the same batch (steady state, median of ``--repeats``);
+* one Hessian-vector product (``HessianOperator.hvp``: back-over-back, compiled, from a
+  float64 numpy vector to a float64 numpy vector) as a multiple of one compiled gradient
+  step on the same batch (its gradients fetched to numpy), both in steady state, timed
+  alternately, median of ``--repeats``;
 * the HVPs Lanczos needs for the top eigenvalue of the whole model to a relative
   residual of 1e-3 (H is never formed);
 * the time of one exact block of about 4096 parameters (four 32x32 sigmoid layers of the
@@ -41,14 +43,18 @@ RESNET = (
 )
 
 
-def _median_seconds(function: Any, repeats: int) -> float:
-    function()  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def _alternating_medians(functions: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed alternately (A B A B ...) after one
+    untimed call of each (the trace and the graph optimization)."""
+    for function in functions.values():
         function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _gradient_step(operator: HessianOperator) -> Any:
@@ -74,8 +80,10 @@ def measure(model_path: Path, data_path: Path, repeats: int) -> dict[str, float]
     operator = HessianOperator(model, signature, spec, batch, model.trainable_variables)
     rng = np.random.default_rng(0)
     vector = rng.standard_normal(operator.size)
-    gradient_seconds = _median_seconds(_gradient_step(operator), repeats)
-    hvp_seconds = _median_seconds(lambda: operator.hvp(vector), repeats)
+    medians = _alternating_medians(
+        {"gradient": _gradient_step(operator), "hvp": lambda: operator.hvp(vector)}, repeats
+    )
+    gradient_seconds, hvp_seconds = medians["gradient"], medians["hvp"]
     started = time.perf_counter()
     result = lanczos(operator.hvp, operator.size, k=1, tol=1e-3, max_iter=100, rng=rng)
     lanczos_seconds = time.perf_counter() - started

@@ -12,7 +12,9 @@ MODE is one of:
 * ``cheapstats``: the same engine with ``stats.batch_stats`` replaced by one float32 sum
   per tensor (every gradient, activation gradients included, is still computed and
   consumed; only the statistics are trivial);
-* ``grappler``: the engine with TensorFlow's graph optimizer on (``optimize_graph=True``).
+* ``grappler``: the engine with TensorFlow's graph optimizer on (``optimize_graph=True``);
+* ``xlastats``: the engine with each table of statistics compiled by XLA
+  (``jit_compile=True`` on ``stats.batch_stats``).
 
 Every mode loads the model with gradscope's loader (so the base is the same), then runs
 the step twice.  For each run it prints the resident memory before it, the peak during
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-MODES = ("baseline", "gradscope", "cheapstats", "grappler")
+MODES = ("baseline", "gradscope", "cheapstats", "grappler", "xlastats")
 
 
 def memory_gb() -> tuple[float, float]:
@@ -51,7 +53,7 @@ def reset_peak() -> None:
         handle.write("5")
 
 
-def cheap_batch_stats(tensors: list[Any], *, dead_units: bool = False) -> Any:
+def cheap_batch_stats(tensors: list[Any], *, dead_units: bool = False, reducer: Any = None) -> Any:
     """Stand-in for ``stats.batch_stats``: each tensor's float32 sum, in every field."""
     from gradscope import _tf, stats
 
@@ -83,6 +85,22 @@ def make_step(mode: str, model: Any, signature: Any, spec: Any, batch: Any) -> C
         return lambda: [np.asarray(tf.convert_to_tensor(g)) for g in step(x, y)]
     if mode == "cheapstats":
         stats.batch_stats = cheap_batch_stats  # gradients.py calls stats.batch_stats
+    if mode == "xlastats":
+        exact = stats.batch_stats
+        compiled = {}
+
+        def xla_batch_stats(
+            tensors: list[Any], *, dead_units: bool = False, reducer: Any = None
+        ) -> Any:
+            if dead_units not in compiled:
+                compiled[dead_units] = tf.function(
+                    lambda ts: exact(list(ts), dead_units=dead_units),
+                    jit_compile=True,
+                    autograph=False,
+                )
+            return compiled[dead_units](tuple(tensors)) if tensors else exact(tensors)
+
+        stats.batch_stats = xla_batch_stats
     engine = gradients.GradientEngine(model, signature, spec, optimize_graph=mode == "grappler")
     return lambda: engine.run(batch)
 

@@ -14,6 +14,7 @@ turn a fetched row into the report's dataclasses.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,41 +48,247 @@ def _combined(reducer: Reducer | None, kind: str, value: Any) -> Any:
     return value if reducer is None else getattr(reducer, kind)(value)
 
 
-def _raw_sums(matrix: Any, is_zero: Any, count: Any, extra_zeros: Any = None) -> Any:
-    """``[k, 5]`` float64 raw reductions of each row of the ``[k, n]`` ``matrix``.
+CHUNK_ENTRIES = 1 << 18
+"""Entries read per step of the reduction loops.
 
-    Columns: max, min, zero count, sum, centered sum of squares.  ``count`` is the
-    number of entries of one row, ``extra_zeros`` of them implicit zeros that ``matrix``
-    does not hold (the rows of an ``IndexedSlices`` gradient that no index touched).
-    Extremes and counts are exact in the tensor's own dtype; sums are taken in float64,
-    the variance in two passes (the mean first, then the centered squares).  Only
-    reductions live here, a few ops per group of tensors: the arithmetic that turns
-    them into statistics runs once for all tensors, in :func:`_finish`.
-    """
+The sums are taken in float64, and a float64 copy of a whole gradient (8 bytes an entry,
+two or three of them with the squares and the counts) costs more than the reduction
+itself: the fresh pages of every copy are faulted in and written once.  Read in chunks of
+2**18 entries, each copy is 2 MiB and stays in the cache.
+"""
+
+STACK_LIMIT = 1 << 16
+"""Tensors with at least this many entries are reduced on their own, not stacked with
+same-shape tensors (stacking copies them)."""
+
+
+def _count(condition: Any) -> Any:
+    """``[k]`` float64: the true entries of each row of a boolean chunk (an int32 sum:
+    a chunk holds far fewer than 2**31 entries)."""
     tf = _tf.tensorflow()
-    wide = tf.cast(matrix, tf.float64)
-    total = tf.reduce_sum(wide, axis=1)
-    mean = total / count
-    centered = tf.reduce_sum(tf.math.squared_difference(wide, mean[:, None]), axis=1)
-    zeros = tf.reduce_sum(tf.cast(is_zero, tf.int32), axis=1)
-    if extra_zeros is not None:
-        zeros += tf.cast(extra_zeros, tf.int32)
-        centered += tf.cast(extra_zeros, tf.float64) * mean * mean
-    extremes = tf.stack([tf.reduce_max(matrix, axis=1), tf.reduce_min(matrix, axis=1)], axis=1)
-    return tf.concat(
-        [
-            tf.cast(extremes, tf.float64),
-            tf.stack([tf.cast(zeros, tf.float64), total, centered], axis=1),
-        ],
-        axis=1,
+    return tf.cast(tf.reduce_sum(tf.cast(condition, tf.int32), axis=1), tf.float64)
+
+
+def _int64_vector(values: Sequence[Any]) -> Any:
+    """An int64 vector of Python ints and int scalar tensors (one constant when all are
+    ints: a graph op per entry would add thousands of ops on a large model)."""
+    tf = _tf.tensorflow()
+    if all(isinstance(v, int) for v in values):
+        return tf.constant(list(values), tf.int64, shape=[len(values)])
+    return tf.stack([tf.cast(v, tf.int64) for v in values])
+
+
+def _starts(sizes: Sequence[Any]) -> Any:
+    """Where each size starts in their concatenation (int64)."""
+    tf = _tf.tensorflow()
+    if all(isinstance(v, int) for v in sizes):
+        return _int64_vector([sum(sizes[:i]) for i in range(len(sizes))])
+    return tf.cumsum(_int64_vector(sizes), exclusive=True)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """The groups of one dtype, as one reduction loop walks them.
+
+    ``array`` holds each group's tensor (a stack of same-shape tensors, or one tensor)
+    without copying it.  Per group: ``rows`` (tensors in it), ``columns`` (entries of
+    each), ``chunk`` (columns read per step), ``row_start`` (its first row in the
+    accumulators, rows in group order), ``units`` (positions on the last axis, 1 when
+    not wanted), ``has_units`` (1 when its live units are wanted) and ``live_start``
+    (its first entry in the flat live-unit vector).
+    """
+
+    array: Any
+    count: int
+    rows: Any
+    columns: Any
+    chunk: Any
+    row_start: Any
+    units: Any
+    has_units: Any
+    live_start: Any
+
+    def row_indices(self, group: Any) -> Any:
+        """``[k, 1]`` scatter indices of the group's rows."""
+        tf = _tf.tensorflow()
+        start = self.row_start[group]
+        return tf.range(start, start + self.rows[group])[:, None]
+
+    def fold(self, body: Any, initial: list[Any]) -> list[Any]:
+        """Fold ``body(piece, group, *accumulators)`` over every chunk of every group.
+
+        One ``tf.while_loop`` serves all groups: a loop or a function call per group
+        costs tens of milliseconds each to instantiate.  Each piece is a ``[k, c]``
+        slice of a group's ``[k, columns]`` matrix, ``c`` at most its ``chunk``.
+        """
+        tf = _tf.tensorflow()
+        zero = tf.constant(0, tf.int64)
+
+        def step(group: Any, start: Any, *accumulators: Any) -> Any:
+            columns = self.columns[group]
+            size = tf.minimum(self.chunk[group], columns - start)
+            matrix = tf.reshape(self.array.read(group), tf.stack([self.rows[group], columns]))
+            piece = tf.slice(matrix, tf.stack([zero, start]), tf.stack([-1, size]))
+            updated = body(piece, group, *accumulators)
+            done = start + size >= columns
+            advanced = tf.where(done, zero, start + size)
+            return (group + tf.cast(done, tf.int32), advanced, *updated)
+
+        first = tf.constant(0, tf.int32)
+        loop = tf.while_loop(lambda group, *_: group < self.count, step, [first, zero, *initial])
+        return list(loop[2:])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A table's groups, split by dtype into :class:`_Part` loops.  ``row_units``: the
+    units of each row (group order) whose live units are wanted, else 0."""
+
+    parts: list[_Part]
+    rows: int
+    row_units: Any
+    with_live: bool
+
+
+def _plan(tensors: Sequence[Any], groups: list[list[int]], dead_units: bool) -> _Plan:
+    """Lay the groups of ``tensors`` out for the reduction loops."""
+    tf = _tf.tensorflow()
+    sizes = [len(group) for group in groups]
+    row_start = _starts(sizes)
+    units = [_units(tensors[group[0]]) if dead_units else None for group in groups]
+    live_sizes = [0 if u is None else k * u for k, u in zip(sizes, units, strict=True)]
+    live_start = _starts(live_sizes)
+    by_dtype: dict[Any, list[int]] = {}
+    for index, group in enumerate(groups):
+        by_dtype.setdefault(tensors[group[0]].dtype, []).append(index)
+    parts = []
+    for dtype, members in by_dtype.items():
+        array = tf.TensorArray(dtype, size=len(members), infer_shape=False, clear_after_read=False)
+        for position, index in enumerate(members):
+            array = array.write(position, _group_tensor([tensors[i] for i in groups[index]]))
+        rows = [sizes[i] for i in members]
+        widths = [1 if units[i] is None else units[i] for i in members]
+        columns = _int64_vector([_row_entries(tensors[groups[i][0]]) for i in members])
+        width = _int64_vector(widths)
+        per_row = tf.maximum(CHUNK_ENTRIES // _int64_vector(rows), 1)
+        parts.append(
+            _Part(
+                array=array,
+                count=len(members),
+                rows=_int64_vector(rows),
+                columns=columns,
+                chunk=tf.maximum(width, per_row // width * width),
+                row_start=tf.gather(row_start, members),
+                units=width,
+                has_units=_int64_vector([int(units[i] is not None) for i in members]),
+                live_start=tf.gather(live_start, members),
+            )
+        )
+    row_units = [0 if u is None else u for u, k in zip(units, sizes, strict=True) for _ in range(k)]
+    return _Plan(
+        parts=parts,
+        rows=sum(sizes),
+        row_units=_int64_vector(row_units),
+        with_live=any(u is not None for u in units),
     )
 
 
-def _finite_counts(matrix: Any) -> Any:
-    """``[k]`` float64: the finite entries of each row."""
+def _group_tensor(tensors: list[Any]) -> Any:
+    """One tensor, or a stack of same-shape tensors."""
     tf = _tf.tensorflow()
-    finite = tf.reduce_sum(tf.cast(tf.math.is_finite(matrix), tf.int32), axis=1)
-    return tf.cast(finite, tf.float64)
+    return tensors[0] if len(tensors) == 1 else tf.stack(tensors)
+
+
+def _row_entries(tensor: Any) -> Any:
+    """Entries of ``tensor``: an int when its shape is static, else an int64 tensor."""
+    tf = _tf.tensorflow()
+    size = tensor.shape.num_elements()
+    return int(size) if size is not None else tf.size(tensor, out_type=tf.int64)
+
+
+def _with_nan(combine: Any, current: Any, new: Any) -> Any:
+    """``combine(current, new)``, NaN where either is NaN (a NaN anywhere in a tensor
+    makes its max and min NaN, as a whole-tensor reduction gives)."""
+    tf = _tf.tensorflow()
+    either = tf.logical_or(tf.math.is_nan(current), tf.math.is_nan(new))
+    return tf.where(either, tf.constant(np.nan, tf.float64), combine(current, new))
+
+
+def _first_body(part: _Part, with_live: bool) -> Any:
+    """The first pass over one chunk.  Per row: the float64 sum, the zero and finite
+    counts (added to ``sums``, ``[T, 3]``) and the max and min in the tensor's own dtype
+    (merged into ``extremes``, ``[T, 2]``); with ``with_live``, the chunk's non-zero
+    units OR-ed (a max of 0/1) into the flat int32 ``live`` vector."""
+    tf = _tf.tensorflow()
+
+    def body(piece: Any, group: Any, sums: Any, extremes: Any, live: Any) -> Any:
+        where = part.row_indices(group)
+        values = tf.stack(
+            [
+                tf.reduce_sum(tf.cast(piece, tf.float64), axis=1),
+                _count(tf.equal(piece, 0)),
+                _count(tf.math.is_finite(piece)),
+            ],
+            axis=1,
+        )
+        sums = tf.tensor_scatter_nd_add(sums, where, values)
+        current = tf.gather_nd(extremes, where)
+        high = _with_nan(
+            tf.maximum, current[:, 0], tf.cast(tf.reduce_max(piece, axis=1), tf.float64)
+        )
+        low = _with_nan(
+            tf.minimum, current[:, 1], tf.cast(tf.reduce_min(piece, axis=1), tf.float64)
+        )
+        extremes = tf.tensor_scatter_nd_update(extremes, where, tf.stack([high, low], axis=1))
+        if with_live:
+            shape = tf.stack([part.rows[group], -1, part.units[group]])
+            nonzero = tf.reduce_any(tf.reshape(tf.not_equal(piece, 0), shape), axis=1)
+            flags = tf.reshape(tf.cast(nonzero, tf.int32), [-1])
+            size = tf.size(flags, out_type=tf.int64) * part.has_units[group]
+            start = part.live_start[group]
+            at = tf.range(start, start + size)[:, None]
+            live = tf.tensor_scatter_nd_max(live, at, flags[: tf.cast(size, tf.int32)])
+        return sums, extremes, live
+
+    return body
+
+
+def _first_pass(plan: _Plan) -> tuple[Any, Any, Any]:
+    """Per row (group order): ``[T, 3]`` float64 sum, zero count and finite count,
+    ``[T, 2]`` float64 max and min, and the flat int32 live-unit flags of the rows with
+    units (``plan.row_units`` of them each, rows in group order)."""
+    tf = _tf.tensorflow()
+    sums = tf.zeros([plan.rows, 3], tf.float64)
+    extremes = tf.tile(tf.constant([[-np.inf, np.inf]], tf.float64), [plan.rows, 1])
+    live = tf.zeros(tf.reshape(tf.reduce_sum(plan.row_units), [1]), tf.int32)
+    for part in plan.parts:
+        body = _first_body(part, plan.with_live)
+        sums, extremes, live = part.fold(body, [sums, extremes, live])
+    return sums, extremes, live
+
+
+def _centered_body(part: _Part, means: Any) -> Any:
+    """The second pass over one chunk: each row's sum of squares about its mean, added
+    to the ``[T]`` accumulator."""
+    tf = _tf.tensorflow()
+
+    def body(piece: Any, group: Any, centered: Any) -> Any:
+        where = part.row_indices(group)
+        mean = tf.gather_nd(means, where)
+        squares = tf.math.squared_difference(tf.cast(piece, tf.float64), mean[:, None])
+        return (tf.tensor_scatter_nd_add(centered, where, tf.reduce_sum(squares, axis=1)),)
+
+    return body
+
+
+def _centered_pass(plan: _Plan, means: Any) -> Any:
+    """``[T]`` float64: every row's sum of squares about its mean (``means``, rows in
+    group order), the second pass of the variance."""
+    tf = _tf.tensorflow()
+    centered = tf.zeros([plan.rows], tf.float64)
+    for part in plan.parts:
+        (centered,) = part.fold(_centered_body(part, means), [centered])
+    return centered
 
 
 def _finish(raw: Any, count: Any, finite: Any, dead: Any) -> Any:
@@ -102,49 +309,37 @@ def _finish(raw: Any, count: Any, finite: Any, dead: Any) -> Any:
     return tf.stack([l2, max_abs, mean, std, zeros / count, count - finite, dead], axis=1)
 
 
-def _dead_units(is_zero: Any, shape: tuple[int, ...]) -> Any:
-    """Bool ``[k, units]``: per row of ``is_zero`` (tensors of ``shape``, rank >= 1),
-    which units are zero everywhere.  A unit is a position on the last axis; a rank-1
-    tensor is one unit."""
+def _units(tensor: Any) -> Any:
+    """The units of ``tensor`` (positions on its last axis; a rank-1 tensor is one
+    unit), as a Python int when static; ``None`` for a scalar, which has none."""
     tf = _tf.tensorflow()
-    if len(shape) == 1:
-        return tf.reduce_all(is_zero, axis=1, keepdims=True)
-    grid = tf.reshape(is_zero, [-1, int(np.prod(shape[:-1])), shape[-1]])
-    return tf.reduce_all(grid, axis=1)
+    rank = tensor.shape.rank
+    if rank == 0:
+        return None
+    if rank == 1:
+        return 1
+    last = tensor.shape[-1]
+    return int(last) if last is not None else tf.shape(tensor, out_type=tf.int64)[-1]
 
 
-def _dead_fractions(
-    is_zero: Sequence[Any],
-    tensors: Sequence[Any],
-    groups: Sequence[list[int]],
-    reducer: Reducer | None,
-) -> Any:
-    """``[k]`` float64 dead-unit fractions of the tensors, in their order, from their
-    groups' ``is_zero`` matrices; NaN for scalars, which have no units.
+def _dead_fractions(plan: _Plan, live: Any, reducer: Reducer | None) -> Any:
+    """``[T]`` float64 dead-unit fractions of the rows (group order), from the flat
+    live-unit flags of :func:`_first_pass`; NaN for rows without units (scalars).
 
-    With a ``reducer`` a unit is dead when it is zero in every piece: the pieces' live
-    indicators, one vector in the tensors' order, are summed across them (an AND of the
-    dead masks) before the fractions are taken.
+    With a ``reducer`` a unit is dead when it is zero in every piece: the flags are
+    summed across the pieces (an AND of the dead masks) before the fractions are taken.
     """
     tf = _tf.tensorflow()
-    dead: list[Any] = [None] * len(tensors)
-    for zero, group in zip(is_zero, groups, strict=True):
-        shape = tuple(tensors[group[0]].shape.as_list())
-        if shape:
-            rows = tf.unstack(tf.cast(_dead_units(zero, shape), tf.float64), num=len(group))
-            for index, row in zip(group, rows, strict=True):
-                dead[index] = row
+    flags = tf.cast(live, tf.float64)
     if reducer is not None:
-        present = [d for d in dead if d is not None]
-        if present:
-            live = reducer.sum(tf.concat([1.0 - d for d in present], axis=0))
-            pieces = iter(tf.split(live, [int(d.shape[0]) for d in present]))
-            dead = [
-                None if d is None else tf.cast(tf.equal(next(pieces), 0.0), tf.float64)
-                for d in dead
-            ]
-    nan = tf.constant(np.nan, tf.float64)
-    return tf.stack([nan if d is None else tf.reduce_mean(d) for d in dead])
+        flags = tf.cast(reducer.sum(flags) > 0.0, tf.float64)
+    owner = tf.repeat(tf.range(plan.rows, dtype=tf.int64), plan.row_units)
+    live_units = tf.math.unsorted_segment_sum(flags, owner, plan.rows)
+    units = tf.cast(plan.row_units, tf.float64)
+    # divide_no_nan, not a division: Grappler turns a division by a constant into a
+    # multiplication by its reciprocal, and 3 * (1/10) is not 3/10.
+    dead = tf.math.divide_no_nan(units - live_units, units)
+    return tf.where(units > 0, dead, tf.constant(np.nan, tf.float64))
 
 
 def live_units(tensor: Any) -> Any:
@@ -164,27 +359,11 @@ def live_units(tensor: Any) -> Any:
     return tf.reduce_any(tf.reshape(nonzero, [-1, last]), axis=0)
 
 
-def _compute_dtype(tensor: Any) -> Any:
-    tf = _tf.tensorflow()
-    return tf.float64 if tensor.dtype == tf.float64 else tf.float32
-
-
 def _group_key(index: int, tensor: Any) -> tuple[Any, ...]:
     """Tensors with equal keys (dtype and static shape) are stacked and reduced together."""
-    if not tensor.shape.is_fully_defined():
+    if not tensor.shape.is_fully_defined() or tensor.shape.num_elements() >= STACK_LIMIT:
         return ("alone", index)
     return (tensor.dtype, tuple(tensor.shape.as_list()))
-
-
-def _matrix(tensors: list[Any]) -> Any:
-    """Same-shape tensors as the rows of one ``[k, n]`` matrix, widened to float32."""
-    tf = _tf.tensorflow()
-    dtype = _compute_dtype(tensors[0])
-    if tensors[0].dtype != dtype:  # float16/bfloat16: exact widening
-        tensors = [tf.cast(t, dtype) for t in tensors]
-    if len(tensors) == 1:
-        return tf.reshape(tensors[0], [1, -1])
-    return tf.reshape(tf.stack(tensors), [len(tensors), -1])
 
 
 def _entry_count(tensor: Any) -> Any:
@@ -227,55 +406,31 @@ def batch_stats(
     order = [i for group in groups for i in group]
     back = None if order == sorted(order) else tf.constant(np.argsort(order), tf.int32)
 
-    def in_order(pieces: list[Any]) -> Any:
-        joined = tf.concat(pieces, axis=0)
-        return joined if back is None else tf.gather(joined, back)
+    def in_order(rows: Any) -> Any:
+        """Rows in group order, put back in the tensors' order."""
+        return rows if back is None else tf.gather(rows, back)
 
-    matrices = [_matrix([tensors[i] for i in group]) for group in groups]
-    wide = [tf.cast(m, tf.float64) for m in matrices]
-    is_zero = [tf.equal(m, 0) for m in matrices]
+    plan = _plan(tensors, groups, dead_units)
+    sums, extremes, live = _first_pass(plan)
     counts = [_entry_count(tensors[i]) for i in range(len(tensors))]
     count = (
         tf.stack(counts)
         if any(tf.is_tensor(c) for c in counts)
         else tf.constant(counts, tf.float64)
     )
-    first = tf.stack(
-        [
-            count,
-            in_order([tf.reduce_sum(w, axis=1) for w in wide]),
-            in_order([tf.reduce_sum(tf.cast(z, tf.float64), axis=1) for z in is_zero]),
-            in_order([_finite_counts(m) for m in matrices]),
-        ],
-        axis=1,
-    )
+    first = tf.concat([count[:, None], in_order(sums)], axis=1)
     count, total, zeros, finite = tf.unstack(_combined(reducer, "sum", first), axis=1)
-    means = tf.split(tf.gather(total / count, order), [len(g) for g in groups])
     centered = _combined(
-        reducer,
-        "sum",
-        in_order(
-            [
-                tf.reduce_sum(tf.math.squared_difference(w, mean[:, None]), axis=1)
-                for w, mean in zip(wide, means, strict=True)
-            ]
-        ),
+        reducer, "sum", in_order(_centered_pass(plan, tf.gather(total / count, order)))
     )
-    highest = _combined(reducer, "max", in_order([_extreme(m, "max") for m in matrices]))
-    lowest = _combined(reducer, "min", in_order([_extreme(m, "min") for m in matrices]))
+    highest = _combined(reducer, "max", in_order(extremes[:, 0]))
+    lowest = _combined(reducer, "min", in_order(extremes[:, 1]))
     if dead_units:
-        dead = _dead_fractions(is_zero, tensors, groups, reducer)
+        dead = in_order(_dead_fractions(plan, live, reducer))
     else:
         dead = tf.fill([len(tensors)], tf.constant(np.nan, tf.float64))
     raw = tf.stack([highest, lowest, zeros, total, centered], axis=1)
     return _finish(raw, count, finite, dead)
-
-
-def _extreme(matrix: Any, kind: str) -> Any:
-    """``[k]`` float64: each row's max or min, taken in the tensor's own dtype (exact)."""
-    tf = _tf.tensorflow()
-    reduce = tf.reduce_max if kind == "max" else tf.reduce_min
-    return tf.cast(reduce(matrix, axis=1), tf.float64)
 
 
 def tensor_stats(tensor: Any) -> Any:
@@ -304,12 +459,16 @@ def indexed_slices_stats(grad: Any) -> tuple[Any, Any]:
     rows_touched = tf.size(unique_rows)
     summed = tf.math.unsorted_segment_sum(grad.values, position, rows_touched)
     full_size = tf.reduce_prod(tf.cast(grad.dense_shape, tf.int64))
-    extra_zeros = full_size - tf.size(summed, out_type=tf.int64)
-    matrix = tf.reshape(summed, [1, -1])
+    extra_zeros = tf.cast(full_size - tf.size(summed, out_type=tf.int64), tf.float64)
     count = tf.cast(full_size, tf.float64)
-    raw = _raw_sums(matrix, tf.equal(matrix, 0), count, extra_zeros)
-    finite = _finite_counts(matrix) + tf.cast(extra_zeros, tf.float64)
-    stats = _finish(raw, count, finite, tf.constant([np.nan], tf.float64))[0]
+    plan = _plan([summed], [[0]], dead_units=False)
+    sums, extremes, _ = _first_pass(plan)
+    total, zeros, finite = tf.unstack(sums[0])
+    mean = total / count
+    centered = _centered_pass(plan, tf.reshape(mean, [1]))[0] + extra_zeros * mean * mean
+    raw = tf.concat([extremes[0], tf.stack([zeros + extra_zeros, total, centered])], 0)[None, :]
+    dead = tf.constant([np.nan], tf.float64)
+    stats = _finish(raw, count, tf.reshape(finite + extra_zeros, [1]), dead)[0]
     return stats, rows_touched
 
 

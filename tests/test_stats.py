@@ -118,6 +118,53 @@ def test_value_stats_match_numpy(tf, mode, case) -> None:  # type: ignore[no-unt
         assert dead == expected
 
 
+@pytest.fixture
+def tiny_chunks(monkeypatch):  # type: ignore[no-untyped-def]
+    """Reduction loops that read 12 entries a step, so every case spans many chunks (and
+    a last, shorter one)."""
+    monkeypatch.setattr(stats, "CHUNK_ENTRIES", 12)
+
+
+def _chunk_cases() -> list[np.ndarray]:
+    """Same-shape tensors (stacked into one group), dead columns, zeros, a NaN and an
+    Inf, and shapes whose size is not a multiple of the chunk."""
+    rng = np.random.default_rng(7)
+    grouped = [rng.normal(size=(9, 5)).astype(np.float32) for _ in range(3)]
+    grouped[0][:, 1] = 0.0  # a dead unit
+    grouped[1][:, [0, 4]] = 0.0
+    grouped[1][2, 2] = 0.0  # a zero in a live unit
+    odd = (1e4 + rng.normal(size=(13,))).astype(np.float32)
+    wide_units = rng.normal(size=(2, 3, 29)).astype(np.float16)
+    wide_units[:, :, 5] = 0.0
+    broken = rng.normal(size=(7, 4)).astype(np.float32)
+    broken[3, 1], broken[6, 2] = np.nan, np.inf
+    return [*grouped, odd, wide_units, broken]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chunked_reduction_matches_numpy(tf, mode, tiny_chunks) -> None:  # type: ignore[no-untyped-def]
+    arrays = _chunk_cases()
+    table = run(
+        tf,
+        mode,
+        lambda *ts: stats.batch_stats(list(ts), dead_units=True),
+        *[tf.constant(a) for a in arrays],
+    )
+    for row, array in zip(table, arrays, strict=True):
+        assert_matches_numpy(row, array)
+        assert fields(row)["dead_frac"] == numpy_dead_frac(array)
+
+
+def test_chunked_indexed_slices_match_dense(tf, tiny_chunks) -> None:  # type: ignore[no-untyped-def]
+    values = tf.constant(np.arange(1.0, 41.0, dtype=np.float32).reshape(10, 4) - 20.0)
+    grad = tf.IndexedSlices(
+        values, tf.constant([3, 0, 3, 7, 1, 8, 8, 2, 9, 5]), tf.constant([12, 4])
+    )
+    row, touched = stats.indexed_slices_stats(grad)
+    assert_matches_numpy(row.numpy(), tf.convert_to_tensor(grad).numpy())
+    assert int(touched) == 8
+
+
 def test_large_magnitude_l2_is_exact_in_float64(tf) -> None:  # type: ignore[no-untyped-def]
     """1e30 in float32: every square overflows float32, the norm must not."""
     array = np.full((4, 25), 1e30, np.float32)
