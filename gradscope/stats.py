@@ -69,6 +69,24 @@ def _count(condition: Any) -> Any:
     return tf.cast(tf.reduce_sum(tf.cast(condition, tf.int32), axis=1), tf.float64)
 
 
+def _finite_count(piece: Any, total: Any) -> Any:
+    """``[k]`` float64: the finite entries of each row of ``piece``, whose float64 row
+    sums are ``total``.
+
+    A sum is finite only if every entry is (a NaN or an infinity makes it NaN or
+    infinite), so when all sums are finite every entry is, and the count is the row
+    length: the entries are counted only otherwise (a float64 sum can also overflow,
+    which then costs the count, not its exactness).
+    """
+    tf = _tf.tensorflow()
+    columns = tf.cast(tf.shape(piece)[1], tf.float64)
+    return tf.cond(
+        tf.reduce_all(tf.math.is_finite(total)),
+        lambda: tf.fill(tf.shape(total), columns),
+        lambda: _count(tf.math.is_finite(piece)),
+    )
+
+
 def _int64_vector(values: Sequence[Any]) -> Any:
     """An int64 vector of Python ints and int scalar tensors (one constant when all are
     ints: a graph op per entry would add thousands of ops on a large model)."""
@@ -158,11 +176,9 @@ def _plan(tensors: Sequence[Any], groups: list[list[int]], dead_units: bool) -> 
     units = [_units(tensors[group[0]]) if dead_units else None for group in groups]
     live_sizes = [0 if u is None else k * u for k, u in zip(sizes, units, strict=True)]
     live_start = _starts(live_sizes)
-    by_dtype: dict[Any, list[int]] = {}
-    for index, group in enumerate(groups):
-        by_dtype.setdefault(tensors[group[0]].dtype, []).append(index)
     parts = []
-    for dtype, members in by_dtype.items():
+    for members in _loops(tensors, groups):
+        dtype = tensors[groups[members[0]][0]].dtype
         array = tf.TensorArray(dtype, size=len(members), infer_shape=False, clear_after_read=False)
         for position, index in enumerate(members):
             array = array.write(position, _group_tensor([tensors[i] for i in groups[index]]))
@@ -191,6 +207,20 @@ def _plan(tensors: Sequence[Any], groups: list[list[int]], dead_units: bool) -> 
         row_units=_int64_vector(row_units),
         with_live=any(u is not None for u in units),
     )
+
+
+def _loops(tensors: Sequence[Any], groups: list[list[int]]) -> list[list[int]]:
+    """The groups each reduction loop walks: one loop per dtype.
+
+    Every loop instantiates its own body functions, at a cost in time and memory that
+    grows with the graph: splitting a table into loops of at most 16 M entries, so that
+    activation gradients could be released earlier, took a ResNet50 step from 9 to 24 s
+    and its peak from 1.5 to 2.4 GB.
+    """
+    by_dtype: dict[Any, list[int]] = {}
+    for index, group in enumerate(groups):
+        by_dtype.setdefault(tensors[group[0]].dtype, []).append(index)
+    return list(by_dtype.values())
 
 
 def _group_tensor(tensors: list[Any]) -> Any:
@@ -223,14 +253,8 @@ def _first_body(part: _Part, with_live: bool) -> Any:
 
     def body(piece: Any, group: Any, sums: Any, extremes: Any, live: Any) -> Any:
         where = part.row_indices(group)
-        values = tf.stack(
-            [
-                tf.reduce_sum(tf.cast(piece, tf.float64), axis=1),
-                _count(tf.equal(piece, 0)),
-                _count(tf.math.is_finite(piece)),
-            ],
-            axis=1,
-        )
+        total = tf.reduce_sum(tf.cast(piece, tf.float64), axis=1)
+        values = tf.stack([total, _count(tf.equal(piece, 0)), _finite_count(piece, total)], axis=1)
         sums = tf.tensor_scatter_nd_add(sums, where, values)
         current = tf.gather_nd(extremes, where)
         high = _with_nan(

@@ -165,6 +165,16 @@ def test_chunked_indexed_slices_match_dense(tf, tiny_chunks) -> None:  # type: i
     assert int(touched) == 8
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_float64_sum_overflow_is_not_a_nonfinite_entry(tf, mode) -> None:  # type: ignore[no-untyped-def]
+    """Every entry is finite but their float64 sum overflows: none is counted as
+    non-finite (the count is taken entry by entry once a sum is not finite)."""
+    array = np.array([[1e308, 1e308, 1e308, -1e308, 5.0]])
+    row = fields(run(tf, mode, stats.tensor_stats, tf.constant(array)))
+    assert row["nonfinite"] == 0.0
+    assert row["max_abs"] == 1e308
+
+
 def test_large_magnitude_l2_is_exact_in_float64(tf) -> None:  # type: ignore[no-untyped-def]
     """1e30 in float32: every square overflows float32, the norm must not."""
     array = np.full((4, 25), 1e30, np.float32)
