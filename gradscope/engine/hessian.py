@@ -162,6 +162,16 @@ class TangentLost(LookupError):
     function, say): the product would silently read as zero."""
 
 
+def _weighted(value: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * value`` in float64; one conversion and no product when the weight is
+    1 (a single batch): on a 24 M-parameter model each pass over the vector costs tens
+    of milliseconds of every Hessian-vector product."""
+    wide = np.asarray(value, dtype=np.float64)
+    if weight != 1.0:
+        return weight * wide
+    return wide if wide.flags.writeable else wide.copy()
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     """The first exception of the chain: Keras and ``tf.function`` re-raise TensorFlow's
     failure as a new exception of the same type, whose cause (or context) is the
@@ -347,14 +357,15 @@ class HessianOperator:
         split across them and ``function`` runs on every replica, its results summed.
         """
         tf = _tf.tensorflow()
-        total: Any = 0.0
+        total: Any = None
         loss = 0.0
         for index, batch in enumerate(self.data.iterate()):
             self._reset_state()
             key = tf.constant([self.seed, index], tf.int64)
             value, batch_loss = self._on_batch(function, (*leading, key), batch)
             weight = batch.size / self.data.rows
-            total = total + weight * np.asarray(value.numpy(), dtype=np.float64)
+            share = _weighted(value.numpy(), weight)
+            total = share if total is None else total + share
             loss += weight * float(batch_loss.numpy())
         self.loss_of_last_call = loss
         return total
