@@ -1,5 +1,5 @@
 """``python -m gradscope``: the same command line as the ``gradscope`` script."""
 
-from .cli import main
+from ._entry import main
 
 main()

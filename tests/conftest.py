@@ -12,6 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The suite runs Keras on TensorFlow even from a shell set up for another backend (the
 # tests that check how gradscope treats KERAS_BACKEND set it in their own subprocesses).
 os.environ["KERAS_BACKEND"] = "tensorflow"
+# `gradscope --help` in a test's subprocess leaves no help cache in the user's home;
+# tests/test_help_cache.py turns it on with a cache folder of its own.
+os.environ["GRADSCOPE_HELP_CACHE"] = "0"
 
 REPO = Path(__file__).resolve().parent.parent
 # GRADSCOPE_SAMPLE_DIR: samples rebuilt by `sample_models/build.py --out DIR` (the
