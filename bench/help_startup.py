@@ -5,10 +5,11 @@
 
 Each round runs, in a fresh process each and in turn: ``python -c pass`` (the
 interpreter alone), a bare typer app with one command printing its ``--help`` (the
-least a typer CLI costs), and ``python -m gradscope --help``, from its help cache (filled by the untimed
-warm-up round, in a temporary folder) and with the cache off (``GRADSCOPE_HELP_CACHE=0``:
-typer renders it).  Medians of the wall times, and the ratios against the bare typer app.  The issue-15 target for
-``gradscope --help`` is 150 ms.
+least a typer CLI costs), and ``python -m gradscope --help``, from its help cache
+(filled by the untimed warm-up round, in a temporary folder) and with the cache off
+(``GRADSCOPE_HELP_CACHE=0``: typer renders it).  Medians of the wall times, and the
+ratios against the bare typer app.  The issue-15 target for ``gradscope --help`` is
+150 ms.
 """
 
 from __future__ import annotations
