@@ -142,6 +142,13 @@ def hessian(
             "Hessian-vector products: reverse (back-over-back) or forward (over-back).",
         ),
     ] = _HESSIAN["hvp"],
+    jit: Annotated[
+        bool,
+        typer.Option(
+            "--jit/--no-jit",
+            help="Compile the products with XLA (off: no faster on CPU; see the README).",
+        ),
+    ] = _HESSIAN["jit"],
     save: Annotated[
         Path | None, typer.Option("--save", help="Write exact blocks and spectra to this .h5 file.")
     ] = None,
@@ -182,6 +189,7 @@ def hessian(
             cross=cross,
             eigenvectors=eigenvectors,
             hvp=hvp.lower(),  # type: ignore[arg-type]
+            jit=jit,
             matrix=matrix.lower(),  # type: ignore[arg-type]
             mc_samples=mc_samples,
             diagonal=diagonal,

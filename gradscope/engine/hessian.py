@@ -284,6 +284,7 @@ class HessianOperator:
         *,
         training: bool = False,
         hvp_mode: HvpMode = "reverse",
+        jit: bool = False,
         replicas: Replicas | None = None,
         matrix: Matrix = "hessian",
         mc_samples: int = 1,
@@ -329,10 +330,8 @@ class HessianOperator:
         # BatchNorm statistics: the operator would change between products.  The state
         # is put back before every call, so every product sees the same function.
         self._state = [(v, v.numpy()) for v in model.non_trainable_variables] if training else []
-        reverse, forward = self._product_functions(matrix)
-        self._reverse_fn = tf.function(reverse, autograph=False)
-        self._forward_fn = tf.function(forward, autograph=False)
-        self._hvp_fn = self._forward_fn if hvp_mode == "forward" else self._reverse_fn
+        self.jit = jit
+        self._compile_products(jit, forward_mode=hvp_mode == "forward")
         self._rows_fn = tf.function(self._rows, autograph=False)
         self._loss_fn = tf.function(self._loss_pair, autograph=False)
         self._squares_fn = tf.function(self._mean_squares, autograph=False)
@@ -481,16 +480,42 @@ class HessianOperator:
         )
         return self._flat(products), loss
 
+    def _compile_products(self, jit: bool, *, forward_mode: bool) -> None:
+        """The compiled product functions (with XLA when ``jit``), forward-over-back
+        or back-over-back as the one in use."""
+        tf = _tf.tensorflow()
+        reverse, forward = self._product_functions(self.matrix)
+        xla = True if jit else None
+        self._reverse_fn = tf.function(reverse, autograph=False, jit_compile=xla)
+        self._forward_fn = tf.function(forward, autograph=False, jit_compile=xla)
+        self._hvp_fn = self._forward_fn if forward_mode else self._reverse_fn
+
     def hvp(self, vector: np.ndarray) -> np.ndarray:
         """``H @ vector`` for a flat float64 ``vector`` over the block (float64 result).
 
         With ``hvp_mode="forward"``, a model that TensorFlow cannot differentiate in
         forward mode (:func:`not_supported_reason`) is differentiated back-over-back from
-        then on, and :attr:`notes` says so.
+        then on, and :attr:`notes` says so.  With ``jit``, a product that XLA cannot
+        compile (an op without an XLA kernel, say) is compiled without XLA from then on,
+        also with a note.
         """
         tf = _tf.tensorflow()
         self.hvp_calls += 1
         tensor = tf.constant(vector, dtype=self._dtype)
+        try:
+            return self._product(tensor)
+        except tf.errors.OpError as exc:
+            if not self.jit:
+                raise
+            self.jit = False
+            self._compile_products(False, forward_mode=self._hvp_fn is self._forward_fn)
+            self.notes.append(
+                f"XLA could not compile the products ({_first_line(exc)}); ran them without --jit"
+            )
+            return self._product(tensor)
+
+    def _product(self, tensor: Any) -> np.ndarray:
+        """The product over the batches, forward-over-back falling back to back-over-back."""
         try:
             return self._over_batches(self._hvp_fn, tensor)  # type: ignore[no-any-return]
         except (LookupError, ValueError) as exc:

@@ -77,6 +77,11 @@ class HessianOptions:
     matrix: Matrix = "hessian"
     mc_samples: int = 1
     diagonal: bool = False
+    jit: bool = False
+    """Compile the products with XLA (``jit_compile``).  Off by default: on a CPU XLA
+    was measured no faster and far slower to compile, and on a model with max pooling
+    its products differ from TensorFlow's kernels by 1e-3, so they would not agree with
+    the exact blocks (see the README)."""
 
     def __post_init__(self) -> None:
         """Refuse a bad field with one line that names it and what it received."""
@@ -96,6 +101,7 @@ class HessianOptions:
         validation.one_of("matrix", self.matrix, MATRICES)
         validation.integer("mc_samples", self.mc_samples, minimum=1, maximum=MAX_MC_SAMPLES)
         validation.flag("diagonal", self.diagonal)
+        validation.flag("jit", self.jit)
 
 
 def defaults() -> dict[str, Any]:

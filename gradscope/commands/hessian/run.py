@@ -501,6 +501,7 @@ def run_hessian(
                 block.variables,
                 training=training,
                 hvp_mode=options.hvp,
+                jit=options.jit,
                 replicas=replicas,
                 matrix=options.matrix,
                 mc_samples=options.mc_samples,
