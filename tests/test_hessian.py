@@ -775,3 +775,28 @@ def test_saved_eigenvectors_are_eigenvectors(method: str, tmp_path: Path) -> Non
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=0), 1.0, rtol=1e-9)
     residual = symmetric @ vectors - vectors * np.asarray(eigenvalues)
     assert np.abs(residual).max() <= 1e-5 * abs(eigenvalues[0])
+
+
+def test_one_trace_serves_every_method_and_every_batch(regression) -> None:  # type: ignore[no-untyped-def]
+    """Lanczos, Hutch++ and the spectral density over three equal batches call one
+    traced product; the products over the batches are the whole batch's Hessian's."""
+    from gradscope.engine import spectral
+    from gradscope.loading.data import split_batch
+
+    model, x, y = regression
+    signature = model_signature(model)
+    spec, batch = prepare_loss_and_batch(
+        model, signature, batch_from_arrays(signature, x, y), InspectOptions()
+    )
+    batches = split_batch(batch, 8, None)
+    operator = HessianOperator(model, signature, spec, batches, model.trainable_variables)
+    rng = np.random.default_rng(4)
+    spectral.lanczos(operator.hvp, operator.size, k=2, rng=rng)
+    spectral.hutchinson_trace(operator.hvp, operator.size, probes=6, rng=rng)
+    spectral.spectral_density(operator.hvp, operator.size, runs=2, iterations=5, rng=rng)
+    assert operator.hvp_calls > 10
+    assert operator._hvp_fn.experimental_get_tracing_count() == 1
+    wide = x.astype(np.float64)
+    expected = np.kron(2.0 / (24 * 2) * wide.T @ wide, np.eye(2))
+    vector = rng.standard_normal(operator.size)
+    np.testing.assert_allclose(operator.hvp(vector), expected @ vector, rtol=1e-5, atol=1e-6)
