@@ -129,8 +129,34 @@ def _cache_enabled() -> bool:
     return os.environ.get("GRADSCOPE_HELP_CACHE", "1") != "0"
 
 
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit cannot fail again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main() -> None:
-    """Console-script entry point: the cached top-level help, or the typer application."""
+    """Console-script entry point: :func:`run`, with an stdout that cannot be written
+    (a full disk, a closed pipe) reported in one line instead of a traceback."""
+    from .errors import ExitCode
+
+    try:
+        run()
+    except BrokenPipeError:  # the reader went away: end quietly, as after SIGPIPE
+        _silence_stdout()
+        raise SystemExit(int(ExitCode.BROKEN_PIPE)) from None
+    except OSError as exc:
+        _silence_stdout()
+        reason = exc.strerror or str(exc)
+        sys.stderr.write(f"gradscope: error: standard output: cannot write ({reason}).\n")
+        raise SystemExit(int(ExitCode.OUTPUT)) from None
+
+
+def run() -> None:
+    """The cached top-level help, or the typer application."""
     cached: Path | None = None
     if sys.argv[1:] in HELP_ARGS and _cache_enabled():
         cached = help_cache_folder() / f"help-{help_cache_key()}.txt"

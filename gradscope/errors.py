@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     OUTPUT = 8
     INTERNAL = 70
     INTERRUPTED = 130
+    BROKEN_PIPE = 141
 
 
 class GradscopeError(Exception):

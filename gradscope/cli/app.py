@@ -270,9 +270,18 @@ def run_distributed(action: Callable[[], str], debug: bool, multi_worker: bool) 
 
 
 def _emit(text: str) -> None:
-    """The requested output, and only it, on stdout."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    """The requested output, and only it, on stdout.
+
+    A reader that went away (``gradscope inspect ... | head``) ends the command quietly
+    with :attr:`ExitCode.BROKEN_PIPE`, as a shell reports a command killed by SIGPIPE
+    (click would exit 1, which means a failed check here); an stdout that cannot be
+    written otherwise is reported by the entry point (:mod:`gradscope._entry`).
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise SystemExit(int(ExitCode.BROKEN_PIPE)) from None
 
 
 def _max_memory(text: str | None) -> int | None:
