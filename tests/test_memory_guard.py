@@ -232,6 +232,33 @@ def test_a_reshape_shares_its_input_buffer(tf: object) -> None:
     assert 2 * tensor <= peak <= 2 * tensor + 64
 
 
+def test_tensors_written_to_a_list_live_until_the_list_is_read(tf: object) -> None:
+    """Three tensors written one after another into a ``TensorArray`` that a loop reads
+    at the end are alive together (the list holds them), although each one's only direct
+    reader is its write: the statistics hand their tensors to their loops this way."""
+    from gradscope import _tf
+    from gradscope.engine.step_memory import peak_live_bytes
+
+    tensorflow = _tf.tensorflow()
+    rows, cols = 1000, 30
+
+    @tensorflow.function(autograph=False)  # type: ignore[misc]
+    def held(x: object) -> object:
+        array = tensorflow.TensorArray(tensorflow.float32, size=3, infer_shape=False)
+        for index in range(3):
+            array = array.write(index, x * float(index + 2))
+        return tensorflow.while_loop(
+            lambda i, total: i < 3,
+            lambda i, total: (i + 1, total + tensorflow.reduce_sum(array.read(i))),
+            [0, 0.0],
+        )[1]
+
+    spec = tensorflow.TensorSpec([rows, cols], tensorflow.float32)
+    tensor = 4 * rows * cols
+    peak = peak_live_bytes(held.get_concrete_function(spec).graph)
+    assert 4 * tensor <= peak <= 4 * tensor + 256  # x and the three products
+
+
 def test_step_estimate_per_row_of_a_dense_model(keras: object) -> None:
     """The inspect step of ``d -> Dense(h, relu) -> Dense(k)`` holds, per row, at least
     the activations and their gradients, 2·4·(d+h+k) bytes, and at most every tensor

@@ -11,11 +11,12 @@ reading its data (see :mod:`gradscope.loading.data`), so a batch that does not f
 refused before anything is decompressed.  The step is estimated from its traced graph,
 before it runs: :func:`peak_live_bytes` walks the graph's operations in creation order
 (a topological order), adds each output when its op runs and frees it after its last
-reader, and returns the largest total.  Unlike :func:`~.graph_memory.split_graph_bytes`,
-which counts every tensor as if all were alive at once (8.8 KB a row for the ``mlp``
-sample model's inspect step), this follows what the executor keeps (1.9 KB a row; the
-measured peak grows by 1.7 KB a row).  Tensors of unknown shape, and work inside loops
-and called functions, are not counted.
+reader (a tensor written into a list, as the statistics hand tensors to their reduction
+loops, after the list's last reader), and returns the largest total.  Unlike
+:func:`~.graph_memory.split_graph_bytes`, which counts every tensor as if all were
+alive at once, this follows what the executor keeps.  Tensors of unknown shape, and
+work inside loops and called functions (the statistics' chunks: 2 MiB each), are not
+counted.
 """
 
 from __future__ import annotations
@@ -147,21 +148,52 @@ def _buffers(operations: Sequence[Any]) -> dict[str, str]:
     return owner
 
 
+LIST_WRITES = {"TensorListSetItem": 2, "TensorListPushBack": 1, "TensorListFromTensor": 0}
+"""Ops that put a tensor (the input at this index) into a list without copying it."""
+
+
+def _list_contents(operations: Sequence[Any], owner: dict[str, str]) -> dict[str, set[str]]:
+    """For each list handle (``TensorArray``), the buffers of the tensors it holds.
+
+    A list written element by element (as :mod:`gradscope.stats` hands its tensors to
+    its reduction loops) keeps every element alive until the list itself is read for
+    the last time, although each element's only direct reader is the write.
+    """
+    contents: dict[str, set[str]] = {}
+    for op in operations:
+        position = LIST_WRITES.get(op.type)
+        if position is None or len(op.inputs) <= position or not op.outputs:
+            continue
+        held = set(contents.get(op.inputs[0].name, set())) if position else set()
+        item = op.inputs[position].name
+        held.add(owner.get(item, item))
+        contents[op.outputs[0].name] = held
+    return contents
+
+
+def _read_buffers(tensor: Any, owner: dict[str, str], contents: dict[str, set[str]]) -> list[str]:
+    """The buffers that reading ``tensor`` keeps alive: its own, and a list's elements."""
+    buffer = owner.get(tensor.name, tensor.name)
+    return [buffer, *sorted(contents.get(tensor.name, ()))]
+
+
 def peak_live_bytes(graph: Any) -> int:
     """The largest total size of the tensors alive at once while ``graph`` runs.
 
     Operations run in creation order; an output is allocated when its op runs and
     freed after its last reader ran (at once if nothing reads it).  The output of an
     aliasing op (``Identity``, ``Reshape``...) shares its input's buffer, which lives
-    until the readers of both are done.  The function's results are never freed: they
-    are handed back together at the end.
+    until the readers of both are done; a tensor written into a list lives until the
+    readers of the list are done.  The function's results are never freed: they are
+    handed back together at the end.
     """
     operations = graph.get_operations()
     owner = _buffers(operations)
+    contents = _list_contents(operations, owner)
     readers: dict[str, int] = {}
     for tensor in [t for op in operations for t in op.inputs] + list(graph.outputs or []):
-        buffer = owner.get(tensor.name, tensor.name)
-        readers[buffer] = readers.get(buffer, 0) + 1
+        for buffer in _read_buffers(tensor, owner, contents):
+            readers[buffer] = readers.get(buffer, 0) + 1
     sizes: dict[str, int] = {}
     live = peak = 0
     for op in operations:
@@ -174,10 +206,10 @@ def peak_live_bytes(graph: Any) -> int:
             if output.name not in owner and readers.get(output.name, 0) == 0:
                 live -= sizes[output.name]
         for tensor in op.inputs:
-            buffer = owner.get(tensor.name, tensor.name)
-            readers[buffer] -= 1
-            if readers[buffer] == 0:
-                live -= sizes.get(buffer, 0)
+            for buffer in _read_buffers(tensor, owner, contents):
+                readers[buffer] -= 1
+                if readers[buffer] == 0:
+                    live -= sizes.get(buffer, 0)
     return peak
 
 
