@@ -2,6 +2,7 @@
 
 For each model it reports:
 
+* one forward evaluation of the loss, as the unit of work the other two are counted in;
 * one Hessian-vector product (``HessianOperator.hvp``: back-over-back, compiled, from a
   float64 numpy vector to a float64 numpy vector) as a multiple of one compiled gradient
   step on the same batch (its gradients fetched to numpy), both in steady state, timed
@@ -72,6 +73,19 @@ def _gradient_step(operator: HessianOperator) -> Any:
     return lambda: [g.numpy() for g in step()]
 
 
+def _forward_pass(operator: HessianOperator) -> Any:
+    """One compiled evaluation of the same loss (no gradient)."""
+    tf = _tf.tensorflow()
+
+    arguments = operator._arguments(operator.data.first)
+
+    @tf.function
+    def loss() -> Any:
+        return operator._loss(arguments)
+
+    return lambda: loss().numpy()
+
+
 def measure(model_path: Path, data_path: Path, repeats: int) -> dict[str, float]:
     model = load_model(model_path).model
     signature = model_signature(model)
@@ -81,7 +95,12 @@ def measure(model_path: Path, data_path: Path, repeats: int) -> dict[str, float]
     rng = np.random.default_rng(0)
     vector = rng.standard_normal(operator.size)
     medians = _alternating_medians(
-        {"gradient": _gradient_step(operator), "hvp": lambda: operator.hvp(vector)}, repeats
+        {
+            "forward": _forward_pass(operator),
+            "gradient": _gradient_step(operator),
+            "hvp": lambda: operator.hvp(vector),
+        },
+        repeats,
     )
     gradient_seconds, hvp_seconds = medians["gradient"], medians["hvp"]
     started = time.perf_counter()
@@ -89,6 +108,7 @@ def measure(model_path: Path, data_path: Path, repeats: int) -> dict[str, float]
     lanczos_seconds = time.perf_counter() - started
     return {
         "parameters": operator.size,
+        "forward_s": medians["forward"],
         "gradient_s": gradient_seconds,
         "hvp_s": hvp_seconds,
         "hvp_over_gradient": hvp_seconds / gradient_seconds,
@@ -121,9 +141,11 @@ def main() -> None:
     for name, (model_path, data_path) in runs.items():
         figures = measure(model_path, data_path, args.repeats)
         print(f"{name}: {figures['parameters']:,} parameters")
+        forward = figures["forward_s"]
         print(
-            f"  gradient step {figures['gradient_s']:.3f} s, HVP {figures['hvp_s']:.3f} s, "
-            f"ratio {figures['hvp_over_gradient']:.2f}"
+            f"  forward {forward:.3f} s, gradient step {figures['gradient_s']:.3f} s "
+            f"({figures['gradient_s'] / forward:.2f} forwards), HVP {figures['hvp_s']:.3f} s "
+            f"({figures['hvp_s'] / forward:.2f} forwards), ratio {figures['hvp_over_gradient']:.2f}"
         )
         print(
             f"  Lanczos top eigenvalue {figures['top_eigenvalue']:.6g} after "
