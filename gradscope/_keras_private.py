@@ -127,6 +127,13 @@ def cached_logits(tensor: Any) -> Any:
     return getattr(tensor, "_keras_logits", None)
 
 
+def keras_mask(tensor: Any) -> Any:
+    """The mask Keras attached to ``tensor`` (``Embedding(mask_zero=True)`` and layers
+    that propagate it), or ``None``.  Relies on ``_keras_mask``; checked on Keras 3.3.3
+    and 3.15.1."""
+    return getattr(tensor, "_keras_mask", None)
+
+
 def copy_tensor_attributes(source: Any, target: Any) -> None:
     """Carry the mask and cached logits Keras attached to ``source`` over to ``target``
     (a ``tf.identity`` of it), so that downstream layers and the loss read them as from

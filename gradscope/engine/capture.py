@@ -111,6 +111,30 @@ def _is_float(tensor: Any) -> bool:
     return bool(getattr(dtype, "is_floating", False))
 
 
+@contextlib.contextmanager
+def patched_calls(
+    nodes: list[LayerNode],
+    wrap: Callable[[Callable[..., Any], LayerNode], Callable[..., Any]],
+) -> Iterator[None]:
+    """Replace each node's layer's ``call``, on the instance, by ``wrap(call, node)``
+    for the duration of the block; the instances are left as they were found."""
+    patched: list[tuple[Any, bool, Any]] = []
+    try:
+        for node in nodes:
+            layer = node.layer
+            had_own = "call" in vars(layer)
+            previous = vars(layer).get("call")
+            layer.call = wrap(layer.call, node)
+            patched.append((layer, had_own, previous))
+        yield
+    finally:
+        for layer, had_own, previous in reversed(patched):
+            if had_own:
+                layer.call = previous
+            else:
+                del layer.call
+
+
 class LayerCapture:
     """Records every layer's outputs while a forward pass is traced.
 
@@ -127,21 +151,12 @@ class LayerCapture:
     def recording(self, tape: Any) -> Iterator[Recording]:
         recording = Recording()
         graph = _tf.tensorflow().compat.v1.get_default_graph()
-        patched: list[tuple[Any, bool, Any]] = []
-        try:
-            for node in self.nodes:
-                layer = node.layer
-                had_own = "call" in vars(layer)
-                previous = vars(layer).get("call")
-                layer.call = self._wrap(layer.call, node, recording, tape, graph)
-                patched.append((layer, had_own, previous))
+
+        def wrap(original: Callable[..., Any], node: LayerNode) -> Callable[..., Any]:
+            return self._wrap(original, node, recording, tape, graph)
+
+        with patched_calls(self.nodes, wrap):
             yield recording
-        finally:
-            for layer, had_own, previous in reversed(patched):
-                if had_own:
-                    layer.call = previous
-                else:
-                    del layer.call
 
     def _wrap(
         self,
@@ -158,7 +173,7 @@ class LayerCapture:
         return call
 
 
-def _read_elsewhere(tensor: Any, earlier: list[Any], call_inputs: set[int]) -> bool:
+def read_elsewhere(tensor: Any, earlier: list[Any], call_inputs: set[int]) -> bool:
     """Whether ``tensor`` has readers other than the layer's consumers downstream.
 
     True when it is one of the call's inputs (handed on unchanged), was already returned
@@ -171,7 +186,7 @@ def _read_elsewhere(tensor: Any, earlier: list[Any], call_inputs: set[int]) -> b
     return bool(consumers()) if callable(consumers) else False
 
 
-def _separate(tensor: Any) -> Any:
+def separate(tensor: Any) -> Any:
     """``tf.identity(tensor)``, carrying over the Keras attributes the loss and masks read."""
     tf = _tf.tensorflow()
     separated = tf.identity(tensor)
@@ -183,7 +198,7 @@ def identity_chain(tensor: Any) -> list[Any]:
     """``tensor`` and the tensors it is an identity of, following ``Identity`` ops back.
 
     A model output with cached logits gets its probability-path gradient from a probe
-    (see :mod:`gradscope.engine.gradients`); when the output is a :func:`_separate` copy,
+    (see :mod:`gradscope.engine.gradients`); when the output is a :func:`separate` copy,
     the layer outputs it copies carry that gradient too.
     """
     chain = [tensor]
@@ -205,7 +220,7 @@ def _record(
     """Append one :class:`CapturedOutput` per tensor of ``outputs``; watch float ones.
 
     Returns ``outputs``, with each float tensor that is also read elsewhere replaced by
-    its :func:`_separate` copy (see the module docstring).
+    its :func:`separate` copy (see the module docstring).
     """
     tf = _tf.tensorflow()
     call_index = recording.calls_per_layer.get(id(node.layer), 0)
@@ -226,8 +241,8 @@ def _record(
         elif not _is_float(tensor):
             note = f"{tensor.dtype.name} output: no gradient"
         else:
-            if _read_elsewhere(tensor, [flat[p] for p in positions[:index]], call_inputs):
-                tensor = flat[position] = _separate(tensor)
+            if read_elsewhere(tensor, [flat[p] for p in positions[:index]], call_inputs):
+                tensor = flat[position] = separate(tensor)
                 replaced = True
             tape.watch(tensor)
             differentiable = True

@@ -110,8 +110,8 @@ class AttributeOptions:
     ``samples`` and ``noise``: SmoothGrad's noisy copies per example and the noise's
     standard deviation as a fraction of each example's value range.  These four are
     ``None`` for their defaults (:data:`DEFAULT_STEPS`, ``zeros``,
-    :data:`DEFAULT_SAMPLES`, :data:`DEFAULT_NOISE`), and refused with another method.  ``top_k``: the
-    largest attributions listed per example and input.  ``seed`` seeds SmoothGrad's
+    :data:`DEFAULT_SAMPLES`, :data:`DEFAULT_NOISE`), and refused with another method.
+    ``top_k``: the largest attributions listed per example and input.  ``seed`` seeds SmoothGrad's
     noise and the synthetic batch.  ``keep_tensors`` keeps the full attribution arrays
     on the report (for ``--save``, ``--plot`` and ``--html``).
     """

@@ -218,7 +218,12 @@ class TargetInfo:
         return what + where + (" (logits)" if self.logits else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "index": self.index, "output": self.output, "logits": self.logits}
+        return {
+            "kind": self.kind,
+            "index": self.index,
+            "output": self.output,
+            "logits": self.logits,
+        }
 
     @classmethod
     def from_dict(cls, f: Fields) -> TargetInfo:
