@@ -753,12 +753,25 @@ def _method_info(options: AttributeOptions, engine: AttributionEngine) -> Method
     return MethodInfo(method)
 
 
-def _check_attributable(engine: AttributionEngine, options: AttributeOptions) -> None:
+def _refuse_hidden_layers(info: ModelInfo, options: AttributeOptions) -> None:
+    """Grad-CAM needs the model's layers, which a SavedModel's functions do not show."""
+    if info.format == "savedmodel" and options.method == "gradcam":
+        raise UsageError(
+            "--method gradcam: a SavedModel's restored functions do not expose its "
+            f"layers; expected a .keras or .h5 file. Received: {info.path}"
+        )
+
+
+def _check_attributable(
+    engine: AttributionEngine, options: AttributeOptions, info: ModelInfo
+) -> None:
     if options.method != "gradcam" and not engine.trace.points:
         names = ", ".join(engine.integer_inputs)
+        why = " (a SavedModel does not expose its embedding layers)"
         raise UsageError(
             "attribute: nothing to attribute; expected a float input, or an integer input "
             f"that a layer embeds. Received: integer inputs {names} that no layer embeds"
+            + (why if info.format == "savedmodel" else "")
         )
 
 
@@ -783,6 +796,7 @@ def run_attribute(
     on every batch (see the module docstring)."""
     options, seed = resolve_seed(options, settings.seed)
     progress = progress or Progress()
+    _refuse_hidden_layers(model_info, options)
     target = _target_spec(signature, options)
     layer = _layer_node(model, options)
     first = data.first if isinstance(data, Batches) else data
@@ -799,7 +813,7 @@ def run_attribute(
     engine.forward(
         batches.first.inputs, first_targets, _weight(engine, batches.first), _fill(options)
     )
-    _check_attributable(engine, options)
+    _check_attributable(engine, options, model_info)
     _reduction(engine, batches.first, first_targets)
     baseline = Baseline()
     if options.method == "integrated-gradients":
