@@ -23,89 +23,20 @@ from gradscope.commands.attribute.report import (
     AttributeReport,
     AttributionTensors,
     ExampleAttribution,
-    InputAttribution,
     MethodInfo,
     TargetInfo,
-    Timing,
-    TopPosition,
 )
 from gradscope.errors import DataLoadError, UsageError
 from gradscope.render import OutputFormat, render
-from gradscope.report import BatchInfo, LossInfo, ModelInfo
+from tests.attribute_reports import (
+    gradcam,
+    ig_tensors,
+    integrated_gradients,
+    saliency,
+    smoothgrad,
+)
 
 WIDTH = 100
-
-IMAGE = AttributedInput("pixels", "image", (4, 4, 1), "float32", reduced_axis=2)
-TOKENS = AttributedInput(
-    "ids", "tokens", (6, 8), "float32", through="encoder/embedding", reduced_axis=1
-)
-FEATURE_MAP = AttributedInput(
-    "encoder/conv", "feature_map", (2, 2, 3), "float32", reduced_axis=2, overlay="pixels"
-)
-
-
-def _input(name: str, scale: float, nonfinite: int = 0) -> InputAttribution:
-    """An input's summary whose numbers are ``scale`` times a fixed pattern."""
-    top = (
-        TopPosition((3, 1), 0.5 * scale),
-        TopPosition((0, 0), -0.25 * scale),
-        TopPosition((2, 2), 0.125 * scale),
-        TopPosition((1, 3), 0.0625 * scale),
-    )
-    return InputAttribution(
-        name, 0.75 * scale, 1.5 * scale, 0.625 * scale, 0.5 * scale, nonfinite, top
-    )
-
-
-def _report(
-    method: MethodInfo,
-    inputs: tuple[AttributedInput, ...],
-    examples: tuple[ExampleAttribution, ...],
-    **extra: Any,
-) -> AttributeReport:
-    return AttributeReport(
-        model=ModelInfo("cnn", "Sequential", "cnn.keras", "keras", 1234, 5),
-        batch=BatchInfo("file", len(examples), path="cnn.npz"),
-        loss=LossInfo(0.25, "compiled: sparse_categorical_crossentropy", "compiled"),
-        method=method,
-        target=extra.pop("target", TargetInfo("loss")),
-        inputs=inputs,
-        examples=examples,
-        seed=7,
-        timing=Timing(seconds=1.25, rows=150, chunk_rows=64, traces=1),
-        **extra,
-    )
-
-
-def _saliency(count: int = 2) -> AttributeReport:
-    examples = tuple(
-        ExampleAttribution(i, None, 1.0 + i, (_input("pixels", 1.0 + i),)) for i in range(count)
-    )
-    return _report(MethodInfo("saliency"), (IMAGE,), examples)
-
-
-def _integrated_gradients() -> AttributeReport:
-    """Two inputs; example 1 is off by 3.2%, example 2 has no error (f(x) = f(x'))."""
-    examples = (
-        ExampleAttribution(0, 2, 0.875, (_input("pixels", 1.0), _input("ids", 2.0)), 0.125, 0.004),
-        ExampleAttribution(1, 2, 0.5, (_input("pixels", 4.0), _input("ids", 0.5)), 0.25, 0.032),
-        ExampleAttribution(2, 0, 0.5, (_input("pixels", 8.0), _input("ids", 1.0, 3)), 0.5, None),
-    )
-    method = MethodInfo("integrated-gradients", steps=50, rule="gauss-legendre", baseline="mean")
-    target = TargetInfo("class", 2, output="probs", logits=True)
-    return _report(method, (IMAGE, TOKENS), examples, target=target, notes=("one note",))
-
-
-def _gradcam() -> AttributeReport:
-    examples = (ExampleAttribution(0, 1, 0.75, (_input("encoder/conv", 1.0),)),)
-    method = MethodInfo("gradcam", layer="encoder/conv", chosen=True)
-    return _report(method, (FEATURE_MAP,), examples, target=TargetInfo("predicted"))
-
-
-def _smoothgrad() -> AttributeReport:
-    examples = (ExampleAttribution(0, None, float("nan"), (_input("pixels", float("inf")),)),)
-    method = MethodInfo("smoothgrad", samples=25, noise=0.15)
-    return _report(method, (IMAGE,), examples, training=False)
 
 
 def _lines(text: str) -> list[str]:
@@ -122,7 +53,7 @@ def _line_starting(lines: list[str], prefix: str) -> int:
 
 
 def test_table_header_names_method_target_and_inputs() -> None:
-    lines = _lines(format_table(_integrated_gradients(), width=WIDTH))
+    lines = _lines(format_table(integrated_gradients(), width=WIDTH))
     expected = [
         "model cnn (Sequential) — cnn.keras (keras), 1,234 trainable params",
         "batch file cnn.npz, 3 rows",
@@ -139,8 +70,8 @@ def test_table_header_names_method_target_and_inputs() -> None:
         assert line in lines
 
 
-def test_table_rows_of_integrated_gradients() -> None:
-    lines = _lines(format_table(_integrated_gradients(), width=WIDTH))
+def test_table_rows_ofintegrated_gradients() -> None:
+    lines = _lines(format_table(integrated_gradients(), width=WIDTH))
     header = lines.index("Attributions") + 1
     assert lines[header].split() == [
         "row", "class", "score", "baseline", "error", "input", "total", "l2", "max", "|a|", "top"
@@ -163,7 +94,7 @@ def test_table_rows_of_integrated_gradients() -> None:
 
 
 def test_table_of_a_single_input_has_no_input_column() -> None:
-    text = format_table(_saliency(), width=WIDTH)
+    text = format_table(saliency(), width=WIDTH)
     lines = _lines(text)
     header = lines.index("Attributions") + 1
     assert lines[header].split() == ["row", "class", "score", "total", "l2", "max", "|a|", "top"]
@@ -176,7 +107,7 @@ def test_table_of_a_single_input_has_no_input_column() -> None:
 
 
 def test_table_of_gradcam_names_the_layer_and_the_overlay() -> None:
-    lines = _lines(format_table(_gradcam(), width=WIDTH))
+    lines = _lines(format_table(gradcam(), width=WIDTH))
     assert "method gradcam: layer encoder/conv (chosen: the last convolution)" in lines
     assert "target predicted class" in lines
     assert (
@@ -186,18 +117,18 @@ def test_table_of_gradcam_names_the_layer_and_the_overlay() -> None:
 
 
 def test_table_of_smoothgrad_with_nonfinite_values() -> None:
-    lines = _lines(format_table(_smoothgrad(), width=WIDTH))
+    lines = _lines(format_table(smoothgrad(), width=WIDTH))
     assert "method smoothgrad: 25 samples, noise 15.0% of each example's value range" in lines
     assert "0 — nan inf inf inf (3,1)=inf (0,0)=-inf (2,2)=inf" in lines
 
 
 def test_named_layer_is_not_said_to_be_chosen() -> None:
-    report = dataclasses.replace(_gradcam(), method=MethodInfo("gradcam", layer="conv_2"))
+    report = dataclasses.replace(gradcam(), method=MethodInfo("gradcam", layer="conv_2"))
     assert "method gradcam: layer conv_2 (named by --layer)" in _lines(format_table(report))
 
 
 def test_long_example_lists_are_cut_in_the_table_only() -> None:
-    report = _saliency(MAX_EXAMPLES + 7)
+    report = saliency(MAX_EXAMPLES + 7)
     lines = _lines(format_table(report, width=WIDTH))
     rows = [line for line in lines if line[:1].isdecimal()]
     assert [int(line.split()[0]) for line in rows] == list(range(MAX_EXAMPLES))
@@ -206,8 +137,8 @@ def test_long_example_lists_are_cut_in_the_table_only() -> None:
     assert len(json.loads(report.to_json())["examples"]) == MAX_EXAMPLES + 7
 
 
-def test_the_registry_renders_the_report() -> None:
-    report = _saliency()
+def test_the_registry_renders_thebuild_report() -> None:
+    report = saliency()
     assert render(report, OutputFormat.TABLE, width=WIDTH) == format_table(report, width=WIDTH)
     assert render(report, "csv") == format_csv(report)
     assert render(report, "json") == report.to_json() + "\n"
@@ -216,8 +147,8 @@ def test_the_registry_renders_the_report() -> None:
 # --- CSV ---------------------------------------------------------------------------------
 
 
-def test_csv_has_one_row_per_example_and_input() -> None:
-    rows = list(csv.DictReader(io.StringIO(format_csv(_integrated_gradients()))))
+def test_csv_has_one_row_per_example_andsummary() -> None:
+    rows = list(csv.DictReader(io.StringIO(format_csv(integrated_gradients()))))
     assert [(row["index"], row["input"]) for row in rows] == [
         ("0", "pixels"), ("0", "ids"), ("1", "pixels"), ("1", "ids"), ("2", "pixels"), ("2", "ids"),
     ]  # fmt: skip
@@ -240,7 +171,7 @@ def test_csv_has_one_row_per_example_and_input() -> None:
 
 
 def test_csv_of_a_loss_target_and_nonfinite_values() -> None:
-    (row,) = csv.DictReader(io.StringIO(format_csv(_smoothgrad())))
+    (row,) = csv.DictReader(io.StringIO(format_csv(smoothgrad())))
     assert row["target"] == ""
     assert row["score"] == "nan"
     assert row["baseline_score"] == ""
@@ -252,7 +183,7 @@ def test_csv_of_a_loss_target_and_nonfinite_values() -> None:
 
 
 def test_json_is_the_documented_structure() -> None:
-    data = json.loads(render(_integrated_gradients(), "json"))
+    data = json.loads(render(integrated_gradients(), "json"))
     assert data["schema"] == "gradscope.attribute/1"
     assert data["method"]["steps"] == 50
     assert data["target"] == {"kind": "class", "index": 2, "output": "probs", "logits": True}
@@ -263,7 +194,7 @@ def test_json_is_the_documented_structure() -> None:
     assert data["notes"] == ["one note"]
 
 
-@pytest.mark.parametrize("build", [_saliency, _integrated_gradients, _gradcam])
+@pytest.mark.parametrize("build", [saliency, integrated_gradients, gradcam])
 def test_from_dict_inverts_to_dict(build: Any) -> None:
     report = build()
     assert AttributeReport.from_dict(json.loads(report.to_json())) == report
@@ -287,7 +218,7 @@ def test_round_trip_reports_cover_every_optional_field() -> None:
     """Each defaulted field of the attribute dataclasses is set in one of the reports
     above, so :func:`test_from_dict_inverts_to_dict` would catch it being dropped."""
     found: set[tuple[str, str]] = set()
-    for report in (_saliency(), _integrated_gradients(), _gradcam()):
+    for report in (saliency(), integrated_gradients(), gradcam()):
         _non_default_fields(report, found)
     classes = (AttributedInput, ExampleAttribution, MethodInfo, TargetInfo)
     optional = {
@@ -298,7 +229,7 @@ def test_round_trip_reports_cover_every_optional_field() -> None:
     }
     missing = optional - found - {("MethodInfo", "samples"), ("MethodInfo", "noise")}
     assert missing == set()
-    smooth = AttributeReport.from_dict(json.loads(_smoothgrad().to_json()))
+    smooth = AttributeReport.from_dict(json.loads(smoothgrad().to_json()))
     assert (smooth.method.samples, smooth.method.noise) == (25, 0.15)
 
 
@@ -318,7 +249,7 @@ def test_round_trip_reports_cover_every_optional_field() -> None:
     ],
 )
 def test_from_dict_names_the_broken_key(path: tuple[Any, ...], value: Any, message: str) -> None:
-    data = json.loads(_integrated_gradients().to_json())
+    data = json.loads(integrated_gradients().to_json())
     parent = data
     for key in path[:-1]:
         parent = parent[key]
@@ -332,7 +263,7 @@ def test_from_dict_names_the_broken_key(path: tuple[Any, ...], value: Any, messa
 
 
 def test_from_dict_refuses_a_missing_key() -> None:
-    data = json.loads(_saliency().to_json())
+    data = json.loads(saliency().to_json())
     del data["examples"][0]["inputs"]
     with pytest.raises(DataLoadError, match=r"r\.json: examples\[0\]\.inputs: .*Received: missing"):
         AttributeReport.from_dict(data, source="r.json")
@@ -341,27 +272,12 @@ def test_from_dict_refuses_a_missing_key() -> None:
 # --- HDF5 --------------------------------------------------------------------------------
 
 
-def _tensors() -> AttributionTensors:
-    rng = np.random.default_rng(0)
-    return AttributionTensors(
-        attributions={
-            "pixels": rng.normal(size=(3, 4, 4, 1)).astype(np.float32),
-            "ids": rng.normal(size=(3, 6, 8)).astype(np.float32),
-        },
-        inputs={
-            "pixels": rng.normal(size=(3, 4, 4, 1)).astype(np.float32),
-            "ids": rng.integers(0, 50, size=(3, 6)).astype(np.int32),
-        },
-        masks={"ids": np.array([[True] * 6, [True] * 4 + [False] * 2, [True] * 2 + [False] * 4])},
-    )
-
-
 def test_hdf5_layout(tmp_path: Path) -> None:
     import h5py
 
     from gradscope.export.attribution_hdf5 import write_attributions
 
-    report = dataclasses.replace(_integrated_gradients(), tensors=_tensors())
+    report = dataclasses.replace(integrated_gradients(), tensors=ig_tensors())
     path = tmp_path / "attributions.h5"
     write_attributions(report, path)
     tensors = report.tensors
@@ -405,7 +321,7 @@ def test_hdf5_of_gradcam_keeps_slashed_names_and_the_resized_map(tmp_path: Path)
         resized=resized,
     )
     path = tmp_path / "cam.hdf5"
-    write_attributions(dataclasses.replace(_gradcam(), tensors=tensors), path)
+    write_attributions(dataclasses.replace(gradcam(), tensors=tensors), path)
     with h5py.File(path, "r") as handle:
         assert list(handle["attributions"]) == ["0"]
         cam = handle["attributions/0"]
@@ -423,5 +339,5 @@ def test_hdf5_without_tensors_is_a_usage_error(tmp_path: Path) -> None:
     from gradscope.export.attribution_hdf5 import write_attributions
 
     with pytest.raises(UsageError, match=r"keep_tensors=True\)\. Received: a report without"):
-        write_attributions(_saliency(), tmp_path / "a.h5")
+        write_attributions(saliency(), tmp_path / "a.h5")
     assert list(tmp_path.iterdir()) == []
