@@ -82,7 +82,7 @@ def _vocabulary(path: Path | None, plot: Path | None, html: Path | None) -> tupl
     return labels
 
 
-def completeness_warning(report: AttributeReport) -> str | None:
+def _completeness_warning(report: AttributeReport) -> str | None:
     """Integrated Gradients with examples above the 1% completeness error: the note
     that says how far off the sum is and what to do about it."""
     if report.method.name != "integrated-gradients":
@@ -296,7 +296,7 @@ def attribute(
                 batch_size=batch_size,
                 max_batches=max_batches,
             )
-        for note in (*report.notes, completeness_warning(report)):
+        for note in (*report.notes, _completeness_warning(report)):
             if note is not None:
                 _note(note, quiet)
         text = _finish(report, output_format, save, write_attributions, "the attributions", quiet)
