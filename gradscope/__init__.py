@@ -7,6 +7,9 @@ or the same options as keywords and returning a plain-data report:
 * :func:`hessian` / :func:`hessian_file` -> :class:`HessianReport` (:class:`HessianOptions`);
 * :func:`landscape` / :func:`landscape_file` -> :class:`LandscapeReport`
   (:class:`LandscapeOptions`);
+* :func:`attribute` / :func:`attribute_file` -> :class:`AttributeReport`
+  (:class:`AttributeOptions`): input attributions (saliency, SmoothGrad, Integrated
+  Gradients, Grad-CAM);
 * :func:`check` / :func:`check_file` -> :class:`CheckReport` (:class:`CheckOptions`);
 * :func:`diff_files` / :func:`diff_reports` -> :class:`DiffReport`;
 * :func:`dashboard` -> :class:`DashboardReport` (:class:`DashboardOptions`): the JSON
@@ -26,6 +29,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationDiff",
     "ActivationRow",
+    "AttributeOptions",
+    "AttributeReport",
     "BatchInfo",
     "BatchesReport",
     "Change",
@@ -70,6 +75,8 @@ __all__ = [
     "VariableRow",
     "VariableSpread",
     "__version__",
+    "attribute",
+    "attribute_file",
     "check",
     "check_file",
     "dashboard",
@@ -84,6 +91,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .commands.attribute import AttributeOptions, AttributeReport
+    from .commands.attribute.run import attribute, attribute_file
     from .commands.check import (
         CheckedCoordinate,
         CheckOptions,
@@ -131,6 +140,8 @@ if TYPE_CHECKING:
     from .report import BatchInfo, LossInfo, ModelInfo, TensorStats, ValueStats
 
 _TYPES = {
+    "AttributeOptions": "commands.attribute",
+    "AttributeReport": "commands.attribute",
     "CheckedCoordinate": "commands.check",
     "CheckOptions": "commands.check",
     "CheckPrecision": "commands.check",
@@ -191,6 +202,8 @@ _LAZY = {
     "check_file": "commands.check.run",
     "landscape": "commands.landscape.run",
     "landscape_file": "commands.landscape.run",
+    "attribute": "commands.attribute.run",
+    "attribute_file": "commands.attribute.run",
     "GradientMonitor": "keras",
 }
 """The entry points, imported on first use (``GradientMonitor`` imports TensorFlow)."""

@@ -526,7 +526,7 @@ def _run_reporting_modules(args: list[str], cwd: Path = REPO) -> tuple[int, str,
     return proc.returncode, out, proc.stderr, marker.strip()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["inspect", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["inspect", "--help"], ["attribute", "--help"]])
 def test_help_does_not_import_tensorflow(args: list[str]) -> None:
     code, out, err, heavy = _run_reporting_modules(args)
     assert code == 0, err
@@ -536,7 +536,9 @@ def test_help_does_not_import_tensorflow(args: list[str]) -> None:
         assert "inspect" in out
 
 
-@pytest.mark.parametrize("args", [["--help"], ["inspect", "--help"], ["dashboard", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["inspect", "--help"], ["dashboard", "--help"], ["attribute", "--help"]]
+)
 def test_help_does_not_import_numpy(args: list[str]) -> None:
     """numpy's import is half of a bare ``--help``'s time: the facade and the options and
     report modules the CLI declares its defaults from import it only where it is used."""

@@ -25,7 +25,7 @@ def test_every_public_name_resolves_without_tensorflow() -> None:
     """``import gradscope`` and every name but the TensorFlow-bound entry points, in a
     fresh interpreter: none of them imports TensorFlow."""
     lazy = {"inspect", "inspect_file", "hessian", "hessian_file", "check", "check_file"}
-    lazy |= {"landscape", "landscape_file"}
+    lazy |= {"landscape", "landscape_file", "attribute", "attribute_file"}
     names = [n for n in gradscope.__all__ if n not in lazy | {"GradientMonitor"}]
     code = (
         "import sys, gradscope\n"
