@@ -29,7 +29,7 @@ def _read_bytes(path: Path) -> bytes:
         if size > MAX_BYTES:
             raise DataLoadError(
                 f"{path}: the file is too large for a vocabulary; {_EXPECTED}, at most "
-                f"{MAX_BYTES // (1024 * 1024)} MB. Received: {size:,} bytes"
+                f"{MAX_BYTES:,} bytes. Received: {size:,} bytes"
             )
         return path.read_bytes()
     except OSError as exc:
