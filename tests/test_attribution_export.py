@@ -570,3 +570,23 @@ def test_vocabulary_refuses_a_huge_file(tmp_path: Path, monkeypatch: pytest.Monk
     path.write_text("a\nb\nc\nd\ne\n", encoding="utf-8")
     with pytest.raises(DataLoadError, match=r"too large.*Received: 10 bytes"):
         vocabulary.read_vocabulary(path)
+
+
+def test_long_token_sequences_are_capped_in_the_png_and_whole_in_the_html(
+    tmp_path: Path,
+) -> None:
+    from gradscope.export.attribution_html import write_html
+    from gradscope.export.attribution_plot import plot_attributions
+
+    spec = AttributedInput("ids", "tokens", (300, 2), "int32", through="emb", reduced_axis=1)
+    attribution = np.random.default_rng(4).normal(size=(1, 300, 2))
+    # ids of the wrong length (an engine slip): the tokens are labelled by position
+    report = make_report([spec], {"ids": attribution}, {"ids": np.zeros((1, 7), int)})
+    out = tmp_path / "long.png"
+    plot_attributions(report, out)
+    # 12 tokens of 0.7 in a line; 20 lines of 0.32 in + 0.7 in, + 0.35 in + 0.7 in
+    assert png_size(out.read_bytes()) == (round(120 * 8.4), round(120 * (0.7 + 6.4 + 1.05)))
+    page_path = tmp_path / "long.html"
+    write_html(report, page_path)
+    page = Page(page_path.read_text(encoding="utf-8"))
+    assert [label for _, label in page.spans] == [str(i) for i in range(300)]

@@ -70,6 +70,9 @@ MAX_EXAMPLES = 8
 MAX_FEATURES = 30
 """A tabular panel shows at most this many features (the largest by |value|)."""
 TOKENS_PER_LINE = 12
+MAX_TOKEN_LINES = 20
+"""A token panel draws at most this many lines; its title says how many tokens were
+left out (the HTML page shows them all)."""
 TOKEN_WIDTH = 0.7
 TOKEN_HEIGHT = 0.32
 """Inches: a token's box."""
@@ -148,7 +151,8 @@ def panel_size(panel: Panel) -> tuple[float, float]:
     """Width and height in inches of one panel."""
     kind = panel.spec.kind
     if kind == "tokens":
-        lines = max(1, math.ceil((panel.values.size - panel.padding) / TOKENS_PER_LINE))
+        real = panel.values.size - panel.padding
+        lines = min(MAX_TOKEN_LINES, max(1, math.ceil(real / TOKENS_PER_LINE)))
         return TOKEN_WIDTH * TOKENS_PER_LINE, 0.7 + TOKEN_HEIGHT * lines
     if kind == "tabular":
         bars = min(MAX_FEATURES, panel.values.size)
@@ -203,8 +207,9 @@ def _draw_tokens(ax: Axes, panel: Panel) -> None:
         raise ValueError("_draw_tokens() needs a token panel")
     real = np.flatnonzero(panel.mask)
     fills = ramp(panel.values, panel.limit, panel.mode)
-    lines = max(1, math.ceil(real.size / TOKENS_PER_LINE))
-    for k, position in enumerate(real):
+    drawn = real[: MAX_TOKEN_LINES * TOKENS_PER_LINE]
+    lines = max(1, math.ceil(drawn.size / TOKENS_PER_LINE))
+    for k, position in enumerate(drawn):
         line, column = divmod(k, TOKENS_PER_LINE)
         fill = (float(fills[position][0]), float(fills[position][1]), float(fills[position][2]))
         ax.add_patch(_box(column, line, fill))
@@ -222,6 +227,8 @@ def _draw_tokens(ax: Axes, panel: Panel) -> None:
     ax.set_aspect(TOKEN_HEIGHT / TOKEN_WIDTH, anchor="NW")
     ax.set_axis_off()
     hidden = f", {panel.padding} padding not shown" if panel.padding else ""
+    if drawn.size < real.size:
+        hidden += f", the last {real.size - drawn.size} tokens not shown"
     if not real.size:
         ax.text(TOKENS_PER_LINE / 2, 0.5, "no tokens (all padding)", ha="center", fontsize=8)
     ax.set_title(_panel_title(panel) + hidden, fontsize=8, loc="left")

@@ -301,19 +301,22 @@ def _token_panel(
     vocabulary: Sequence[str] | None,
 ) -> Panel:
     values = values.reshape(-1)
-    ids_row = _input_row(tensors, spec.name, row)
-    ids = (
-        tuple(range(values.size)) if ids_row is None else tuple(int(i) for i in ids_row.reshape(-1))
-    )
-    mask_row = tensors.masks.get(spec.name)
-    mask = (
-        np.ones(values.size, dtype=bool)
-        if mask_row is None
-        else np.asarray(mask_row[row], dtype=bool).reshape(-1)
-    )
+    ids_row = _flat_row(_input_row(tensors, spec.name, row), values.size)
+    ids = tuple(range(values.size)) if ids_row is None else tuple(int(i) for i in ids_row)
+    masks = tensors.masks.get(spec.name)
+    mask_row = None if masks is None else _flat_row(np.asarray(masks[row]), values.size)
+    mask = np.ones(values.size, dtype=bool) if mask_row is None else mask_row.astype(bool)
     shown = np.where(mask, values, np.nan)
     labels = tuple(token_label(i, vocabulary) for i in ids)
     return Panel(spec, example, mode, shown, labels=labels, ids=ids, mask=mask)
+
+
+def _flat_row(array: np.ndarray | None, size: int) -> np.ndarray | None:
+    """``array`` flattened when it has one entry per token, else ``None`` (then the
+    tokens are labelled by position, or all taken as real)."""
+    if array is None or array.size != size:
+        return None
+    return array.reshape(-1)
 
 
 def token_label(token: int, vocabulary: Sequence[str] | None) -> str:
