@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._atomic import atomic_path, check_writable
+from .._atomic import atomic_path
 from ..commands.attribute.report import (
     COMPLETENESS_WARNING,
     AttributeReport,
@@ -50,7 +50,7 @@ from .attribution_views import (
     hex_color,
     mode_text,
     order_features,
-    panels,
+    prepare,
     ramp_color,
     text_color,
 )
@@ -314,9 +314,15 @@ def write_html(
     ``tokens`` and ``tabular``) need matplotlib.  An existing file is overwritten only
     with ``force``.
     """
-    target = Path(path)
-    check_writable(target, SUFFIXES, OPTION, force=force)
-    rows = panels(report, OPTION, max_examples, vocabulary)
+    target, rows = prepare(
+        report,
+        path,
+        OPTION,
+        SUFFIXES,
+        force=force,
+        max_examples=max_examples,
+        vocabulary=vocabulary,
+    )
     if any(spec.kind in IMAGE_KINDS for spec in report.inputs):
         ensure_available(OPTION)
     page = render_page(report, rows)

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._atomic import check_writable
 from ..commands.attribute.report import AttributeReport
 from .attribution_views import (
     Panel,
@@ -50,7 +49,7 @@ from .attribution_views import (
     grey,
     mode_text,
     order_features,
-    panels,
+    prepare,
     ramp,
     short_label,
     text_color,
@@ -324,9 +323,15 @@ def plot_attributions(
     existing file is overwritten only with ``force``.
     """
     figure_class, canvas_class = _matplotlib()
-    target = Path(path)
-    check_writable(target, SUFFIXES, OPTION, force=force)
-    rows = panels(report, OPTION, max_examples, vocabulary)
+    target, rows = prepare(
+        report,
+        path,
+        OPTION,
+        SUFFIXES,
+        force=force,
+        max_examples=max_examples,
+        vocabulary=vocabulary,
+    )
     _save(_figure(report, rows, figure_class), canvas_class, target)
     return len(rows)
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from .._atomic import check_writable
 from ..commands.attribute.report import (
     AttributedInput,
     AttributeReport,
@@ -205,6 +207,22 @@ def panels(
     return rows
 
 
+def prepare(
+    report: AttributeReport,
+    path: str | Path,
+    option: str,
+    suffixes: tuple[str, ...],
+    *,
+    force: bool,
+    max_examples: int,
+    vocabulary: Sequence[str] | None,
+) -> tuple[Path, list[list[Panel]]]:
+    """What an export starts with: the checked output path and the :func:`panels`."""
+    target = Path(path)
+    check_writable(target, suffixes, option, force=force)
+    return target, panels(report, option, max_examples, vocabulary)
+
+
 def _panel(
     tensors: AttributionTensors,
     spec: AttributedInput,
@@ -360,6 +378,7 @@ __all__ = [
     "order_features",
     "panels",
     "positions",
+    "prepare",
     "ramp",
     "ramp_color",
     "short_label",
