@@ -158,8 +158,9 @@ def panel_size(panel: Panel) -> tuple[float, float]:
         return 5.0, 0.9 + 0.2 * bars
     if panel.picture is not None:
         return 2 * IMAGE_SIZE + 0.4, IMAGE_SIZE
-    if as_grid(panel.values).shape[0] == 1:
-        return 2 * IMAGE_SIZE + 0.4, 1.2
+    rows, columns = as_grid(panel.values).shape
+    if rows == 1:
+        return min(2 * IMAGE_SIZE + 0.4, 1.6 + 0.25 * columns), 1.2
     return IMAGE_SIZE + 0.6, IMAGE_SIZE
 
 
@@ -191,12 +192,17 @@ def _draw_over_picture(canvas: Canvas, panel: Panel) -> None:
 
 
 def _draw_heatmap(ax: Axes, panel: Panel) -> None:
-    """The values as a heatmap (a 1-D map as a strip)."""
+    """The values as a heatmap (a 1-D map as a strip), ticks at whole positions."""
+    from matplotlib.ticker import MaxNLocator
+
     grid = as_grid(panel.values)
     ax.imshow(colours(panel, grid), aspect="auto", interpolation="nearest")
     ax.set_title(_panel_title(panel), fontsize=8)
-    if grid.shape[0] == 1:
-        ax.set_yticks([])
+    for axis, size in ((ax.yaxis, grid.shape[0]), (ax.xaxis, grid.shape[1])):
+        if size == 1:
+            axis.set_ticks([])
+        else:
+            axis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=7)
 
 
