@@ -74,20 +74,22 @@ class PlotResult:
     omitted: tuple[str, ...] = ()
 
 
-def ensure_available() -> None:
-    """Raise :class:`UsageError` when matplotlib cannot be imported (call it early)."""
-    _matplotlib()
+def ensure_available(option: str = OPTION) -> None:
+    """Raise :class:`UsageError` when matplotlib cannot be imported (call it early);
+    the message names ``option``."""
+    _matplotlib(option)
 
 
-def _matplotlib() -> tuple[Any, Any]:
-    """``(Figure, FigureCanvasAgg)``, or a one-line :class:`UsageError` naming the extra."""
+def _matplotlib(option: str = OPTION) -> tuple[Any, Any]:
+    """``(Figure, FigureCanvasAgg)``, or a one-line :class:`UsageError` naming ``option``
+    and the extra."""
     try:
         import matplotlib  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise UsageError(
-            f"{OPTION} needs matplotlib, which is not installed: "
+            f"{option} needs matplotlib, which is not installed: "
             f"pip install 'gradscope[plot]'. Received: {first_line(exc)}"
         ) from None
     return Figure, FigureCanvasAgg
