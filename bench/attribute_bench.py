@@ -109,9 +109,10 @@ def gradscope_side(model: Any, x: np.ndarray, method: str) -> np.ndarray:
         extra = {"steps": STEPS}
     elif method == "smoothgrad":
         extra = {"samples": SAMPLES, "noise": NOISE}
-    options = AttributeOptions(method=method, target="predicted", keep_tensors=True, **extra)  # type: ignore[arg-type]
+    options = AttributeOptions(method=method, target="predicted", keep_tensors=True, **extra)
     report = attribute(model, x, seed=SEED, options=options)
-    assert report.tensors is not None
+    if report.tensors is None:
+        raise RuntimeError("the report kept no tensors")
     return np.asarray(next(iter(report.tensors.attributions.values())))
 
 
