@@ -14,9 +14,11 @@ Gradients) evaluates ``k`` variants of each of the ``B`` examples: the batch is 
 point of each row is a transform of the example's value ``v``: ``v`` itself (k = 1),
 ``v + σ·ε`` (SmoothGrad, ``ε`` fed by the caller) or ``v' + α_s (v − v')`` (Integrated
 Gradients).  One reverse pass gives every row's gradient at its point; the graph
-returns their weighted sum over the ``k`` variants, per example.  The function is
-traced once with unknown row counts, so every chunk of variants and every batch size
-reuse it.
+returns their weighted sum over the ``k`` variants, per example.  It is traced on exact
+shapes, so that its memory can be read off the trace before it runs
+(:meth:`AttributionEngine.rows_peak_bytes`); the caller keeps the shapes fixed (a
+chunk of variants padded with zero weights, a short last batch padded with copies), so
+one trace serves the run.
 
 **Targets.**  A class target's score is the chosen output at the class (per position of
 a sequence output, summed).  The loss target's score is each example's own loss: the
@@ -50,6 +52,9 @@ Reduction = Literal["mean", "sum"]
 _CONVOLUTION = re.compile(r"^(Base)?(Depthwise|Separable)?Conv(\d+D)?(Transpose)?$")
 """Keras's convolution classes (``Conv2D``, ``SeparableConv1D``, ``BaseConv``, ...), by
 the names along a layer's class hierarchy."""
+
+EXACT = None
+"""``free`` of a trace on its arguments' exact shapes (see ``_concrete_for``)."""
 
 MAX_SOURCE_STEPS = 256
 """How many integer tensors back the search from a layer's argument to a model input
@@ -544,16 +549,14 @@ class AttributionEngine:
 
     def rows(self, arguments: Sequence[Any]) -> dict[str, Any]:
         """:meth:`_rows` on ``(inputs, targets, data_weight, classes, alphas,
-        step_weights, noise, bases, base_ids)``, as numpy."""
-        free = (1, 1, 1, 1, 1, 1, 2, 1, 1)
-        return _numpy(self._call("rows", self._rows_fn, tuple(arguments), free))
+        step_weights, noise, bases, base_ids)``, as numpy (traced on these exact
+        shapes, once: :meth:`rows_peak_bytes` of the same shapes made that trace)."""
+        return _numpy(self._call("rows", self._rows_fn, tuple(arguments), EXACT))
 
     def rows_peak_bytes(self, arguments: Sequence[Any]) -> int:
         """The traced peak memory of one :meth:`rows` call on arrays shaped like
-        ``arguments`` (traced, not run)."""
-        from .step_memory import traced_peak_bytes
-
-        return traced_peak_bytes(self._rows_fn, *arguments)
+        ``arguments`` (traced, not run; the trace a call of those shapes then uses)."""
+        return self._peak_bytes("rows", self._rows_fn, tuple(arguments))
 
     # -- Grad-CAM -------------------------------------------------------------------
 
@@ -621,26 +624,61 @@ class AttributionEngine:
     ) -> dict[str, Any]:
         """:meth:`_gradcam` on a batch, as numpy; ``size`` is ``(height, width)`` to
         resize the maps to, or ``None``."""
-        size_arg = None if size is None else np.asarray(size, np.int32)
-        arguments = (dict(inputs), targets, data_weight, classes, size_arg)
-        return _numpy(self._call("gradcam", self._gradcam_fn, arguments, (1, 1, 1, 1, 0)))
+        arguments = self._gradcam_arguments(inputs, targets, data_weight, classes, size)
+        return _numpy(self._call("gradcam", self._gradcam_fn, arguments, EXACT))
 
-    # -- calling: one trace per function, every shape ---------------------------------
+    def gradcam_peak_bytes(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        targets: Any,
+        data_weight: Any,
+        classes: Any,
+        size: Any,
+    ) -> int:
+        """The traced peak memory of :meth:`gradcam` on these shapes (traced, not run)."""
+        arguments = self._gradcam_arguments(inputs, targets, data_weight, classes, size)
+        return self._peak_bytes("gradcam", self._gradcam_fn, arguments)
+
+    @staticmethod
+    def _gradcam_arguments(
+        inputs: Mapping[str, np.ndarray], targets: Any, data_weight: Any, classes: Any, size: Any
+    ) -> tuple[Any, ...]:
+        size_arg = None if size is None else np.asarray(size, np.int32)
+        return (dict(inputs), targets, data_weight, classes, size_arg)
+
+    # -- calling: traces by shape ------------------------------------------------------
+
+    def _concrete_for(
+        self, key: str, function: Any, arguments: tuple[Any, ...], free: tuple[int, ...] | None
+    ) -> Any:
+        """``function``'s trace for ``arguments``: on their exact shapes (``free`` is
+        ``None``) or with the first ``free[i]`` dimensions of argument ``i`` unknown,
+        so that every batch size shares one trace.  Traced on first use."""
+        specs = _relaxed(arguments, free or (0,) * len(arguments))
+        signature = f"{key}:{specs!r}"
+        if signature not in self._concrete:
+            self._concrete[signature] = function.get_concrete_function(*specs)
+        return self._concrete[signature]
+
+    def _peak_bytes(self, key: str, function: Any, arguments: tuple[Any, ...]) -> int:
+        from .step_memory import peak_live_bytes
+
+        return peak_live_bytes(self._concrete_for(key, function, arguments, EXACT).graph)
 
     def _call(
-        self, key: str, function: Any, arguments: tuple[Any, ...], free: tuple[int, ...]
+        self,
+        key: str,
+        function: Any,
+        arguments: tuple[Any, ...],
+        free: tuple[int, ...] | None,
     ) -> Any:
-        """Call ``function``'s trace with unknown leading dimensions (``free[i]`` of
-        them for argument ``i``; traced on first use), so that no batch size or chunk
-        of steps traces it again."""
+        """Run :meth:`_concrete_for`'s trace on ``arguments``."""
         tf = _tf.tensorflow()
-        if key not in self._concrete:
-            specs = _relaxed(arguments, free)
-            self._concrete[key] = function.get_concrete_function(*specs)
+        concrete = self._concrete_for(key, function, arguments, free)
         tensors = tf.nest.map_structure(
             lambda a: None if a is None else tf.convert_to_tensor(a), arguments
         )
-        return self._concrete[key](*tensors)
+        return concrete(*tensors)
 
 
 def gradcam_map(maps: Any, gradient: Any, channel_axis: int) -> Any:

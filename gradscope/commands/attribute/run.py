@@ -273,6 +273,7 @@ class _Run:
     progress: Progress
     chunk: int = 0
     rows: int = 0
+    width: int = 0
 
 
 @dataclass
@@ -284,6 +285,43 @@ class _BatchResult:
     targets: list[int | None]
     baseline_scores: np.ndarray | None = None
     resized: np.ndarray | None = None
+
+    def first(self, rows: int) -> _BatchResult:
+        """The result of the first ``rows`` examples (a padded batch's real ones)."""
+
+        def cut(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array[:rows]
+
+        return _BatchResult(
+            {name: array[:rows] for name, array in self.attributions.items()},
+            self.scores[:rows],
+            self.targets[:rows],
+            cut(self.baseline_scores),
+            cut(self.resized),
+        )
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with its last row repeated up to ``rows`` rows."""
+    missing = rows - len(array)
+    if missing <= 0:
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
+
+
+def _padded(batch: Batch, rows: int) -> Batch:
+    """``batch`` padded to ``rows`` rows with copies of its last row, so that a short
+    last batch runs through the trace of the full ones (the copies are dropped after)."""
+    if batch.size >= rows:
+        return batch
+
+    def pad(arrays: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+        return None if arrays is None else {k: _pad_rows(a, rows) for k, a in arrays.items()}
+
+    weight = None if batch.sample_weight is None else _pad_rows(batch.sample_weight, rows)
+    return Batch(
+        pad(batch.inputs) or {}, pad(batch.targets), weight, replace(batch.info, size=rows)
+    )
 
 
 def _targets_of(classes: np.ndarray | None, rows: int) -> list[int | None]:
@@ -333,28 +371,37 @@ def _row_arguments(
     )  # fmt: skip
 
 
+def _noise_views(points: Mapping[str, Point], steps: int, rows: int) -> dict[str, np.ndarray]:
+    """Zero-strided stand-ins of SmoothGrad's noise: the shapes a trace needs, no memory."""
+    zero = np.zeros((), np.float32)
+    return {name: np.broadcast_to(zero, (steps, rows, *p.shape)) for name, p in points.items()}
+
+
 def _chunk_steps(run: _Run, batch: Batch, targets: Any, classes: Any, total: int) -> int:
-    """How many steps (or samples) of all the batch's examples one call takes: the
-    traced peak of one step, against the budget less the batch and its accumulators."""
+    """How many steps (or samples) of all the batch's examples one call takes.
+
+    The function is traced for all ``total`` steps at once (not run) and its peak read
+    off the trace; when that does not fit the budget, less the batch and its
+    accumulators, the steps are cut into chunks of the size that fits (the trace of
+    that size is then the one the run uses)."""
     points = run.engine.trace.points
-    noise = None
-    if run.options.method == "smoothgrad":
-        noise = {
-            name: np.broadcast_to(np.zeros((), np.float32), (1, batch.size, *p.shape))
-            for name, p in points.items()
-        }
-    one = np.ones(1)
-    peak = run.engine.rows_peak_bytes(_row_arguments(run, batch, targets, classes, one, one, noise))
-    point_bytes = sum(8 * batch.size * math.prod(p.shape) for p in points.values())
-    resident = batch_bytes(batch) + 2 * point_bytes
-    per_step = peak + point_bytes // 2
+    smooth = run.options.method == "smoothgrad"
+    noise = _noise_views(points, total, batch.size) if smooth else None
+    steps = np.ones(total)
+    arguments = _row_arguments(run, batch, targets, classes, steps, steps, noise)
+    peak = run.engine.rows_peak_bytes(arguments)
+    point_bytes = sum(4 * batch.size * math.prod(p.shape) for p in points.values())
+    resident = batch_bytes(batch) + 4 * point_bytes  # float64 sums and values
+    per_step = peak / total + (point_bytes if smooth else 0)
+    if resident + per_step * total <= run.budget:
+        return total
     if resident + per_step > run.budget:
         raise refuse(
             f"attribute: one step of {batch.size} examples needs about "
-            f"{_format(resident + per_step)}",
-            resident + per_step, run.budget, batch.size, ROWS_OPTIONS,
+            f"{_format(int(resident + per_step))}",
+            int(resident + per_step), run.budget, batch.size, ROWS_OPTIONS,
         )  # fmt: skip
-    return int(max(1, min(total, (run.budget - resident) // max(per_step, 1))))
+    return int(max(1, (run.budget - resident) // max(per_step, 1.0)))
 
 
 def _weight(run: _Run | AttributionEngine, batch: Batch) -> np.ndarray | None:
@@ -378,26 +425,35 @@ def _accumulate(
     alphas: np.ndarray,
     weights: np.ndarray,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Σ_s weights[s] · gradient at step s, per example and point, in chunks of steps."""
+    """Σ_s weights[s] · gradient at step s, per example and point, in chunks of steps
+    (the last one padded with zero-weight steps, so that every call has one shape)."""
     total = len(alphas)
     chunk = run.chunk or _chunk_steps(run, batch, targets, classes, total)
     run.chunk = chunk
     sums: dict[str, np.ndarray] = {}
     first: dict[str, Any] = {}
+    scores: list[np.ndarray] = []
     for start in range(0, total, chunk):
         stop = min(total, start + chunk)
+        pad = chunk - (stop - start)
         noise = None
         if run.options.method == "smoothgrad":
-            noise = _noise_like(run, run.engine.trace.points, stop - start, batch.size)
-        arguments = _row_arguments(
-            run, batch, targets, classes, alphas[start:stop], weights[start:stop], noise
-        )
+            drawn = _noise_like(run, run.engine.trace.points, stop - start, batch.size)
+            noise = {
+                k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
+                for k, v in drawn.items()
+            }
+        chunk_alphas = np.concatenate([alphas[start:stop], np.ones(pad)])
+        chunk_weights = np.concatenate([weights[start:stop], np.zeros(pad)])
+        arguments = _row_arguments(run, batch, targets, classes, chunk_alphas, chunk_weights, noise)
         result = run.engine.rows(arguments)
         for name, gradient in result["gradients"].items():
             sums[name] = sums[name] + gradient if name in sums else np.asarray(gradient, np.float64)
         first = first or result
+        scores.append(np.asarray(result["scores"])[: stop - start])
         run.rows += (stop - start) * batch.size
         run.progress.step(stop - start)
+    first["step_scores"] = np.concatenate(scores)
     return sums, first
 
 
@@ -409,7 +465,11 @@ def _row_method(
     rows = batch.size
     target_list = _targets_of(classes, rows)
     if method == "integrated-gradients":
-        alphas, weights = gauss_legendre(run.options.step_count)
+        nodes, quadrature = gauss_legendre(run.options.step_count)
+        # Two more steps, of weight zero: the baseline (alpha 0) and the input (alpha 1),
+        # whose scores the completeness check compares.
+        alphas = np.concatenate([nodes, [0.0, 1.0]])
+        weights = np.concatenate([quadrature, [0.0, 0.0]])
     elif method == "smoothgrad":
         count = run.options.sample_count
         alphas, weights = np.ones(count), np.full(count, 1.0 / count)
@@ -428,11 +488,8 @@ def _row_method(
             attributions[name] = gradient
     result = _BatchResult(attributions, scores, target_list)
     if method == "integrated-gradients":
-        ends = run.engine.rows(
-            _row_arguments(run, batch, targets, classes, np.array([0.0, 1.0]), np.zeros(2), None)
-        )
-        result.baseline_scores = np.asarray(ends["scores"][0], np.float64)
-        result.scores = np.asarray(ends["scores"][1], np.float64)
+        result.baseline_scores = np.asarray(first["step_scores"][-2], np.float64)
+        result.scores = np.asarray(first["step_scores"][-1], np.float64)
     return result
 
 
@@ -449,7 +506,17 @@ def _gradcam(
     image: AttributedInput | None,
 ) -> _BatchResult:
     size = None if image is None else image.shape[:2]
-    out = run.engine.gradcam(batch.inputs, targets, _weight(run, batch), classes, size)
+    weight = _weight(run, batch)
+    if not run.chunk:
+        peak = run.engine.gradcam_peak_bytes(batch.inputs, targets, weight, classes, size)
+        needed = peak + batch_bytes(batch)
+        if needed > run.budget:
+            raise refuse(
+                f"attribute: Grad-CAM on {batch.size} examples needs about {_format(needed)}",
+                needed, run.budget, batch.size, ROWS_OPTIONS,
+            )  # fmt: skip
+        run.chunk = 1
+    out = run.engine.gradcam(batch.inputs, targets, weight, classes, size)
     run.rows += batch.size
     run.progress.step(1)
     layer = run.engine.trace.layer
@@ -667,11 +734,17 @@ def _collect_batch(
     scores = _forward_scores(run, forward, batch.size)
     collected.loss += float(forward["loss"]) * batch.size
     collected.regularization += float(forward["regularization"]) * batch.size
+    width = run.width or batch.size
+    run.width = width
+    padded = _padded(batch, width)
+    padded_targets = padded.targets if engine.loss.needs_targets else None
+    padded_classes = None if classes is None else _pad_rows(classes, width)
     if run.options.method == "gradcam":
         image = _overlay(_attributed_points(engine))
-        result = _gradcam(run, batch, targets, classes, scores, image)
+        result = _gradcam(run, padded, padded_targets, padded_classes, scores, image)
     else:
-        result = _row_method(run, batch, targets, classes, scores)
+        result = _row_method(run, padded, padded_targets, padded_classes, scores)
+    result = result.first(batch.size)
     if not described:
         described.append(_attributed(engine, run.options.method))
     inputs = described[0]
@@ -777,7 +850,7 @@ def _check_attributable(
 
 def _steps_per_batch(options: AttributeOptions) -> int:
     if options.method == "integrated-gradients":
-        return options.step_count
+        return options.step_count + 2  # and the two ends
     if options.method == "smoothgrad":
         return options.sample_count
     return 1
