@@ -56,7 +56,7 @@ def _check_attribute_targets(
     if plot is not None or html is not None:
         from ..export.plot import ensure_available
 
-        ensure_available()
+        ensure_available("--plot" if plot is not None else "--html")
     if plot is not None:
         from ..export import attribution_plot
 
