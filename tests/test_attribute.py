@@ -16,7 +16,7 @@ import pytest
 
 from gradscope.commands.attribute.options import AttributeOptions
 from gradscope.commands.attribute.run import attribute, gauss_legendre
-from gradscope.errors import ResourceError, UsageError
+from gradscope.errors import DataLoadError, MismatchError, ResourceError, UsageError
 
 ROWS = 6
 
@@ -370,3 +370,68 @@ def test_a_multi_output_model_needs_output_for_a_class_target(keras) -> None:
     report = attribute(model, x, options=_options(target="class:2", output="b"))
     kernel = next(layer.kernel.numpy() for layer in model.layers[1:] if layer.units == 3)
     np.testing.assert_allclose(_attributions(report, "x"), np.tile(kernel[:, 2], (2, 1)), rtol=1e-5)
+
+
+# -- baseline files ----------------------------------------------------------------------------
+
+
+def _ig(baseline: str, **kwargs: Any) -> AttributeOptions:
+    return AttributeOptions(
+        method="integrated-gradients", target="class:0", baseline=baseline, **kwargs
+    )
+
+
+def test_a_baseline_file_of_another_shape_is_refused(keras, tmp_path) -> None:
+    model = _linear(keras)
+    x, _ = _data()
+    path = tmp_path / "wrong.npy"
+    np.save(path, np.zeros((7,), np.float32))
+    with pytest.raises(MismatchError, match=r"one example's shape \(5,\)\. Received: \(7,\)"):
+        attribute(model, x, options=_ig(str(path)))
+
+
+def test_a_pickled_baseline_is_refused_without_being_loaded(keras, tmp_path) -> None:
+    model = _linear(keras)
+    x, _ = _data()
+    path = tmp_path / "evil.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataLoadError, match=r"evil\.npy: cannot read the baseline.*no pickles"):
+        attribute(model, x, options=_ig(str(path)))
+
+
+def test_a_missing_baseline_file_is_named(keras, tmp_path) -> None:
+    model = _linear(keras)
+    x, _ = _data()
+    with pytest.raises(DataLoadError, match=r"--baseline: no such file.*absent\.npz"):
+        attribute(model, x, options=_ig(str(tmp_path / "absent.npz")))
+
+
+def test_a_npz_baseline_needs_every_input(keras, tmp_path) -> None:
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    model = keras.Model([a, b], keras.layers.Dense(2)(joined))
+    x = [np.ones((2, 3), np.float32), np.ones((2, 2), np.float32)]
+    path = tmp_path / "partial.npz"
+    np.savez(path, a=np.zeros(3, np.float32))
+    with pytest.raises(MismatchError, match=r"no baseline array for input 'b'"):
+        attribute(model, x, options=_ig(str(path)))
+    with pytest.raises(UsageError, match=r"the model has 2 inputs; expected a \.npz"):
+        np.save(tmp_path / "one.npy", np.zeros(3, np.float32))
+        attribute(model, x, options=_ig(str(tmp_path / "one.npy")))
+
+
+def test_baseline_token_ids_start_the_path_at_their_embedding(keras, tf, tmp_path) -> None:
+    model = _text(keras)
+    ids = np.array([[3, 5, 7, 1, 2, 4]], np.int32)
+    start = np.array([1, 1, 1, 1, 1, 1], np.int32)
+    np.save(tmp_path / "ids.npy", start)
+    options = AttributeOptions(
+        method="integrated-gradients", target="class:0", steps=32,
+        baseline=str(tmp_path / "ids.npy"), keep_tensors=True,
+    )  # fmt: skip
+    report = attribute(model, ids, options=options)
+    baseline_score = float(model(start[None]).numpy()[0, 0])
+    assert report.examples[0].baseline_score == pytest.approx(baseline_score, rel=1e-5)
+    assert report.examples[0].completeness_error is not None
+    assert report.examples[0].completeness_error < 1e-3

@@ -181,6 +181,18 @@ def _mean_baseline(signature: ModelSignature, batches: Batches) -> Baseline:
     return Baseline({k: (v / batches.rows).astype(np.float32) for k, v in sums.items()})
 
 
+MAX_BASELINE_BYTES = 1 << 30
+"""A baseline holds one example: more than 1 GiB is not one (and is not read)."""
+
+
+def _check_baseline_size(path: Path, key: str, size: int) -> None:
+    if size > MAX_BASELINE_BYTES:
+        raise DataLoadError(
+            f"{path}: baseline {key!r} holds {size:,} bytes; expected one example's array "
+            f"(at most {MAX_BASELINE_BYTES:,} bytes). Received: a larger array"
+        )
+
+
 def _read_baseline_file(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The arrays of a ``.npy`` (one input) or ``.npz`` (one array per input) file."""
     try:
@@ -191,10 +203,16 @@ def _read_baseline_file(path: Path, names: Sequence[str]) -> dict[str, np.ndarra
                     f".npz file with one array per input ({', '.join(names)}). Received: "
                     "a .npy file"
                 )
-            return {names[0]: np.load(path, allow_pickle=False)}
+            # Memory-mapped: a hostile file's size is seen before anything is read.
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            _check_baseline_size(path, names[0], int(array.nbytes))
+            return {names[0]: np.array(array)}
         with np.load(path, allow_pickle=False) as archive:
+            for key in archive.files:
+                size = archive.zip.getinfo(f"{key}.npy").file_size
+                _check_baseline_size(path, key, size)
             return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, KeyError) as exc:
         raise DataLoadError(
             f"{path}: cannot read the baseline; expected a numeric .npy or .npz file "
             f"(no pickles). {received(first_line(exc))}"
