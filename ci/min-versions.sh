@@ -34,5 +34,5 @@ echo "min-versions: installed in $((SECONDS - start)) s"
 "$py" sample_models/build.py --out "$work/samples"
 GRADSCOPE_SAMPLE_DIR="$work/samples" "$py" -m pytest -p no:cacheprovider \
     tests/test_reference.py tests/test_min_versions_smoke.py tests/test_keras_private.py \
-    tests/test_curvature_matrices.py tests/test_instruments.py
+    tests/test_curvature_matrices.py tests/test_instruments.py tests/test_attribute.py
 echo "min-versions: passed in $((SECONDS - start)) s"

@@ -416,8 +416,8 @@ def test_a_npz_baseline_needs_every_input(keras, tmp_path) -> None:
     np.savez(path, a=np.zeros(3, np.float32))
     with pytest.raises(MismatchError, match=r"no baseline array for input 'b'"):
         attribute(model, x, options=_ig(str(path)))
+    np.save(tmp_path / "one.npy", np.zeros(3, np.float32))
     with pytest.raises(UsageError, match=r"the model has 2 inputs; expected a \.npz"):
-        np.save(tmp_path / "one.npy", np.zeros(3, np.float32))
         attribute(model, x, options=_ig(str(tmp_path / "one.npy")))
 
 
