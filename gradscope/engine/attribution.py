@@ -261,7 +261,6 @@ class Trace:
     unembedded: list[str] = field(default_factory=list)
     also: dict[str, list[str]] = field(default_factory=dict)
     layer: LayerNode | None = None
-    layer_calls: int = 0
     layer_shape: tuple[int, ...] = ()
     channel_axis: int = -1
 
@@ -377,10 +376,16 @@ class AttributionEngine:
             return shaped(ranks[0])
         return tf.nest.pack_sequence_as(y_pred, [shaped(rank) for rank in ranks])
 
-    def _scale(self, rows: Any, dtype: Any) -> Any:
-        """The factor from a row's loss term to the row's own loss."""
+    def _row_scores(self, scores: Any, weight_gradient: Any, rows: Any) -> tuple[Any, Any]:
+        """``(per-row scores, gradient scale)``: a class target's scores as they are (scale
+        1); for the loss, each row's loss term ``∂L/∂w_r`` times the factor that makes it
+        the row's own loss (the rows for a mean reduction, else 1), which also scales
+        the gradients of the objective ``L``."""
         tf = _tf.tensorflow()
-        return tf.cast(rows, dtype) if self.reduction == "mean" else tf.ones([], dtype)
+        if scores is not None:
+            return scores, tf.ones([], tf.float32)
+        scale = tf.cast(rows, tf.float32) if self.reduction == "mean" else tf.ones([], tf.float32)
+        return weight_gradient * scale, scale
 
     def _model_outputs(self, inputs: Mapping[str, Any]) -> Any:
         return self.model(self.signature.pack_inputs(inputs), training=False)
@@ -531,9 +536,7 @@ class AttributionEngine:
             objective, {"points": points, "weight": weight},
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )  # fmt: skip
-        scale = self._scale(rows, tf.float32) if scores is None else tf.ones([], tf.float32)
-        if scores is None:
-            scores = grads["weight"] * scale
+        scores, scale = self._row_scores(scores, grads["weight"], rows)
         weighted = {}
         for name, gradient in grads["points"].items():
             gradient = _wide(gradient) * tf.cast(scale, _wide(gradient).dtype)
@@ -578,25 +581,23 @@ class AttributionEngine:
             y_true = self._targets(targets, 1)
             packed = self.signature.pack_inputs(inputs)
             objective, scores = self._scores(packed, y_pred, y_true, weight, classes, data_weight)
-        node, maps = self._gradcam_layer(recorder)
+        maps = self._gradcam_layer(recorder)
         grads = tape.gradient(
             objective, {"maps": maps, "weight": weight},
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )  # fmt: skip
-        scale = self._scale(rows, tf.float32) if scores is None else tf.ones([], tf.float32)
-        if scores is None:
-            scores = grads["weight"] * scale
+        scores, scale = self._row_scores(scores, grads["weight"], rows)
         gradient = _wide(grads["maps"]) * tf.cast(scale, _wide(grads["maps"]).dtype)
         cam = gradcam_map(_wide(maps), gradient, self.trace.channel_axis)
         resized = tf.zeros([0])
         if size is not None and len(cam.shape) == 3:
             resized = tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
-        del node
         return {"cam": cam, "resized": resized, "scores": tf.cast(scores, tf.float64)}
 
-    def _gradcam_layer(self, recorder: _LayerOutputs) -> tuple[LayerNode, Any]:
-        """The Grad-CAM layer's node and output: the named layer, else the last
-        convolution called; refused unless called once, with a spatial output."""
+    def _gradcam_layer(self, recorder: _LayerOutputs) -> Any:
+        """The Grad-CAM layer's output (the layer goes to :attr:`trace`): the named layer,
+        else the last convolution called; refused unless called once, with a spatial
+        output."""
         usable = [(n, t) for n, t in recorder.outputs if len(t.shape) >= 3]
         if not usable:
             raise UsageError(_no_map_message(self.layer, recorder))
@@ -609,10 +610,9 @@ class AttributionEngine:
             )
         channels_first = getattr(node.layer, "data_format", None) == "channels_first"
         self.trace.layer = node
-        self.trace.layer_calls = calls
         self.trace.layer_shape = _static(tensor)
         self.trace.channel_axis = 1 if channels_first else len(tensor.shape) - 1
-        return node, tensor
+        return tensor
 
     def gradcam(
         self,

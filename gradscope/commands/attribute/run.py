@@ -576,21 +576,14 @@ def _top(flat: np.ndarray, shape: tuple[int, ...], k: int) -> list[tuple[TopPosi
     chosen = np.argpartition(-magnitude, count - 1, axis=1)[:, :count]
     order = np.argsort(-np.take_along_axis(magnitude, chosen, axis=1), axis=1, kind="stable")
     chosen = np.take_along_axis(chosen, order, axis=1)
-    tops = []
-    for row in range(rows):
-        picks = [
-            c for c in chosen[row] if np.isfinite(magnitude[row, c]) or not np.isnan(flat[row, c])
-        ]
-        tops.append(
-            tuple(
-                TopPosition(
-                    tuple(int(i) for i in np.unravel_index(int(c), shape)), float(flat[row, c])
-                )
-                for c in picks
-                if not np.isnan(flat[row, c])
-            )
+    return [
+        tuple(
+            TopPosition(tuple(int(i) for i in np.unravel_index(int(c), shape)), float(flat[row, c]))
+            for c in chosen[row]
+            if not np.isnan(flat[row, c])
         )
-    return tops
+        for row in range(rows)
+    ]
 
 
 def _summaries(
@@ -627,15 +620,20 @@ def _completeness(scores: np.ndarray, baseline: np.ndarray, totals: np.ndarray) 
 # -- the pipeline ------------------------------------------------------------------------------
 
 
+def _point_input(point: Point) -> AttributedInput:
+    kind, axis = _input_kind(point)
+    return AttributedInput(point.name, kind, point.shape, point.dtype, point.through, axis)
+
+
+def _point_inputs(engine: AttributionEngine) -> list[AttributedInput]:
+    """The inputs the trace attributed (Grad-CAM: the ones its map is drawn over)."""
+    return [_point_input(point) for point in engine.trace.points.values()]
+
+
 def _attributed(engine: AttributionEngine, method: str) -> tuple[AttributedInput, ...]:
     """The report's description of what the trace attributed."""
     trace = engine.trace
-    inputs = []
-    for point in trace.points.values():
-        kind, axis = _input_kind(point)
-        inputs.append(
-            AttributedInput(point.name, kind, point.shape, point.dtype, point.through, axis)
-        )
+    inputs = _point_inputs(engine)
     if method != "gradcam":
         return tuple(inputs)
     image = _overlay(inputs)
@@ -758,7 +756,7 @@ def _collect_batch(
     padded_targets = padded.targets if engine.loss.needs_targets else None
     padded_classes = None if classes is None else _pad_rows(classes, width)
     if run.options.method == "gradcam":
-        image = _overlay(_attributed_points(engine))
+        image = _overlay(_point_inputs(engine))
         result = _gradcam(run, padded, padded_targets, padded_classes, scores, image)
     else:
         result = _row_method(run, padded, padded_targets, padded_classes, scores)
@@ -794,13 +792,6 @@ def _collect_batch(
         )
     if run.options.keep_tensors:
         _keep(collected, result, batch, masks)
-
-
-def _attributed_points(engine: AttributionEngine) -> list[AttributedInput]:
-    return [
-        AttributedInput(p.name, _input_kind(p)[0], p.shape, p.dtype, p.through)
-        for p in engine.trace.points.values()
-    ]
 
 
 def _keep(
