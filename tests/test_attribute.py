@@ -435,3 +435,24 @@ def test_baseline_token_ids_start_the_path_at_their_embedding(keras, tf, tmp_pat
     assert report.examples[0].baseline_score == pytest.approx(baseline_score, rel=1e-5)
     assert report.examples[0].completeness_error is not None
     assert report.examples[0].completeness_error < 1e-3
+
+
+def test_a_tf_data_pipeline_with_a_short_last_batch_needs_no_second_trace(keras, tf) -> None:
+    model = _linear(keras)
+    x, _ = _data(rows=10)
+    pipeline = tf.data.Dataset.from_tensor_slices(x).batch(4)  # 4, 4 and 2 rows
+    options = _options(method="integrated-gradients", target="class:2", steps=2)
+    report = attribute(model, pipeline, options=options)
+    kernel = model.layers[1].kernel.numpy().astype(np.float64)
+    expected = x.astype(np.float64) * kernel[:, 2]
+    np.testing.assert_allclose(_attributions(report, "features"), expected, rtol=1e-5, atol=1e-6)
+    assert [e.index for e in report.examples] == list(range(10))
+    assert report.timing.traces == 2  # the forward pass and the rows, for every batch
+
+
+def test_arrays_kept_for_the_outputs_are_sized_before_any_work(keras) -> None:
+    model = _linear(keras)
+    x, _ = _data(rows=200)  # 200 examples x (20 + 20) bytes: 8,000 bytes to keep
+    options = AttributeOptions(keep_tensors=True, target="class:0", max_memory=5_000)
+    with pytest.raises(ResourceError, match=r"keeping the arrays of 200 examples.*--limit N"):
+        attribute(model, x, options=options, batch_size=5)

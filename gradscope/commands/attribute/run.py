@@ -857,6 +857,24 @@ def _check_attributable(
         )
 
 
+def _check_kept(engine: AttributionEngine, options: AttributeOptions, batches: Batches) -> None:
+    """Refuse, before any work, to keep arrays for ``--save``/``--plot``/``--html`` that
+    do not fit the budget: per example its inputs as fed and a float32 attribution of
+    each (Grad-CAM's maps are smaller than the image they are resized to)."""
+    if not options.keep_tensors:
+        return
+    first = batches.first
+    inputs = batch_bytes(first) // max(first.size, 1)
+    attributions = sum(4 * math.prod(p.shape) for p in engine.trace.points.values())
+    needed = batches.rows * (inputs + attributions)
+    if needed > options.max_memory:
+        raise refuse(
+            f"attribute: keeping the arrays of {batches.rows:,} examples for --save, "
+            f"--plot or --html needs about {_format(needed)}",
+            needed, options.max_memory, batches.rows, ("--limit", "--max-batches"),
+        )  # fmt: skip
+
+
 def _steps_per_batch(options: AttributeOptions) -> int:
     if options.method == "integrated-gradients":
         return options.step_count + 2  # and the two ends
@@ -896,6 +914,7 @@ def run_attribute(
         batches.first.inputs, first_targets, _weight(engine, batches.first), _fill(options)
     )
     _check_attributable(engine, options, model_info)
+    _check_kept(engine, options, batches)
     _reduction(engine, batches.first, first_targets)
     baseline = Baseline()
     if options.method == "integrated-gradients":
